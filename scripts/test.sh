@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs, builds, then runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+if command -v apt-get >/dev/null && [ ! -f /usr/share/mricron/templates/ch2.nii.gz ]; then
+  # the real MR (Colin27 + AAL labels) for the built-in colin27-hippocampus dataset
+  (apt-get update -qq && apt-get install -y -qq mricron-data) >/dev/null 2>&1 \
+    || echo "warning: could not install mricron-data; its test will report the missing package"
+fi
+PY=${PYTHON:-python3}
+exec $PY -m pytest -q -p no:cacheprovider -n 2 --benchmark-disable "$@"

@@ -1,0 +1,126 @@
+"""Which implementation runs a ``unimri::*`` op for a given tensor.
+
+Rules (DESIGN.md, "Dispatch"), read at call time so tests and users can switch:
+
+* CUDA tensors -> Triton kernel (reference if ``UNIMRI_BACKEND=reference``).
+* CPU tensors -> C++ kernel from ``unimri_kernels._C``.
+* ``UNIMRI_BACKEND=triton`` with ``TRITON_INTERPRET=1`` -> Triton kernel on the CPU.
+* ``UNIMRI_BACKEND=reference`` -> pure PyTorch reference.
+
+If ``_C`` failed to build, CPU tensors use the reference and one warning says so.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import warnings
+from typing import Iterator
+
+import torch
+
+BACKENDS = ("auto", "cpp", "triton", "reference")
+_override: str | None = None
+_cpp_module = None
+_cpp_checked = False
+_triton_checked: bool | None = None
+
+
+def _load_cpp():
+    """Import ``unimri_kernels._C`` once; warn once if it is missing."""
+    global _cpp_module, _cpp_checked
+    if not _cpp_checked:
+        _cpp_checked = True
+        try:
+            _cpp_module = importlib.import_module("unimri_kernels._C")
+        except ImportError as exc:  # pragma: no cover - depends on the build
+            warnings.warn(
+                "unimri: the C++ kernels (unimri_kernels._C) are not built "
+                f"({exc}); CPU tensors use the slower PyTorch reference. "
+                "Rebuild with `pip install --no-build-isolation -e .`.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _cpp_module
+
+
+def has_cpp() -> bool:
+    return _load_cpp() is not None
+
+
+def has_triton() -> bool:
+    global _triton_checked
+    if _triton_checked is None:
+        try:
+            importlib.import_module("triton")
+            _triton_checked = True
+        except ImportError:
+            _triton_checked = False
+    return _triton_checked
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def requested_backend() -> str:
+    name = _override or os.environ.get("UNIMRI_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"UNIMRI_BACKEND must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def backend_for(tensor: torch.Tensor) -> str:
+    """Name of the implementation ("cpp", "triton" or "reference") for ``tensor``'s device."""
+    name = requested_backend()
+    if name == "reference":
+        return "reference"
+    if tensor.device.type == "cuda":
+        if name == "cpp":
+            raise ValueError("UNIMRI_BACKEND=cpp cannot run CUDA tensors; use auto or triton")
+        return "triton" if has_triton() else "reference"
+    if tensor.device.type != "cpu":
+        raise ValueError(f"unimri ops run on cpu or cuda tensors, got device {tensor.device}")
+    if name == "triton":
+        if not has_triton():
+            raise RuntimeError("UNIMRI_BACKEND=triton but triton is not installed")
+        if not triton_interpreted():
+            raise RuntimeError(
+                "UNIMRI_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1 set before "
+                "the kernels are imported"
+            )
+        return "triton"
+    return "cpp" if has_cpp() else "reference"
+
+
+def cpp_ops():
+    """The ``torch.ops.unimri`` namespace after loading ``_C`` (raises if it is missing)."""
+    if _load_cpp() is None:
+        raise RuntimeError("unimri_kernels._C is not built")
+    return torch.ops.unimri
+
+
+def available_backends(device: str = "cpu") -> list[str]:
+    """Backends that can run on ``device`` in this process (used by tests and benchmarks)."""
+    out = ["reference"]
+    if device == "cpu":
+        if has_cpp():
+            out.append("cpp")
+        if has_triton() and triton_interpreted():
+            out.append("triton")
+    elif device == "cuda" and has_triton() and torch.cuda.is_available():
+        out.append("triton")
+    return out
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force a backend inside a ``with`` block (takes precedence over UNIMRI_BACKEND)."""
+    global _override
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    old, _override = _override, name
+    try:
+        yield
+    finally:
+        _override = old

@@ -1,0 +1,6 @@
+"""torch.library custom ops of unimri: one module per fused op.
+
+Each op is an opaque ``torch.library.custom_op`` with ``register_fake`` and
+``register_autograd`` so that ``torch.compile(fullgraph=True)`` traces it with no graph
+break; its body picks the implementation with :func:`unimri_kernels.dispatch.backend_for`.
+"""
