@@ -1,0 +1,250 @@
+"""Benchmark harness: timing, memory, bandwidth and result files (CSV, table, PNG bars).
+
+Benchmarks are measurements, never assertions. Each ``bench_<op>.py`` beside this file
+defines ``run(rec: Recorder, quick: bool, device: str) -> None`` and records rows with
+:meth:`Recorder.add`; ``python benchmarks/run.py`` runs them and writes the files.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+FIELDS = ["op", "provider", "mode", "metric", "unit", "size", "p50", "p20", "p80",
+          "device", "torch", "triton", "timestamp", "note"]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {cpu} ({torch.get_num_threads()} threads)"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, repeat: int = 10,
+            min_time_s: float = 0.0) -> tuple[float, float, float]:
+    """Median, 20th and 80th percentile of ``fn``'s wall time in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start_all) < min_time_s:
+        if device.startswith("cuda"):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 10 * repeat:
+            break
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return statistics.median(times), q[1], q[7]
+
+
+def _rss_bytes(field_name: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
+    """Peak memory ``fn`` allocates above what was live before it (bytes).
+
+    CUDA: the caching allocator's peak. CPU: the process's peak resident set (VmHWM,
+    reset through /proc/self/clear_refs) above the resident set before the call.
+    """
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return max(0, torch.cuda.max_memory_allocated() - base)
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return -1
+    base = _rss_bytes("VmRSS")
+    fn()
+    return max(0, _rss_bytes("VmHWM") - base)
+
+
+def saved_tensor_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs (forward only)."""
+    total = 0
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def copy_bandwidth_gbs(nbytes: int, device: str) -> float:
+    """Achieved GB/s of a device-to-device copy of ``nbytes`` (read + write counted)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    p50, _, _ = time_fn(lambda: dst.copy_(src), device=device, warmup=3, repeat=20)
+    return 2 * src.numel() * 4 / (p50 * 1e-3) / 1e9
+
+
+@dataclass
+class Row:
+    op: str
+    provider: str
+    mode: str
+    metric: str
+    unit: str
+    size: str
+    p50: float
+    p20: float = float("nan")
+    p80: float = float("nan")
+    device: str = ""
+    torch: str = field(default_factory=lambda: torch.__version__)
+    triton: str = ""
+    timestamp: str = ""
+    note: str = ""
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return ""
+
+
+class Recorder:
+    """Collects rows and writes ``<stem>.csv``, ``<stem>.md`` and ``<stem>.png``."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.device_label = device_name(device)
+        self.rows: list[Row] = []
+        self._stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self._triton = _triton_version()
+
+    def add(self, op: str, provider: str, mode: str, metric: str, unit: str, size: str,
+            p50: float, p20: float = float("nan"), p80: float = float("nan"), note: str = "") -> None:
+        self.rows.append(Row(op, provider, mode, metric, unit, size, float(p50), float(p20),
+                             float(p80), self.device_label, torch.__version__, self._triton,
+                             self._stamp, note))
+
+    def time(self, op: str, provider: str, mode: str, size: str, fn: Callable[[], object],
+             repeat: int = 10, warmup: int = 2, note: str = "") -> float:
+        """Time ``fn`` and record a ``time`` row; returns the median in ms."""
+        p50, p20, p80 = time_fn(fn, self.device, warmup=warmup, repeat=repeat)
+        self.add(op, provider, mode, "time", "ms", size, p50, p20, p80, note)
+        return p50
+
+    def write(self, out_dir: str, stem: str) -> list[str]:
+        os.makedirs(out_dir, exist_ok=True)
+        paths = [self._write_csv(out_dir, stem), self._write_table(out_dir, stem)]
+        png = self._write_plot(out_dir, stem)
+        if png:
+            paths.append(png)
+        return paths
+
+    def _atomic(self, path: str, text: str) -> str:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+        return path
+
+    def _write_csv(self, out_dir: str, stem: str) -> str:
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=FIELDS)
+        w.writeheader()
+        for r in self.rows:
+            w.writerow(asdict(r))
+        return self._atomic(os.path.join(out_dir, f"{stem}.csv"), buf.getvalue())
+
+    def table(self) -> str:
+        lines = [f"Device: {self.device_label}; torch {torch.__version__}; triton {self._triton or '-'}", "",
+                 "| op | size | mode | metric | provider | p50 | unit | note |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.op} | {r.size} | {r.mode} | {r.metric} | {r.provider} | "
+                         f"{r.p50:.4g} | {r.unit} | {r.note} |")
+        return "\n".join(lines) + "\n"
+
+    def _write_table(self, out_dir: str, stem: str) -> str:
+        return self._atomic(os.path.join(out_dir, f"{stem}.md"), self.table())
+
+    def _write_plot(self, out_dir: str, stem: str) -> str | None:
+        timed = [r for r in self.rows if r.metric == "time"]
+        if not timed:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        groups = sorted({(r.op, r.size, r.mode) for r in timed})
+        providers = sorted({r.provider for r in timed})
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.5))
+        width = 0.8 / max(1, len(providers))
+        for i, prov in enumerate(providers):
+            xs, ys = [], []
+            for j, g in enumerate(groups):
+                hit = [r for r in timed if (r.op, r.size, r.mode) == g and r.provider == prov]
+                if hit:
+                    xs.append(j + i * width)
+                    ys.append(hit[0].p50)
+            ax.bar(xs, ys, width=width, label=prov)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+        ax.set_xticklabels([f"{o}\n{s}\n{m}" for o, s, m in groups], fontsize=7)
+        ax.set_ylabel("median time (ms, log)")
+        ax.set_yscale("log")
+        ax.set_title(f"unimri {stem} — {self.device_label}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{stem}.png")
+        tmp = path + ".tmp.png"
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path

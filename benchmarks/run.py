@@ -1,0 +1,53 @@
+"""Runs the benchmark suite and writes CSV + markdown table + PNG bars per op.
+
+    python benchmarks/run.py                 # every bench_*.py, full sizes
+    python benchmarks/run.py --ops loss --quick
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from harness import Recorder  # noqa: E402
+
+
+def discover() -> dict[str, str]:
+    return {os.path.basename(p)[6:-3]: p for p in sorted(glob.glob(os.path.join(HERE, "bench_*.py")))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    benches = discover()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ops", default=",".join(benches), help=f"comma list of {sorted(benches)}")
+    ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke run)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.ops.split(",") if n.strip()]
+    unknown = [n for n in names if n not in benches]
+    if unknown:
+        ap.error(f"--ops: unknown benchmark(s) {unknown}; known: {sorted(benches)}")
+    tag = "gpu" if args.device.startswith("cuda") else "cpu"
+    for name in names:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", benches[name])
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        rec = Recorder(args.device)
+        mod.run(rec, quick=args.quick, device=args.device)
+        stem = f"{name}_{tag}" + ("_quick" if args.quick else "")
+        for path in rec.write(args.out, stem):
+            print("wrote", path)
+        print(rec.table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
