@@ -10,9 +10,14 @@ Public API::
 
 nibabel, SimpleITK and Pillow are imported only inside the readers that need them.
 """
-from . import phantom as _phantom  # noqa: F401  (registers the built-in)
+from . import phantom as _phantom  # noqa: F401  (registers the built-ins, then the layouts)
+from . import colin27 as _colin27  # noqa: F401
+from . import layouts as _layouts  # noqa: F401
+from .colin27 import colin27_available, colin27_cases
+from .io import read_image, write_image, write_nifti
 from .datasets import SliceDataset, VolumeDataset
 from .phantom import make_phantom, phantom_cases
+from .resample import resample, resample_array
 from .registry import detect_layout, list_datasets, load_cases
 from .splits import kfold_split, load_split
 from .transforms import Augmentation, apply_zscore, zscore_stats
@@ -22,4 +27,6 @@ __all__ = [
     "Volume", "load_cases", "list_datasets", "detect_layout", "kfold_split", "load_split",
     "SliceDataset", "VolumeDataset", "Augmentation", "make_phantom", "phantom_cases",
     "zscore_stats", "apply_zscore", "affine_from_spacing", "spacing_from_affine",
+    "read_image", "write_image", "write_nifti", "resample", "resample_array",
+    "colin27_cases", "colin27_available",
 ]
