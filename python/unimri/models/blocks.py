@@ -86,13 +86,14 @@ class DoubleConv(nn.Sequential):
         )
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the spatial dims of (B, C, *S) at the far end up to a multiple of ``multiple``.
+def pad_to_multiple(x: torch.Tensor, multiple: int, minimum: int = 1) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial dims of (B, C, *S) at the far end up to a multiple of ``multiple``
+    that is at least ``minimum``.
 
     Returns the padded tensor and the original spatial shape (for :func:`crop_to`).
     """
     spatial = tuple(x.shape[2:])
-    extra = [(-s) % multiple for s in spatial]
+    extra = [max(s + (-s) % multiple, minimum) - s for s in spatial]
     if not any(extra):
         return x, spatial
     pad: list[int] = []
@@ -180,6 +181,10 @@ def init_weights(model: nn.Module, skip_prefix: str = "attentions") -> None:
 class SegmentationModel(nn.Module):
     """Shared frame: argument checks, pad to the network's stride, crop the logits back.
 
+    Each spatial dim is zero-padded to a multiple of the stride and to at least twice the
+    stride, so that the coarsest level keeps two cells per axis (instance norm and the
+    attention gates' subsampling need more than one).
+
     Subclasses set ``self.stride`` (the product of their downsamplings) and implement
     ``forward_padded(x (B, C_in, *S padded)) -> logits (B, num_classes, *S padded)``.
     Attention modules live in ``self.attentions`` (an ``nn.ModuleList``, empty without attention).
@@ -217,5 +222,5 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, *S) -> logits (B, num_classes, *S) for any spatial size S."""
         check_input(x, self.in_channels, self.spatial_dims, type(self).__name__)
-        padded, spatial = pad_to_multiple(x, self.stride)
+        padded, spatial = pad_to_multiple(x, self.stride, minimum=2 * self.stride)
         return crop_to(self.forward_padded(padded), spatial)
