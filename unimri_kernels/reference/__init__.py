@@ -1,0 +1,1 @@
+"""Pure-PyTorch references (float64-capable): the ground truth of the tests."""

@@ -1,0 +1,1 @@
+"""Triton kernels, one fused op per file with its launcher (imported lazily)."""
