@@ -29,13 +29,24 @@ def _loss(logits: torch.Tensor) -> torch.Tensor:
 COMBOS = list(itertools.product(MODEL_NAMES, (2, 3), ATTENTION_OPTIONS))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions gain nothing from threads; under ``-n 2`` they only oversubscribe."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name,spatial_dims,attention", COMBOS,
                          ids=[f"{n}-{d}d-{a}" for n, d, a in COMBOS])
 def test_shape_and_gradients(name, spatial_dims, attention):
     # rotate the norm over the combinations so each norm meets each model and attention kind
     norm = NORM_NAMES[COMBOS.index((name, spatial_dims, attention)) % len(NORM_NAMES)]
     model = _build(name, spatial_dims, attention, norm)
-    shape = ODD_SHAPES[spatial_dims] if attention in (None, "sas") else SMALL_SHAPES[spatial_dims]
+    # the large odd sizes once per model and dim (no attention) and for SAS in 2D; smaller odd sizes otherwise
+    large = attention is None or (attention == "sas" and spatial_dims == 2)
+    shape = ODD_SHAPES[spatial_dims] if large else SMALL_SHAPES[spatial_dims]
     x = torch.randn((2, 2) + shape)
     logits = model(x)
     assert logits.shape == (2, 3) + shape
@@ -84,16 +95,14 @@ def test_compile_fullgraph_no_graph_breaks(name):
     which costs minutes per model on this CPU and is not where graph breaks come from."""
     model = _build(name, 2, "sas")
     x = torch.randn(2, 2, 37, 23)
-    explanation = torch._dynamo.explain(model)(x)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    _loss(compiled(x)).backward()
+    torch.manual_seed(5)  # same dropout masks in both runs
+    out = compiled(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+    _loss(out).backward()
     grads = [p.grad for p in model.attentions.parameters()]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_deeplab_output_stride_8_and_bad_stride():
@@ -110,6 +119,8 @@ def test_pad_crop_round_trip_and_bilinear_init():
     assert padded.shape == (1, 2, 8, 8, 4) and spatial == (5, 7, 3)
     assert torch.equal(crop_to(padded, spatial), x)
     assert pad_to_multiple(padded, 4)[0] is padded
+    # a single coarse cell in all would break normalisation: the last dim gets two
+    assert pad_to_multiple(torch.randn(1, 1, 3, 4), 4)[0].shape == (1, 1, 4, 8)
     # the FCN's transposed convs start as bilinear upsampling: a constant stays constant inside
     up = conv_transpose_cls(2)(2, 2, 4, stride=2, padding=1, bias=False)
     with torch.no_grad():
@@ -137,6 +148,7 @@ def test_create_model_names_and_bad_arguments():
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_bad_input_tensor(name):
     model = _build(name, 2, None)
+    assert model(torch.randn(1, 2, 3, 5)).shape == (1, 3, 3, 5)  # tiny inputs and batch 1 work too
     with pytest.raises(ValueError, match=r"in_channels=2 channels .* got shape \(1, 3, 8, 8\)"):
         model(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"spatial_dims=2, got shape \(1, 2, 8, 8, 8\)"):
