@@ -101,9 +101,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     Every rank draws the same permutation (seeded by ``seed`` and the epoch), cuts it into
     global batches and keeps positions ``rank, rank + world, ...`` of each. With
-    ``drop_last`` (training) a global batch with fewer items than ranks is dropped so
-    every rank takes part in every step; otherwise (validation) a rank may get an empty
-    batch, which is skipped.
+    ``drop_last`` (training) an incomplete final batch is dropped (unless it is the only
+    one, i.e. fewer items than ``batch_size``: then it is kept if every rank gets an
+    item); otherwise (validation) a rank may get an empty batch, which is skipped.
     """
 
     def __init__(self, num_items: int, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -128,6 +128,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
             order = list(range(self.num_items))
         batches = [order[i:i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
         if self.drop_last:
+            if len(batches) > 1 and len(batches[-1]) < self.batch_size:
+                batches = batches[:-1]
             batches = [b for b in batches if len(b) >= self.world_size]
         return batches
 

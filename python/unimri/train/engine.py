@@ -34,24 +34,29 @@ class TrainingInterrupted(RuntimeError):
 
 
 def check_stage_sizes(model: nn.Module, in_channels: int, num_classes: int,
-                      sizes: Sequence[Sequence[int]], model_name: str) -> None:
-    """ValueError if the model cannot take one of the stage sizes (shape-only dry run)."""
-    for size in sizes:
-        probe = copy.deepcopy(model).to("meta")
-        probe.eval()
+                      sizes: Sequence[Sequence[int]], model_name: str,
+                      batch_sizes: Sequence[int] | None = None) -> None:
+    """ValueError if the model cannot take a stage's input size at its batch size.
+
+    A shape-only dry run (meta tensors, training mode, so that normalisation layers that
+    need more than one value per channel complain as they would in training); an op
+    without a meta kernel falls back to a real forward pass.
+    """
+    batch_sizes = list(batch_sizes) if batch_sizes is not None else [2] * len(sizes)
+    for size, batch in zip(sizes, batch_sizes):
+        shape = (batch, in_channels, *size)
         try:
-            with torch.no_grad():
-                out = probe(torch.empty((1, in_channels, *size), device="meta"))
-        except NotImplementedError:  # an op without a meta kernel: check for real, batch of one
-            probe = copy.deepcopy(model).eval()
             try:
+                probe = copy.deepcopy(model).to("meta").train()
+                out = probe(torch.empty(shape, device="meta"))
+            except NotImplementedError:
+                probe = copy.deepcopy(model).train()
                 with torch.no_grad():
-                    out = probe(torch.zeros((1, in_channels, *size)))
-            except Exception as exc:  # noqa: BLE001
-                raise ValueError(f"stages: model {model_name!r} cannot take input size {tuple(size)} ({exc})") from None
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"stages: model {model_name!r} cannot take input size {tuple(size)} ({exc})") from None
-        expected = (1, num_classes, *size)
+                    out = probe(torch.zeros(shape))
+        except Exception as exc:  # noqa: BLE001 - any failure means this size cannot be used
+            raise ValueError(f"stages: model {model_name!r} cannot take input size {tuple(size)} at batch "
+                             f"size {batch} ({type(exc).__name__}: {exc})") from None
+        expected = (batch, num_classes, *size)
         if tuple(out.shape) != expected:
             raise ValueError(f"stages: model {model_name!r} maps input size {tuple(size)} to output "
                              f"shape {tuple(out.shape)}, expected {expected}")
@@ -78,7 +83,8 @@ class FoldTrainer:
         self.in_channels, self.num_classes = in_channels, num_classes
         self.spec = cfg.model_spec(in_channels, num_classes)
         self.inference = InferenceSpec(cfg.spatial_dims, cfg.stage_sizes[-1], num_classes, in_channels,
-                                       cfg.slice_axis, cfg.patch, cfg.normalize)
+                                       cfg.slice_axis, cfg.patch, cfg.normalize,
+                                       _modality(train_cases))
         self.train_set: Dataset = make_dataset(train_cases, cfg, num_classes, train=True)
         self.val_set: Dataset = make_dataset(val_cases, cfg, num_classes, train=False)
         self.history: list[dict[str, Any]] = []
@@ -280,6 +286,12 @@ class FoldTrainer:
 def class_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, 4) float64 [TP, FP, TN, FN] per class for one label-map pair (unimri.metrics)."""
     return registry.class_counts(pred, label, num_classes).double()
+
+
+def _modality(cases: Sequence[Any]) -> str | None:
+    """The cases' common ``meta['modality']`` (z-score masking depends on it), else None."""
+    found = {(getattr(c, "meta", None) or {}).get("modality") for c in cases}
+    return found.pop() if len(found) == 1 else None
 
 
 def _reduce_device(ctx: DistContext) -> torch.device:

@@ -99,7 +99,9 @@ def run_experiment(cfg: TrainConfig, out_dir: str, *, resume: bool = False, over
         cases = list(cases) if cases is not None else load_experiment_cases(cfg)
         num_classes, in_channels = infer_num_classes(cases), infer_in_channels(cases)
         spec = cfg.model_spec(in_channels, num_classes)
-        check_stage_sizes(registry.create_model(spec), in_channels, num_classes, cfg.stage_sizes, cfg.model)
+        per_rank = [max(1, b // ctx.world_size) for b in cfg.stage_batch_sizes]
+        check_stage_sizes(registry.create_model(spec), in_channels, num_classes, cfg.stage_sizes, cfg.model,
+                          per_rank)
         if ctx.is_main:
             prepare_out_dir(out_dir, overwrite=overwrite, resume=resume)
             if resume:
