@@ -103,6 +103,11 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
         if isinstance(values.get(key), str):
             parts = [int(v) for v in values[key].split(",") if v.strip()]
             values[key] = parts[0] if len(parts) == 1 else parts
+    for key in ("stages", "patch_size"):  # "64,128" -> [64, 128]; "96x128" stays a string per stage
+        if isinstance(values.get(key), str):
+            parts = [v.strip() for v in values[key].split(",") if v.strip()]
+            parts = [int(v) if v.isdigit() else v for v in parts]
+            values[key] = parts if key == "stages" or len(parts) > 1 else parts[0]
     if isinstance(values.get("fold_indices"), str):
         values["fold_indices"] = [int(v) for v in values["fold_indices"].split(",") if v.strip()]
     return TrainConfig.from_dict(values).validate()

@@ -1,9 +1,10 @@
 """Resizing for progressive resizing: images, soft label targets and logits.
 
-Shrinking uses area averaging, so a label map resized as a one-hot tensor becomes a
-*soft* target whose class fractions keep the mass of every structure: a one-pixel
-lesion downsampled 4x survives as a pixel of 1/16 lesion instead of vanishing (what
-nearest-neighbour resizing of the integer map would do). Growing uses (bi/tri)linear
+Shrinking uses area averaging (adaptive average pooling, whose windows cover every input
+pixel), so a label map resized as a one-hot tensor becomes a *soft* target in which no
+structure vanishes: a one-pixel lesion downsampled 4x survives as a pixel of 1/16 lesion
+(nearest-neighbour resizing of the integer map would usually drop it). For integer
+shrink factors the class fractions are preserved exactly. Growing uses (bi/tri)linear
 interpolation, which keeps the class fractions summing to one. An axis that shrinks
 while another grows is handled in two steps (area down, then linear up).
 """
