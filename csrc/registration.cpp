@@ -10,4 +10,12 @@ TORCH_LIBRARY(unimri, m) {
       "unified_focal_loss_cpu(Tensor logits, Tensor target, Tensor class_params, "
       "float fp_weight, float fn_weight, float smooth, int ignore_index, bool batch, "
       "bool compute_grad) -> (Tensor, Tensor)");
+  // Attention gate (SAS), forward and backward (see csrc/attention_gate.cpp).
+  m.def(
+      "attention_gate_cpu(Tensor x, Tensor g, Tensor theta_weight, Tensor phi_weight, "
+      "Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, int subsample, float focal) -> (Tensor, Tensor)");
+  m.def(
+      "attention_gate_backward_cpu(Tensor grad_y, Tensor grad_alpha, Tensor x, Tensor g, "
+      "Tensor theta_weight, Tensor phi_weight, Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, "
+      "int subsample, float focal) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -57,17 +57,17 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _grad_grad):
+    if ctx.consumed:
+        raise RuntimeError(
+            "unimri fused loss: backward ran twice through the same graph; its gradient "
+            "buffer was scaled in place the first time. Build the loss with "
+            "inplace_backward=False to use retain_graph=True.")
     (grad,) = ctx.saved_tensors
     if grad.numel() == 0:
         raise RuntimeError("unified_focal_loss was called with compute_grad=False; "
                            "it cannot be differentiated")
     scale = grad_loss.reshape(-1, 1, 1).to(grad.dtype)
     if ctx.inplace and not torch.compiler.is_compiling():
-        if ctx.consumed:
-            raise RuntimeError(
-                "unimri fused loss: backward ran twice through the same graph; its gradient "
-                "buffer was scaled in place the first time. Build the loss with "
-                "inplace_backward=False to use retain_graph=True.")
         ctx.consumed = True
         return grad.mul_(scale), None, None, None, None, None, None, None, None, None
     return grad * scale, None, None, None, None, None, None, None, None, None

@@ -155,4 +155,4 @@ def unified_focal_loss_torch(logits: Tensor, target: Tensor, class_params: Tenso
     a = coef[:, 2].unsqueeze(-1) * y * qg * (-1 - gam * p * s) * vmask
     bb = (coef[:, 0].unsqueeze(-1) * y + coef[:, 1].unsqueeze(-1)) * vmask
     grad = a - p * a.sum(1, keepdim=True) + p * (bb - (p * bb).sum(1, keepdim=True))
-    return loss, (grad * vmask).to(logits.dtype)
+    return loss, (grad * vmask).to(logits.dtype).contiguous()
