@@ -2,6 +2,7 @@
 
 Studies (``STUDIES``), each a list of (label, config changes) applied to a base config:
 
+* ``unified``: the cross-entropy baseline vs the whole unified approach (the demo);
 * ``components`` (tables 1-4): baseline (cross-entropy, no attention, one stage at the
   final size) vs + SAS vs + unified loss vs + progressive resizing vs all three;
 * ``loss`` (table 3, figure 3): cross-entropy, focal, Tversky, combo, unified;
@@ -36,7 +37,13 @@ def _final_stage_only(cfg: TrainConfig) -> dict[str, Any]:
 
 Variant = Callable[[TrainConfig], dict[str, Any]]
 
+DEMO_VARIANTS: list[tuple[str, Variant]] = [
+    ("baseline (CE)", lambda c: {"loss": "ce", "attention": None, **_final_stage_only(c)}),
+    ("unified approach", lambda c: {"loss": "unified", "attention": "sas"}),
+]
+
 STUDIES: dict[str, tuple[str, list[tuple[str, Variant]]]] = {
+    "unified": ("Method", DEMO_VARIANTS),
     "components": ("Strategy", [
         ("baseline", lambda c: {"loss": "ce", "attention": None, **_final_stage_only(c)}),
         ("+ SAS", lambda c: {"loss": "ce", "attention": "sas", **_final_stage_only(c)}),
@@ -59,10 +66,6 @@ STUDIES: dict[str, tuple[str, list[tuple[str, Variant]]]] = {
     ]),
 }
 
-DEMO_VARIANTS: list[tuple[str, Variant]] = [
-    ("baseline (CE)", lambda c: {"loss": "ce", "attention": None, **_final_stage_only(c)}),
-    ("unified approach", lambda c: {"loss": "unified", "attention": "sas"}),
-]
 
 
 @dataclass

@@ -135,19 +135,22 @@ def as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
 
 
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
 def image_to_channels_first(array: np.ndarray, spec: InferenceSpec, path: str = "input") -> np.ndarray:
     """A file's array (see unimri.data.read_image) -> (C, *S) float32 for this model.
 
-    Volumes (X, Y, Z) get one channel, (X, Y, Z, T) use T as channels; 2D images (H, W)
-    get one channel and RGB (H, W, 3) is averaged to grey for one-channel models.
+    Volumes (X, Y, Z) get one channel, (X, Y, Z, T) use T as channels; 2D image files
+    (PNG/JPEG/BMP/TIFF) give (H, W) -> one channel and RGB (H, W, 3) -> grey for
+    one-channel models.
     """
     a = np.asarray(array, dtype=np.float32)
-    if a.ndim == 2 or (a.ndim == 3 and spec.spatial_dims == 3):
-        a = a[None]
-    elif a.ndim == 3 and a.shape[-1] in (3, 4) and spec.spatial_dims == 2 and spec.in_channels in (1, 3):
+    picture = path.lower().endswith(_PICTURE_SUFFIXES)
+    if picture and a.ndim == 3 and a.shape[-1] in (3, 4):
         a = a[..., :3].mean(-1, keepdims=True) if spec.in_channels == 1 else a[..., :3]
         a = np.moveaxis(a, -1, 0)
-    elif a.ndim == 3:
+    elif a.ndim in (2, 3):
         a = a[None]
     elif a.ndim == 4:
         a = np.moveaxis(a, -1, 0)
