@@ -1,1 +1,1 @@
-"""Pure-PyTorch references of the fused ops (float64-capable ground truth for tests)."""
+"""Pure-PyTorch references (float64-capable): the ground truth of the tests."""

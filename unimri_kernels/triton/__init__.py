@@ -1,1 +1,1 @@
-"""Triton kernels of the fused ops (one file per op) and their launchers."""
+"""Triton kernels, one fused op per file with its launcher (imported lazily)."""

@@ -1,0 +1,211 @@
+"""Image readers and writers: NIfTI (nibabel), NRRD/MetaImage (SimpleITK), 2D (Pillow).
+
+Every reader returns the voxel array with its geometry: a (4, 4) affine mapping voxel
+indices to RAS+ world millimetres (the NIfTI convention; ITK's LPS is converted), and
+the spacing per axis. 3D arrays are indexed (x, y, z) in file order for every format
+(SimpleITK's (z, y, x) arrays are transposed). 2D images are (H, W) or (H, W, 3).
+The optional libraries are imported on first use; a missing one raises ImportError
+naming the pip package.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from .volume import spacing_from_affine
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _require(module: str, pip_name: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{what} needs the optional package '{pip_name}': pip install {pip_name} "
+                          f"(or pip install 'unimri[io]')") from exc
+
+
+def suffix_of(path: str) -> str:
+    """Lower-case file suffix, with .nii.gz kept whole."""
+    name = os.path.basename(path).lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return os.path.splitext(name)[1]
+
+
+def read_image(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], dict[str, Any]]:
+    """Read an image file.
+
+    Returns:
+        (array, affine (4, 4) float64, spacing per spatial axis, header_meta). ``array``
+        keeps the stored dtype: 3D (X, Y, Z) or 4D (X, Y, Z, T) for volumes, (H, W) or
+        (H, W, 3) for 2D images.
+
+    Raises:
+        ValueError naming the file if it is missing, truncated, corrupt or of an unknown type.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"image file {path!r} does not exist")
+    suffix = suffix_of(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path)
+    if suffix in ITK_SUFFIXES:
+        return _read_itk(path)
+    if suffix in IMAGE_2D_SUFFIXES:
+        return _read_2d(path)
+    raise ValueError(f"image file {path!r}: unknown type {suffix!r}; expected one of "
+                     f"{NIFTI_SUFFIXES + ITK_SUFFIXES + IMAGE_2D_SUFFIXES}")
+
+
+def _read_nifti(path: str):
+    nib = _require("nibabel", "nibabel", "reading NIfTI")
+    try:
+        img = nib.load(path)
+        array = np.asanyarray(img.dataobj)  # forces the read: truncation fails here, not later
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
+        raise ValueError(f"cannot read NIfTI file {path!r} (truncated or corrupt?): {exc}") from exc
+    affine = np.asarray(img.affine, dtype=np.float64)
+    spatial = min(array.ndim, 3)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:spatial])
+    meta = {"format": "nifti", "path": path, "header_zooms": zooms,
+            "dtype": str(img.get_data_dtype()),
+            "orientation": "".join(nib.aff2axcodes(affine))}
+    return array, affine, zooms, meta
+
+
+def _read_itk(path: str):
+    sitk = _require("SimpleITK", "SimpleITK", "reading NRRD/MetaImage")
+    try:
+        img = sitk.ReadImage(path)
+        array = sitk.GetArrayFromImage(img)
+    except Exception as exc:
+        raise ValueError(f"cannot read image file {path!r} with SimpleITK: {exc}") from exc
+    dims = img.GetDimension()
+    reverse = tuple(range(dims - 1, -1, -1))  # ITK arrays are (z, y, x[, component])
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        array = array.transpose(reverse + (dims,))
+    else:
+        array = array.transpose(reverse)
+    spacing = tuple(float(s) for s in img.GetSpacing())
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dims, dims)
+    lps = np.eye(4)
+    lps[:dims, :dims] = direction * np.asarray(spacing)[None, :]
+    lps[:dims, 3] = img.GetOrigin()
+    affine = _LPS_TO_RAS @ lps
+    meta = {"format": "itk", "path": path, "header_zooms": spacing, "dtype": str(array.dtype)}
+    return np.ascontiguousarray(array), affine, spacing, meta
+
+
+def _read_2d(path: str):
+    pil = _require("PIL.Image", "pillow", "reading 2D images")
+    try:
+        with pil.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("P", "LA", "RGBA", "CMYK", "YCbCr"):
+                im = im.convert("L" if mode in ("LA",) else "RGB")
+            elif mode == "1":
+                im = im.convert("L")
+            array = np.asarray(im)
+    except Exception as exc:
+        raise ValueError(f"cannot read image file {path!r} with Pillow: {exc}") from exc
+    affine = np.eye(4)
+    meta = {"format": "2d", "path": path, "mode": mode, "header_zooms": (1.0, 1.0)}
+    return array, affine, (1.0, 1.0), meta
+
+
+def _atomic_target(path: str) -> str:
+    """Temp path in the destination folder with the same suffix (writers pick format by suffix)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix_of(path))
+    os.close(fd)
+    return tmp
+
+
+def _replace_or_clean(tmp: str, path: str, write) -> str:
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _storage_dtype(array: np.ndarray, dtype: Any | None) -> np.dtype:
+    if dtype is not None:
+        return np.dtype(dtype)
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        for cand in (np.uint8, np.int16, np.int32):
+            if np.iinfo(cand).min <= lo and hi <= np.iinfo(cand).max:
+                return np.dtype(cand)
+        return np.dtype(np.int64)
+    return np.dtype(np.float32)
+
+
+def write_nifti(path: str, array: np.ndarray, affine: np.ndarray, dtype: Any | None = None) -> str:
+    """Write ``array`` (X, Y, Z[, T]) with ``affine`` to a .nii/.nii.gz file atomically.
+
+    Integer (label) arrays are stored in the smallest integer type that holds them,
+    floats as float32, unless ``dtype`` is given. The header's qform/sform are set from
+    ``affine``, so its pixdim (spacing) matches the affine's column norms.
+    """
+    path = os.fspath(path)
+    if suffix_of(path) not in NIFTI_SUFFIXES:
+        raise ValueError(f"path must end in .nii or .nii.gz, got {path!r}")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be (4, 4), got {affine.shape}")
+    array = np.asarray(array)
+    nib = _require("nibabel", "nibabel", "writing NIfTI")
+    stored = array.astype(_storage_dtype(array, dtype), copy=False)
+    img = nib.Nifti1Image(stored, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return _replace_or_clean(_atomic_target(path), path, lambda tmp: nib.save(img, tmp))
+
+
+def write_image(path: str, array: np.ndarray, affine: np.ndarray | None = None,
+                dtype: Any | None = None) -> str:
+    """Write a volume or 2D image by suffix (NIfTI, NRRD/MetaImage, PNG/BMP/JPG), atomically.
+
+    3D arrays are (X, Y, Z) with a RAS ``affine`` (converted to LPS for ITK formats);
+    2D images (H, W) or (H, W, 3) ignore the affine.
+    """
+    path = os.fspath(path)
+    suffix = suffix_of(path)
+    array = np.asarray(array)
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if suffix in NIFTI_SUFFIXES:
+        return write_nifti(path, array, affine, dtype)
+    if suffix in (".nrrd", ".mha"):  # single-file ITK formats (.mhd needs a second .raw file)
+        sitk = _require("SimpleITK", "SimpleITK", "writing NRRD/MetaImage")
+        stored = array.astype(_storage_dtype(array, dtype), copy=False)
+        img = sitk.GetImageFromArray(stored.transpose(tuple(range(stored.ndim - 1, -1, -1))))
+        dims = stored.ndim
+        lps = _LPS_TO_RAS @ affine
+        spacing = spacing_from_affine(affine, dims)
+        img.SetSpacing(spacing)
+        img.SetOrigin(tuple(float(v) for v in lps[:dims, 3]))
+        img.SetDirection(tuple((lps[:dims, :dims] / np.asarray(spacing)[None, :]).ravel().tolist()))
+        return _replace_or_clean(_atomic_target(path), path, lambda tmp: sitk.WriteImage(img, tmp))
+    if suffix in IMAGE_2D_SUFFIXES:
+        pil = _require("PIL.Image", "pillow", "writing 2D images")
+        if array.ndim not in (2, 3):
+            raise ValueError(f"2D image array must be (H, W) or (H, W, 3), got {array.shape}")
+        stored = array.astype(np.uint8) if dtype is None else array.astype(dtype)
+        return _replace_or_clean(_atomic_target(path), path,
+                                 lambda tmp: pil.fromarray(stored).save(tmp, format=pil.registered_extensions()[suffix]))
+    raise ValueError(f"cannot write {path!r}: unsupported suffix {suffix!r}")

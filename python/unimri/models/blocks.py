@@ -1,0 +1,232 @@
+"""Building blocks shared by the backbones: layer factories, conv-norm-ReLU, padding,
+input checks, attention insertion and weight initialisation."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_NAMES = ("batch", "instance", "group")
+ATTENTION_OPTIONS = (None, "sas", "spatial", "channel", "cbam")
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return spatial_dims
+
+
+def check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORM_NAMES:
+        raise ValueError(f"norm must be one of {NORM_NAMES}, got {norm!r}")
+    return norm
+
+
+def check_attention(attention: str | None) -> str | None:
+    if attention not in ATTENTION_OPTIONS:
+        raise ValueError(f"attention must be one of {ATTENTION_OPTIONS}, got {attention!r}")
+    return attention
+
+
+def conv_cls(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def conv_transpose_cls(spatial_dims: int) -> type[nn.Module]:
+    return nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+
+
+def max_pool(spatial_dims: int, return_indices: bool = False) -> nn.Module:
+    cls = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+    return cls(kernel_size=2, stride=2, return_indices=return_indices)
+
+
+def norm_layer(norm: str, channels: int, spatial_dims: int) -> nn.Module:
+    """BatchNorm / InstanceNorm (affine) / GroupNorm (8 groups, fewer if C is not divisible)."""
+    check_norm(norm)
+    if norm == "batch":
+        return (nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d)(channels)
+    if norm == "instance":
+        return (nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class ConvNormAct(nn.Sequential):
+    """conv (no bias) -> norm -> ReLU; 'same' padding for odd kernels. (B, C_in, *S) -> (B, C_out, *S / stride)."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, norm: str,
+                 kernel_size: int = 3, stride: int = 1, dilation: int = 1, act: bool = True) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        layers: list[nn.Module] = [
+            conv_cls(spatial_dims)(in_channels, out_channels, kernel_size, stride=stride,
+                                   padding=padding, dilation=dilation, bias=False),
+            norm_layer(norm, out_channels, spatial_dims),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 ConvNormAct layers (the UNet block). (B, C_in, *S) -> (B, C_out, *S)."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, norm: str) -> None:
+        super().__init__(
+            ConvNormAct(in_channels, out_channels, spatial_dims, norm),
+            ConvNormAct(out_channels, out_channels, spatial_dims, norm),
+        )
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_cells: int = 1) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial dims of (B, C, *S) at the far end up to a multiple of ``multiple``
+    of at least ``min_cells * multiple``.
+
+    If that leaves a single cell in all at the coarsest level (every padded dim equal to
+    ``multiple``), the last dim is padded to ``2 * multiple``: normalisation at that level
+    needs more than one value per channel (instance norm always, batch norm at batch 1).
+    Returns the padded tensor and the original spatial shape (for :func:`crop_to`).
+    """
+    spatial = tuple(x.shape[2:])
+    target = [max(s + (-s) % multiple, min_cells * multiple) for s in spatial]
+    if all(t == multiple for t in target):
+        target[-1] = 2 * multiple
+    extra = [t - s for t, s in zip(target, spatial)]
+    if not any(extra):
+        return x, spatial
+    pad: list[int] = []
+    for e in reversed(extra):  # F.pad lists the last dim first
+        pad += [0, e]
+    return F.pad(x, pad), spatial
+
+
+def crop_to(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """Crop (B, C, *S') to (B, C, *spatial), keeping the start of each axis."""
+    index = (slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)
+    return x[index]
+
+
+def check_input(x: torch.Tensor, in_channels: int, spatial_dims: int, model: str) -> None:
+    """Clear errors for a wrong type, rank or channel count of a model input (B, C, *S)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{model}: input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != spatial_dims + 2:
+        raise ValueError(
+            f"{model}: input must be (B, {in_channels}, " + ", ".join("DHW"[3 - spatial_dims:])
+            + f") for spatial_dims={spatial_dims}, got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{model}: input must have in_channels={in_channels} channels (dim 1), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{model}: input must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def make_attention(kind: str | None, channels: int, spatial_dims: int, norm: str,
+                   gating_channels: int | None = None) -> nn.Module | None:
+    """An attention module from :mod:`unimri.nn` (None when ``kind`` is None).
+
+    Only SAS is a gate (it takes a gating signal and a norm); the others are self-attention.
+    """
+    if kind is None:
+        return None
+    from unimri.nn import create_attention
+
+    if kind == "sas":
+        return create_attention(kind, channels, gating_channels=gating_channels,
+                                spatial_dims=spatial_dims, norm=norm)
+    return create_attention(kind, channels, spatial_dims=spatial_dims)
+
+
+def apply_attention(module: nn.Module | None, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+    """Run an attention module on ``x`` (gated by ``g`` when given) and keep its output."""
+    if module is None:
+        return x
+    out, _ = module(x, g)
+    return out
+
+
+def bilinear_kernel(channels: int, kernel_size: int, spatial_dims: int) -> torch.Tensor:
+    """Weight (C, C, k, ..., k) of a transposed conv that upsamples each channel bilinearly/trilinearly."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    og = torch.arange(kernel_size, dtype=torch.float64)
+    k1 = 1 - (og - center).abs() / factor
+    kernel = k1
+    for _ in range(spatial_dims - 1):
+        kernel = kernel[..., None] * k1
+    weight = torch.zeros((channels, channels) + (kernel_size,) * spatial_dims, dtype=torch.float64)
+    for c in range(channels):
+        weight[c, c] = kernel
+    return weight.float()
+
+
+def init_weights(model: nn.Module, skip_prefix: str = "attentions") -> None:
+    """He (Kaiming normal, fan_out, ReLU) init for convs, unit/zero for norms, small normal for
+    linear layers. Submodules under ``skip_prefix`` (the attention modules) keep their own init."""
+    for name, module in model.named_modules():
+        if name == skip_prefix or name.startswith(skip_prefix + "."):
+            continue
+        if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d, nn.InstanceNorm3d)):
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+class SegmentationModel(nn.Module):
+    """Shared frame: argument checks, pad to the network's stride, crop the logits back.
+
+    Each spatial dim is zero-padded to a multiple of the stride (see :func:`pad_to_multiple`).
+
+    Subclasses set ``self.stride`` (the product of their downsamplings) and implement
+    ``forward_padded(x (B, C_in, *S padded)) -> logits (B, num_classes, *S padded)``.
+    Attention modules live in ``self.attentions`` (an ``nn.ModuleList``, empty without attention).
+    """
+
+    stride: int = 1
+    #: cells per axis the coarsest level needs (2 where an attention gate subsamples it)
+    min_coarse_cells: int = 1
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, features: int,
+                 norm: str, attention: str | None) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.features = check_positive_int(features, "features")
+        self.norm = check_norm(norm)
+        self.attention = check_attention(attention)
+        self.attentions = nn.ModuleList()
+
+    def add_attention(self, channels: int, gating_channels: int | None = None) -> int | None:
+        """Create one attention module (if enabled); returns its index in ``self.attentions``."""
+        module = make_attention(self.attention, channels, self.spatial_dims, self.norm, gating_channels)
+        if module is None:
+            return None
+        self.attentions.append(module)
+        return len(self.attentions) - 1
+
+    def attend(self, index: int | None, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        if index is None:
+            return x
+        return apply_attention(self.attentions[index], x, g if self.attention == "sas" else None)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, in_channels, *S) -> logits (B, num_classes, *S) for any spatial size S."""
+        check_input(x, self.in_channels, self.spatial_dims, type(self).__name__)
+        padded, spatial = pad_to_multiple(x, self.stride, self.min_coarse_cells)
+        return crop_to(self.forward_padded(padded), spatial)

@@ -1,0 +1,79 @@
+"""``unimri::unified_focal_loss``: the fused Unified Focal loss family as one custom op.
+
+Inputs (already flattened and validated by :mod:`unimri.losses`):
+    logits        (B, C, N) contiguous, fp16 / bf16 / fp32 / fp64
+    target        int64 (B, N) class indices, or soft (B, C, N) in the logits' dtype
+    class_params  (4, C) float64: rows fw, g, tw, e (see unimri_kernels.reference.loss)
+Outputs:
+    loss          (B,) per-sample loss, or (1,) when ``batch`` (fp32; fp64 for fp64 logits)
+    grad          (B, C, N) d loss_b / d logits in the logits' dtype (empty if not
+                  ``compute_grad``), computed in the forward sweep.
+
+Backward is a scale of ``grad`` by grad_output. With ``inplace_backward`` (what the
+loss modules use outside ``torch.compile``) the scale happens in the saved buffer, as
+Liger-Kernel does, so forward+backward needs no second logits-sized buffer; backward
+through the same graph a second time then raises instead of returning wrong values.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from unimri_kernels.dispatch import backend_for, cpp_ops
+from unimri_kernels.reference.loss import unified_focal_loss_torch
+
+
+@torch.library.custom_op("unimri::unified_focal_loss", mutates_args=(), device_types=("cpu", "cuda"))
+def unified_focal_loss(logits: Tensor, target: Tensor, class_params: Tensor, fp_weight: float,
+                       fn_weight: float, smooth: float, ignore_index: int, batch: bool,
+                       compute_grad: bool, inplace_backward: bool) -> tuple[Tensor, Tensor]:
+    backend = backend_for(logits)
+    args = (logits, target, class_params, fp_weight, fn_weight, smooth, ignore_index, batch,
+            compute_grad)
+    if backend == "cpp":
+        return cpp_ops().unified_focal_loss_cpu(*args)
+    if backend == "triton":
+        from unimri_kernels.triton.unified_focal_loss import unified_focal_loss_triton
+
+        return unified_focal_loss_triton(*args)
+    return unified_focal_loss_torch(*args)
+
+
+@unified_focal_loss.register_fake
+def _(logits, target, class_params, fp_weight, fn_weight, smooth, ignore_index, batch,
+      compute_grad, inplace_backward):
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    loss = logits.new_empty((1 if batch else logits.shape[0],), dtype=acc)
+    grad = torch.empty_like(logits) if compute_grad else logits.new_empty((0,))
+    return loss, grad
+
+
+def _setup_context(ctx, inputs, output):
+    _, grad = output
+    ctx.save_for_backward(grad)
+    ctx.inplace = inputs[9]
+    ctx.consumed = False
+    ctx.mark_non_differentiable(grad)
+    ctx.set_materialize_grads(False)  # else autograd allocates zeros the size of ``grad``
+
+
+def _backward(ctx, grad_loss, _grad_grad):
+    if ctx.consumed:
+        raise RuntimeError(
+            "unimri fused loss: backward ran twice through the same graph; its gradient "
+            "buffer was scaled in place the first time. Build the loss with "
+            "inplace_backward=False to use retain_graph=True.")
+    (grad,) = ctx.saved_tensors
+    if grad.numel() == 0:
+        raise RuntimeError("unified_focal_loss was called with compute_grad=False; "
+                           "it cannot be differentiated")
+    if grad_loss is None:  # only the (non-differentiable) gradient output was used
+        return (None,) * 10
+    scale = grad_loss.reshape(-1, 1, 1).to(grad.dtype)
+    if ctx.inplace and not torch.compiler.is_compiling():
+        ctx.consumed = True
+        return grad.mul_(scale), None, None, None, None, None, None, None, None, None
+    return grad * scale, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("unimri::unified_focal_loss", _backward, setup_context=_setup_context)
