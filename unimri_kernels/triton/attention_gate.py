@@ -200,8 +200,8 @@ def _coarse_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr, a_ptr
                    S: tl.constexpr, SD: tl.constexpr, SAME_G: tl.constexpr, NZ: tl.constexpr,
                    FOCAL_ONE: tl.constexpr, CI_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
                    BLOCK_P: tl.constexpr, ACC: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    n = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = tl.program_id(1).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = n < Nc
     ci = tl.arange(0, CI_PAD)
     ci_mask = ci < Ci
@@ -220,8 +220,8 @@ def _coarse_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr, a_ptr
 def _scale_kernel(x_ptr, a_ptr, y_ptr, alpha_ptr, az_ptr, ay_ptr, ax_ptr,
                   Cx, N, Nc, H, W, Hc, Wc,
                   A_SAME: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    m = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    b = tl.program_id(1).to(tl.int64)
+    m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m_mask = m < N
     alpha = _alpha_at(a_ptr + b * Nc, m, m_mask, H, W, Hc, Wc, az_ptr, ay_ptr, ax_ptr,
                       A_SAME, ACC)
@@ -238,8 +238,8 @@ def _dalpha_kernel(gy_ptr, ga_ptr, x_ptr, da_ptr, az_ptr, ay_ptr, ax_ptr,
                    Cx, N, Nc, H, W, Hc, Wc,
                    A_SAME: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """d a (B, Nc) += resample^T(grad_alpha + sum_c grad_y * x); da zeroed unless A_SAME."""
-    b = tl.program_id(0).to(tl.int64)
-    m = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    b = tl.program_id(1).to(tl.int64)
+    m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m_mask = m < N
     d = tl.load(ga_ptr + b * N + m, mask=m_mask, other=0.0).to(ACC)
     for c in range(0, Cx):
@@ -279,8 +279,8 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
                           S: tl.constexpr, SD: tl.constexpr, SAME_G: tl.constexpr,
                           NZ: tl.constexpr, FOCAL_ONE: tl.constexpr, CI_PAD: tl.constexpr,
                           BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    n = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = tl.program_id(1).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = n < Nc
     ci = tl.arange(0, CI_PAD)
     ci_mask = ci < Ci
@@ -337,8 +337,8 @@ def _grad_x_kernel(gy_ptr, a_ptr, gx_ptr, az_ptr, ay_ptr, ax_ptr,
                    Cx, N, Nc, D, H, W, Hc, Wc, ZIN, YIN, XIN,
                    A_SAME: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """grad_x = (patch gradient where a patch covers the pixel) + grad_y * alpha."""
-    b = tl.program_id(0).to(tl.int64)
-    m = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    b = tl.program_id(1).to(tl.int64)
+    m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m_mask = m < N
     alpha = _alpha_at(a_ptr + b * Nc, m, m_mask, H, W, Hc, Wc, az_ptr, ay_ptr, ax_ptr,
                       A_SAME, ACC)
@@ -427,10 +427,10 @@ class _Launch:
                     BLOCK_P=self.block_p, ACC=self.tl_acc)
 
     def tile_grid(self):
-        return (self.B, triton.cdiv(self.Nc, self.block_p))
+        return (triton.cdiv(self.Nc, self.block_p), self.B)  # axis 1 is limited to 65535
 
     def pixel_grid(self):
-        return (self.B, triton.cdiv(self.N, self.block))
+        return (triton.cdiv(self.N, self.block), self.B)
 
 
 def attention_gate_forward(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, *,
