@@ -152,10 +152,10 @@ def test_rng_capture_restore_reproduces_draws():
 def test_stage_size_the_model_cannot_take_is_a_clear_error():
     from unimri.models import create_model
 
-    model = create_model("unet", features=4)  # batch-norm bottleneck of 1x1 at size 8
-    check_stage_sizes(model, 1, 2, [(32, 32)], "unet", [1])
-    with pytest.raises(ValueError, match=r"stages: model 'unet' cannot take input size \(8, 8\) at batch size 1"):
-        check_stage_sizes(model, 1, 2, [(32, 32), (8, 8)], "unet", [2, 1])
+    model = create_model("unet", features=4)  # the backbones pad any 2D size; a 3D one they refuse
+    check_stage_sizes(model, 1, 2, [(32, 32), (8, 8)], "unet", [2, 1])
+    with pytest.raises(ValueError, match=r"stages: model 'unet' cannot take input size \(16, 16, 16\) at batch size 1"):
+        check_stage_sizes(model, 1, 2, [(32, 32), (16, 16, 16)], "unet", [2, 1])
 
 
 def test_sliding_windows_cover_the_volume():
