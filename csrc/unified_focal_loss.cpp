@@ -49,22 +49,46 @@ struct Problem {
   int64_t label(int64_t b, int64_t i) const { return index_target ? index_target[b * N + i] : 0; }
   bool valid(int64_t label) const { return !index_target || label != ignore_index; }
 
-  // Log-softmax of pixels [start, start+n) of sample b into lp[c * kTile + j].
-  void log_softmax_tile(int64_t b, int64_t start, int64_t n, acc_t* lp, acc_t* lse) const {
+  // Log-softmax of pixels [start, start+n) of sample b into lp[c * kTile + j] and the
+  // probabilities into pr[c * kTile + j] (one exp per element; plain loops that GCC
+  // vectorises with libmvec under -fno-math-errno).
+  void softmax_tile(int64_t b, int64_t start, int64_t n, acc_t* lp, acc_t* pr, acc_t* mx, acc_t* sum) const {
     const scalar_t* zb = logits + b * C * N + start;
-    for (int64_t j = 0; j < n; ++j) lse[j] = -std::numeric_limits<acc_t>::infinity();
-    for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < n; ++j) {
+      mx[j] = -std::numeric_limits<acc_t>::infinity();
+      sum[j] = acc_t(0);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t* l = lp + c * kTile;
+      const scalar_t* z = zb + c * N;
       for (int64_t j = 0; j < n; ++j) {
-        acc_t z = static_cast<acc_t>(zb[c * N + j]);
-        lp[c * kTile + j] = z;
-        lse[j] = std::max(lse[j], z);
+        l[j] = static_cast<acc_t>(z[j]);
+        mx[j] = std::max(mx[j], l[j]);
       }
-    std::vector<acc_t> sum(n, acc_t(0));
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t j = 0; j < n; ++j) sum[j] += std::exp(lp[c * kTile + j] - lse[j]);
-    for (int64_t j = 0; j < n; ++j) lse[j] += std::log(sum[j]);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t j = 0; j < n; ++j) lp[c * kTile + j] -= lse[j];
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t* l = lp + c * kTile;
+      acc_t* p = pr + c * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        l[j] -= mx[j];
+        p[j] = std::exp(l[j]);
+        sum[j] += p[j];
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      mx[j] = std::log(sum[j]);  // reuse mx as log Σ exp(z − max)
+      sum[j] = acc_t(1) / sum[j];
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t* l = lp + c * kTile;
+      acc_t* p = pr + c * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        l[j] -= mx[j];
+        p[j] *= sum[j];
+      }
+    }
   }
 };
 
@@ -81,10 +105,10 @@ void check_labels(const Problem<scalar_t, acc_t>& pr, int64_t b, int64_t start, 
 // Pass 1 of one tile: adds [TP_c | Σp_c | Σy_c | focal | count] into row (3C + 2).
 template <typename scalar_t, typename acc_t>
 void stats_tile(const Problem<scalar_t, acc_t>& pr, int64_t b, int64_t start, int64_t n, acc_t* lp,
-                acc_t* lse, acc_t* row) {
+                acc_t* prob, acc_t* mx, acc_t* sum, acc_t* row) {
   const int64_t C = pr.C;
   check_labels(pr, b, start, n);
-  pr.log_softmax_tile(b, start, n, lp, lse);
+  pr.softmax_tile(b, start, n, lp, prob, mx, sum);
   acc_t focal = 0, count = 0;
   for (int64_t j = 0; j < n; ++j) count += pr.valid(pr.label(b, start + j)) ? 1 : 0;
   for (int64_t c = 0; c < C; ++c) {
@@ -95,7 +119,7 @@ void stats_tile(const Problem<scalar_t, acc_t>& pr, int64_t b, int64_t start, in
       const int64_t lab = pr.label(b, start + j);
       if (!pr.valid(lab)) continue;
       const acc_t l = lp[c * kTile + j];
-      const acc_t p = std::exp(l);
+      const acc_t p = prob[c * kTile + j];
       const acc_t yv = pr.y(b, c, start + j, lab);
       tp += p * yv;
       ps += p;
@@ -113,17 +137,19 @@ void stats_tile(const Problem<scalar_t, acc_t>& pr, int64_t b, int64_t start, in
 // Pass 2 of one tile: d loss / d logits from coef (3, C) = [K_TP | K_P | fw/N].
 template <typename scalar_t, typename acc_t>
 void grad_tile(const Problem<scalar_t, acc_t>& pr, int64_t b, int64_t start, int64_t n, const acc_t* coef,
-               acc_t* lp, acc_t* lse, acc_t* abuf, scalar_t* grad) {
+               acc_t* lp, acc_t* prob, acc_t* mx, acc_t* sum, acc_t* abuf, scalar_t* grad) {
   const int64_t C = pr.C, N = pr.N;
-  pr.log_softmax_tile(b, start, n, lp, lse);
-  std::vector<acc_t> sum_a(n, acc_t(0)), sum_pb(n, acc_t(0));
-  // lp becomes p, abuf holds a_c then b_c is folded into the final loop.
+  pr.softmax_tile(b, start, n, lp, prob, mx, sum);
+  acc_t* sum_a = mx;  // free after softmax_tile
+  acc_t* sum_pb = sum;
+  for (int64_t j = 0; j < n; ++j) sum_a[j] = sum_pb[j] = acc_t(0);
+  // abuf holds a_c (rows 0..C) and b_c (rows C..2C).
   for (int64_t c = 0; c < C; ++c) {
     const acc_t g = static_cast<acc_t>(pr.params[C + c]);
     for (int64_t j = 0; j < n; ++j) {
       const int64_t lab = pr.label(b, start + j);
       const acc_t l = lp[c * kTile + j];
-      const acc_t p = std::exp(l);
+      const acc_t p = prob[c * kTile + j];
       acc_t a = 0, bb = 0;
       if (pr.valid(lab)) {
         const acc_t yv = pr.y(b, c, start + j, lab);
@@ -134,7 +160,6 @@ void grad_tile(const Problem<scalar_t, acc_t>& pr, int64_t b, int64_t start, int
         }
         bb = coef[c] * yv + coef[C + c];
       }
-      lp[c * kTile + j] = p;
       abuf[c * kTile + j] = a;
       abuf[(C + c) * kTile + j] = bb;
       sum_a[j] += a;
@@ -145,7 +170,7 @@ void grad_tile(const Problem<scalar_t, acc_t>& pr, int64_t b, int64_t start, int
   for (int64_t c = 0; c < C; ++c)
     for (int64_t j = 0; j < n; ++j) {
       const bool ok = pr.valid(pr.label(b, start + j));
-      const acc_t p = lp[c * kTile + j];
+      const acc_t p = prob[c * kTile + j];
       const acc_t v = abuf[c * kTile + j] - p * sum_a[j] + p * (abuf[(C + c) * kTile + j] - sum_pb[j]);
       gb[c * N + j] = static_cast<scalar_t>(ok ? v : acc_t(0));
     }
@@ -167,10 +192,11 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const at::Tenso
   const int64_t W = 3 * C + 2;
   std::vector<acc_t> partial(static_cast<size_t>(std::max<int64_t>(T, 1) * W), acc_t(0));
   at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> lp(C * kTile), lse(kTile);
+    std::vector<acc_t> lp(C * kTile), prob(C * kTile), mx(kTile), sum(kTile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / tiles_per_sample, start = (t % tiles_per_sample) * kTile;
-      stats_tile(pr, b, start, std::min(kTile, N - start), lp.data(), lse.data(), &partial[t * W]);
+      stats_tile(pr, b, start, std::min(kTile, N - start), lp.data(), prob.data(), mx.data(), sum.data(),
+                 &partial[t * W]);
     }
   });
   // Reduce in tile order (deterministic), then pool over the batch if asked.
@@ -213,11 +239,11 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const at::Tenso
   at::Tensor grad = at::empty({B, C, N}, logits.options());
   scalar_t* grad_ptr = grad.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> lp(C * kTile), lse(kTile), abuf(2 * C * kTile);
+    std::vector<acc_t> lp(C * kTile), prob(C * kTile), mx(kTile), sum(kTile), abuf(2 * C * kTile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / tiles_per_sample, start = (t % tiles_per_sample) * kTile;
-      grad_tile(pr, b, start, std::min(kTile, N - start), &coef[(batch ? 0 : b) * 3 * C], lp.data(), lse.data(),
-                abuf.data(), grad_ptr);
+      grad_tile(pr, b, start, std::min(kTile, N - start), &coef[(batch ? 0 : b) * 3 * C], lp.data(), prob.data(),
+                mx.data(), sum.data(), abuf.data(), grad_ptr);
     }
   });
   return {loss, grad};

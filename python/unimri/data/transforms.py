@@ -107,14 +107,24 @@ class Augmentation:
         shift = rng.uniform(-2 * self.max_shift, 2 * self.max_shift, dims)  # grid spans 2 units
         # affine_grid's coordinates are ordered (x, y, z) = reversed tensor axes.
         theta = np.concatenate([matrix[::-1, ::-1], shift[::-1, None]], axis=1)
-        theta_t = torch.as_tensor(theta.copy(), dtype=torch.float32)[None]
-        size = (1, 1) + tuple(label.shape)
-        grid = F.affine_grid(theta_t, list(size), align_corners=False)
+        grid = _affine_grid(theta, tuple(label.shape))
         warped = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border",
                                align_corners=False)[0].to(image.dtype)
         lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros",
-                            align_corners=False)[0, 0].round().long()
+                            align_corners=False)[0, 0].long()  # nearest: exact integers
         return warped, lab
+
+
+def _affine_grid(theta: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """``F.affine_grid(theta[None], (1, 1, *shape), align_corners=False)`` computed in numpy.
+
+    Same values; built here because ``affine_grid`` runs a batched matmul that is slow on
+    small grids when CPU threads are contended (tens of ms instead of well under one).
+    """
+    axes = [(2 * np.arange(n, dtype=np.float32) + 1) / n - 1 for n in shape]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    base = np.stack(list(mesh[::-1]) + [np.ones_like(mesh[0])], axis=-1)  # (*shape, dims + 1) as (x, y[, z], 1)
+    return torch.from_numpy((base @ theta.T.astype(np.float32))[None])
 
 
 def resolve_augmentation(augment: bool | Augmentation | None) -> Augmentation | None:

@@ -1,0 +1,92 @@
+"""Benchmark of the fused Unified Focal loss (``unimri::unified_focal_loss``).
+
+Providers, side by side in one run: ``unimri`` (fused: C++ on CPU, Triton on CUDA),
+``eager_reference`` (the pure-PyTorch ground truth with autograd), ``compile_reference``
+(``torch.compile`` of it), ``monai`` (``AsymmetricUnifiedFocalLoss`` fed softmax
+probabilities, as its docstring asks) and ``torch_ce`` (``F.cross_entropy``, the floor).
+Metrics: median time of forward and forward+backward, peak extra memory of
+forward+backward (bytes and as a multiple of the logits' size) and, on a GPU, achieved
+bandwidth as a fraction of a device-to-device copy measured in the same run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Recorder, copy_bandwidth_gbs, peak_memory_bytes  # noqa: E402
+
+from unimri.losses import UnifiedFocalLoss  # noqa: E402
+from unimri_kernels.reference.loss import unified_focal_loss_reference  # noqa: E402
+
+SIZES = [(8, 2, 256, 256), (16, 4, 256, 256), (2, 2, 128, 128, 128)]
+QUICK_SIZES = [(2, 2, 64, 64), (2, 4, 32, 32, 16)]
+
+
+def _providers(num_classes: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    fused = UnifiedFocalLoss(validate=False)
+    params = fused.class_params(num_classes).tensor(torch.device("cpu"))
+
+    def reference(x, t):
+        p = params.to(x.device)
+        return unified_focal_loss_reference(x.reshape(x.shape[0], x.shape[1], -1), t.reshape(t.shape[0], -1), p,
+                                            fused.fp_weight, fused.fn_weight, fused.smooth, -100, False).mean()
+
+    out: dict[str, Callable] = {
+        "unimri": fused,
+        "eager_reference": reference,
+        "compile_reference": torch.compile(reference, dynamic=False),
+        "torch_ce": F.cross_entropy,
+    }
+    try:
+        from monai.losses import AsymmetricUnifiedFocalLoss
+
+        monai_loss = AsymmetricUnifiedFocalLoss(to_onehot_y=True, num_classes=num_classes, delta=0.6)
+        out["monai"] = lambda x, t: monai_loss(torch.softmax(x, 1), t.unsqueeze(1))
+    except ImportError:
+        pass
+    return out
+
+
+def run(rec: Recorder, quick: bool, device: str) -> None:
+    repeat = 3 if quick else 7
+    for shape in (QUICK_SIZES if quick else SIZES):
+        size = "x".join(map(str, shape))
+        gen = torch.Generator().manual_seed(0)
+        logits = torch.randn(*shape, generator=gen).to(device)
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen).to(device)
+        logit_bytes = logits.numel() * logits.element_size()
+        gbs_copy = copy_bandwidth_gbs(logit_bytes, device) if device.startswith("cuda") else None
+        for name, fn in _providers(shape[1]).items():
+            x = logits.clone().requires_grad_()
+
+            def forward():
+                with torch.no_grad():
+                    return fn(x, target)
+
+            def forward_backward():
+                x.grad = None
+                fn(x, target).backward()
+
+            try:
+                rec.time("unified_focal_loss", name, "forward", size, forward, repeat=repeat, warmup=2)
+                t_fb = rec.time("unified_focal_loss", name, "forward+backward", size, forward_backward,
+                                repeat=repeat, warmup=2)
+            except Exception as exc:  # a peer that cannot run this case is recorded, not fatal
+                rec.add("unified_focal_loss", name, "forward+backward", "error", "-", size, float("nan"),
+                        note=f"{type(exc).__name__}: {str(exc)[:80]}")
+                continue
+            x.grad = None
+            peak = peak_memory_bytes(forward_backward, device)
+            rec.add("unified_focal_loss", name, "forward+backward", "peak_extra_memory", "MiB", size,
+                    peak / 2**20, note=f"{peak / logit_bytes:.2f}x logits")
+            if gbs_copy:
+                # minimal traffic: read logits twice (two passes) + targets, write the gradient
+                moved = 3 * logit_bytes + target.numel() * target.element_size()
+                achieved = moved / (t_fb * 1e-3) / 1e9
+                rec.add("unified_focal_loss", name, "forward+backward", "bandwidth_vs_copy", "fraction",
+                        size, achieved / gbs_copy, note=f"{achieved:.0f} GB/s vs copy {gbs_copy:.0f} GB/s")

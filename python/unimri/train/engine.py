@@ -1,0 +1,307 @@
+"""Training one fold: progressive-resizing stages, early stopping, AMP, DDP, checkpoints.
+
+Per stage (size, batch size, max epochs) a fresh SGD optimizer (and schedule) starts
+from the weights the previous stage ended with (its best validation-loss epoch): the
+paper's transfer learning between resizing runs. Every epoch writes ``last.pt``
+atomically with all state needed to continue exactly; an improvement also writes
+``best.pt``. ``TrainConfig.stop_after_epochs`` stops a run after that many epochs as if
+it had been killed (raises :class:`TrainingInterrupted`), which the resume test uses.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from unimri.train import registry
+from unimri.train.checkpoint import (capture_rng, load_checkpoint, load_weights, restore_rng,
+                                     save_checkpoint, seed_everything)
+from unimri.train.config import TrainConfig
+from unimri.train.datasets import StageCollate, make_dataset
+from unimri.train.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, broadcast_flag
+from unimri.train.predict import InferenceSpec, autocast_for
+from unimri.train.runlog import JsonlLog
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised when ``stop_after_epochs`` ends a run early (a simulated kill)."""
+
+
+def check_stage_sizes(model: nn.Module, in_channels: int, num_classes: int,
+                      sizes: Sequence[Sequence[int]], model_name: str,
+                      batch_sizes: Sequence[int] | None = None) -> None:
+    """ValueError if the model cannot take a stage's input size at its batch size.
+
+    A shape-only dry run (meta tensors, training mode, so that normalisation layers that
+    need more than one value per channel complain as they would in training); an op
+    without a meta kernel falls back to a real forward pass.
+    """
+    batch_sizes = list(batch_sizes) if batch_sizes is not None else [2] * len(sizes)
+    for size, batch in zip(sizes, batch_sizes):
+        shape = (batch, in_channels, *size)
+        try:
+            try:
+                probe = copy.deepcopy(model).to("meta").train()
+                out = probe(torch.empty(shape, device="meta"))
+            except NotImplementedError:
+                probe = copy.deepcopy(model).train()
+                with torch.no_grad():
+                    out = probe(torch.zeros(shape))
+        except Exception as exc:  # noqa: BLE001 - any failure means this size cannot be used
+            raise ValueError(f"stages: model {model_name!r} cannot take input size {tuple(size)} at batch "
+                             f"size {batch} ({type(exc).__name__}: {exc})") from None
+        expected = (batch, num_classes, *size)
+        if tuple(out.shape) != expected:
+            raise ValueError(f"stages: model {model_name!r} maps input size {tuple(size)} to output "
+                             f"shape {tuple(out.shape)}, expected {expected}")
+
+
+def _make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int):
+    if name == "none":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if name == "poly":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: (1 - e / max(1, epochs)) ** 0.9)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+    raise ValueError(f"schedule: expected one of ('none', 'cosine', 'poly', 'plateau'), got {name!r}")
+
+
+class FoldTrainer:
+    """Trains one cross-validation fold in ``fold_dir`` (``last.pt``, ``best.pt``, ``model.pt``)."""
+
+    def __init__(self, cfg: TrainConfig, fold: int, train_cases: list, val_cases: list,
+                 fold_dir: str, ctx: DistContext, log: JsonlLog, in_channels: int, num_classes: int):
+        self.cfg, self.fold, self.fold_dir, self.ctx, self.log = cfg, fold, fold_dir, ctx, log
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.spec = cfg.model_spec(in_channels, num_classes)
+        self.inference = InferenceSpec(cfg.spatial_dims, cfg.stage_sizes[-1], num_classes, in_channels,
+                                       cfg.slice_axis, cfg.patch, cfg.normalize,
+                                       _modality(train_cases))
+        self.train_set: Dataset = make_dataset(train_cases, cfg, num_classes, train=True)
+        self.val_set: Dataset = make_dataset(val_cases, cfg, num_classes, train=False)
+        self.history: list[dict[str, Any]] = []
+        self.paths = {k: os.path.join(fold_dir, f"{k}.pt") for k in ("last", "best", "model")}
+
+    # ------------------------------------------------------------------ pieces
+    def _loader(self, dataset: Dataset, size: Sequence[int], batch_size: int, train: bool,
+                seed: int) -> tuple[DataLoader, ShardedBatchSampler]:
+        world = self.ctx.world_size
+        sampler = ShardedBatchSampler(len(dataset), batch_size, self.ctx.rank, world, shuffle=train,
+                                      seed=seed, drop_last=train)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                            collate_fn=StageCollate(size, self.num_classes),
+                            pin_memory=self.ctx.device.type == "cuda",
+                            persistent_workers=False)
+        return loader, sampler
+
+    def _checkpoint_state(self, model: nn.Module, optimizer, scheduler, scaler, stage: int,
+                          next_epoch: int, global_epoch: int, best: float, bad: int) -> dict[str, Any]:
+        return {
+            "kind": "last", "model_spec": self.spec, "inference": self.inference.to_dict(),
+            "config": self.cfg.to_dict(), "fold": self.fold, "stage": stage, "next_epoch": next_epoch,
+            "global_epoch": global_epoch, "best_val_loss": best, "bad_epochs": bad,
+            "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "history": self.history, "rng": capture_rng(),
+        }
+
+    def weights_state(self, model: nn.Module, kind: str, **extra: Any) -> dict[str, Any]:
+        return {"kind": kind, "model_spec": self.spec, "inference": self.inference.to_dict(),
+                "config": self.cfg.to_dict(), "fold": self.fold, "model": _unwrap(model).state_dict(),
+                **extra}
+
+    # ------------------------------------------------------------------ loop
+    def run(self, resume: bool = False, epochs_done_in_run: list[int] | None = None) -> nn.Module:
+        """Train all stages; returns the final (best of the last stage) unwrapped model.
+
+        ``epochs_done_in_run`` is a one-element counter shared across folds so that
+        ``stop_after_epochs`` counts the epochs this process ran in total.
+        """
+        cfg, ctx = self.cfg, self.ctx
+        counter = epochs_done_in_run if epochs_done_in_run is not None else [0]
+        seed_everything(cfg.seed + 1000 * self.fold)
+        model = registry.create_model(self.spec).to(ctx.device)
+        loss_fn = registry.create_loss(cfg.loss, **cfg.loss_kwargs)
+        if hasattr(loss_fn, "to"):
+            loss_fn = loss_fn.to(ctx.device)
+        state = None
+        if resume and os.path.exists(self.paths["last"]):
+            state = load_checkpoint(self.paths["last"], map_location="cpu")
+            from unimri.train.checkpoint import check_model_spec
+
+            check_model_spec(state["model_spec"], self.spec, self.paths["last"])
+            load_weights(model, state["model"], self.paths["last"])
+            self.history = list(state["history"])
+        net: nn.Module = model
+        if ctx.distributed:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        start_stage = state["stage"] if state else 0
+        global_epoch = state["global_epoch"] if state else 0
+        sizes, batches, max_epochs = cfg.stage_sizes, cfg.stage_batch_sizes, cfg.stage_epochs
+        for stage in range(start_stage, len(sizes)):
+            size, batch_size, n_epochs = sizes[stage], batches[stage], max_epochs[stage]
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay)
+            scheduler = _make_scheduler(cfg.schedule, optimizer, n_epochs)
+            amp = self._amp_mode()
+            scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+            best, bad, start_epoch = math.inf, 0, 0
+            best_weights: dict[str, torch.Tensor] | None = None
+            if state is not None and stage == start_stage:
+                optimizer.load_state_dict(state["optimizer"])
+                if scheduler is not None and state["scheduler"] is not None:
+                    scheduler.load_state_dict(state["scheduler"])
+                if scaler is not None and state["scaler"] is not None:
+                    scaler.load_state_dict(state["scaler"])
+                best, bad, start_epoch = state["best_val_loss"], state["bad_epochs"], state["next_epoch"]
+                if os.path.exists(self.paths["best"]):
+                    best_weights = load_checkpoint(self.paths["best"])["model"]
+                restore_rng(state["rng"])
+            if start_epoch >= n_epochs or (state is not None and stage == start_stage and bad >= cfg.patience):
+                start_epoch = n_epochs  # the stage had already ended when the run stopped
+            train_loader, train_sampler = self._loader(self.train_set, size, batch_size, True,
+                                                       cfg.seed + 1000 * self.fold + stage)
+            val_loader, _ = self._loader(self.val_set, size, batch_size, False, 0)
+            for epoch in range(start_epoch, n_epochs):
+                t0 = time.perf_counter()
+                train_sampler.set_epoch(epoch)
+                _set_dataset_epoch(self.train_set, global_epoch)
+                train_loss = self._train_epoch(net, model, loss_fn, optimizer, scaler, train_loader,
+                                               amp, f"fold {self.fold} stage {stage} {'x'.join(map(str, size))} "
+                                                    f"epoch {epoch + 1}/{n_epochs}")
+                val_loss, val_dsc = self._validate(model, loss_fn, val_loader, amp)
+                if scheduler is not None:
+                    scheduler.step(val_loss) if cfg.schedule == "plateau" else scheduler.step()
+                improved = val_loss < best - cfg.min_delta
+                if improved:
+                    best, bad = val_loss, 0
+                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad += 1
+                record = {"event": "epoch", "fold": self.fold, "stage": stage, "size": list(size),
+                          "epoch": global_epoch, "stage_epoch": epoch, "train_loss": train_loss,
+                          "val_loss": val_loss, "val_dsc": val_dsc, "lr": optimizer.param_groups[0]["lr"],
+                          "best": improved, "seconds": round(time.perf_counter() - t0, 3)}
+                self.history.append(record)
+                global_epoch += 1
+                counter[0] += 1
+                stop = bad >= cfg.patience
+                if ctx.is_main:
+                    self.log.write(record)
+                    if improved:
+                        save_checkpoint(self.paths["best"], self.weights_state(model, "best", stage=stage))
+                    save_checkpoint(self.paths["last"], self._checkpoint_state(
+                        model, optimizer, scheduler, scaler, stage, epoch + 1, global_epoch, best, bad))
+                if cfg.stop_after_epochs is not None and counter[0] >= cfg.stop_after_epochs \
+                        and not (stage == len(sizes) - 1 and (epoch + 1 == n_epochs or stop)):
+                    raise TrainingInterrupted(f"stopped after {counter[0]} epoch(s) (stop_after_epochs)")
+                if broadcast_flag(stop, ctx):
+                    break
+            if best_weights is not None:
+                model.load_state_dict(best_weights)  # carry the stage's best weights forward
+            state = None
+        if ctx.is_main:
+            save_checkpoint(self.paths["model"], self.weights_state(model, "model", history=self.history))
+        return model
+
+    def _amp_mode(self) -> str:
+        amp = self.cfg.amp
+        if self.ctx.device.type != "cuda":
+            return "none"
+        return "bf16" if amp == "auto" else amp
+
+    def _train_epoch(self, net: nn.Module, model: nn.Module, loss_fn: nn.Module, optimizer, scaler,
+                     loader: DataLoader, amp: str, desc: str) -> float:
+        from tqdm.auto import tqdm
+
+        cfg, ctx = self.cfg, self.ctx
+        net.train()
+        total = torch.zeros(2, dtype=torch.float64)
+        bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and ctx.is_main))
+        for batch in bar:
+            image = batch["image"].to(ctx.device, non_blocking=True)
+            target = batch["target"].to(ctx.device, non_blocking=True)
+            n_local = image.shape[0]
+            share = 1.0
+            if ctx.distributed:  # weight by this rank's share of the global batch (exact mean)
+                n_all = all_reduce_sum(torch.tensor([float(n_local)], device=_reduce_device(ctx)), ctx)
+                share = n_local * ctx.world_size / float(n_all.item())
+            with autocast_for(ctx.device, amp):
+                logits = net(image)
+            loss = loss_fn(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss * share).backward()
+                scaler.unscale_(optimizer)
+            else:
+                (loss * share).backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.grad_clip))
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            total += torch.tensor([loss.item() * n_local, n_local], dtype=torch.float64)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        total = all_reduce_sum(total.to(_reduce_device(ctx)), ctx).cpu()
+        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+    @torch.no_grad()
+    def _validate(self, model: nn.Module, loss_fn: nn.Module, loader: DataLoader, amp: str) -> tuple[float, float]:
+        """Validation loss at the stage size and foreground DSC at native resolution (micro)."""
+        from unimri.train.resize import resize_logits
+
+        ctx, k = self.ctx, self.num_classes
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        counts = torch.zeros((k, 4), dtype=torch.float64)
+        for batch in loader:
+            image = batch["image"].to(ctx.device)
+            with autocast_for(ctx.device, amp):
+                logits = model(image)
+            logits = logits.float()
+            loss = loss_fn(logits, batch["target"].to(ctx.device))
+            total += torch.tensor([loss.item() * image.shape[0], image.shape[0]], dtype=torch.float64)
+            for i, label in enumerate(batch["label"]):
+                pred = resize_logits(logits[i:i + 1], label.shape).argmax(1)[0].cpu()
+                counts += class_counts(pred, label, k)
+        packed = all_reduce_sum(torch.cat([total, counts.flatten()]).to(_reduce_device(ctx)), ctx).cpu()
+        total, counts = packed[:2], packed[2:].view(k, 4)
+        dsc = registry.dice_from_counts(counts)[1:]
+        val_dsc = float(torch.nanmean(dsc)) if dsc.numel() else float("nan")
+        return (float(total[0] / total[1]) if total[1] > 0 else float("nan")), val_dsc
+
+
+def class_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, 4) float64 [TP, FP, TN, FN] per class for one label-map pair (unimri.metrics)."""
+    return registry.class_counts(pred, label, num_classes).double()
+
+
+def _modality(cases: Sequence[Any]) -> str | None:
+    """The cases' common ``meta['modality']`` (z-score masking depends on it), else None."""
+    found = {(getattr(c, "meta", None) or {}).get("modality") for c in cases}
+    return found.pop() if len(found) == 1 else None
+
+
+def _reduce_device(ctx: DistContext) -> torch.device:
+    return ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _set_dataset_epoch(dataset: Dataset, epoch: int) -> None:
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)

@@ -1,0 +1,105 @@
+"""PNG figures: learning curves per loss (the paper's figure 3) and overlays of prediction
+vs ground truth (its figures 4 and 5). Matplotlib on the Agg backend, written atomically."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from unimri.train.checkpoint import atomic_write_bytes
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    _plt().close(fig)
+    return path
+
+
+def plot_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
+                title: str = "") -> str:
+    """Loss and validation DSC per epoch, one line per run label.
+
+    ``histories[label]`` is that run's epoch records (``epoch``, ``train_loss``,
+    ``val_loss``, ``val_dsc``); several folds under one label are averaged per epoch.
+    """
+    plt = _plt()
+    fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, records) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        by_epoch: dict[int, list[Mapping[str, Any]]] = {}
+        for r in records:
+            by_epoch.setdefault(int(r["epoch"]), []).append(r)
+        epochs = sorted(by_epoch)
+        if not epochs:
+            continue
+
+        def mean(key: str) -> list[float]:
+            return [float(np.nanmean([float(r.get(key, np.nan)) for r in by_epoch[e]])) for e in epochs]
+
+        xs = [e + 1 for e in epochs]
+        ax_loss.plot(xs, mean("train_loss"), "--", color=color, alpha=0.6, label=f"{label} (train)")
+        ax_loss.plot(xs, mean("val_loss"), "-", color=color, label=f"{label} (val)")
+        ax_dsc.plot(xs, mean("val_dsc"), "-o", ms=3, color=color, label=label)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("loss per epoch")
+    ax_dsc.set_xlabel("epoch")
+    ax_dsc.set_ylabel("validation DSC (foreground)")
+    ax_dsc.set_ylim(0, 1)
+    ax_dsc.set_title("DSC per epoch")
+    for ax in (ax_loss, ax_dsc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_overlays(cases: Sequence[Mapping[str, Any]], path: str, title: str = "") -> str:
+    """One row per case: the image with ground truth, then each method's prediction.
+
+    ``cases[i]`` = {"case_id": str, "image": (H, W) array, "label": (H, W) int array,
+    "predictions": {method: (H, W) int array}}. Ground truth is drawn as a green
+    contour on every panel, each prediction as a red filled overlay.
+    """
+    plt = _plt()
+    if not cases:
+        raise ValueError("plot_overlays: cases is empty")
+    methods = list(cases[0]["predictions"])
+    ncols = 1 + len(methods)
+    fig, axes = plt.subplots(len(cases), ncols, figsize=(2.6 * ncols, 2.6 * len(cases)), squeeze=False)
+    for row, case in enumerate(cases):
+        image = np.asarray(case["image"], dtype=np.float32)
+        label = np.asarray(case["label"])
+        panels = [("ground truth", label)] + [(m, np.asarray(case["predictions"][m])) for m in methods]
+        for col, (name, mask) in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(image.T, cmap="gray", origin="lower")
+            fg = (mask > 0).astype(np.float32)
+            color = (0.1, 0.9, 0.1, 0.45) if col == 0 else (0.95, 0.15, 0.1, 0.5)
+            rgba = np.zeros((*fg.T.shape, 4), dtype=np.float32)
+            rgba[fg.T > 0] = color
+            ax.imshow(rgba, origin="lower")
+            if col > 0 and (label > 0).any():
+                ax.contour((label > 0).T.astype(float), levels=[0.5], colors=["lime"], linewidths=0.8,
+                           origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(str(case["case_id"]), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
