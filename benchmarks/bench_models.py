@@ -23,27 +23,33 @@ MODE = "train_step"
 
 
 def _train_step(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor,
-                y: torch.Tensor) -> Callable[[], None]:
+                y: torch.Tensor) -> tuple[Callable[[], None], Callable[[], torch.Tensor]]:
+    """(one SGD training step, the forward pass with the loss alone)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+
+    def forward() -> torch.Tensor:
+        return loss_fn(model(x), y)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        forward().backward()
         optimizer.step()
 
-    return step
+    return step, forward
 
 
-def _measure(rec: Recorder, op: str, provider: str, size: str, step: Callable[[], None], batch: int,
+def _measure(rec: Recorder, op: str, provider: str, size: str,
+             fns: tuple[Callable[[], None], Callable[[], torch.Tensor]], batch: int,
              repeat: int, device: str, note: str) -> float:
     """Peak memory of one step (which also warms up), then the timed steps; returns images/s.
 
     On CPU the peak is the resident-set high-water mark above the level before the step, which
     reads low once the allocator holds freed memory from earlier steps; the bytes autograd
-    saves for backward (``saved_activations``) are exact and are recorded beside it."""
+    saves for backward (``saved_activations``, forward only) are exact and are recorded beside it."""
+    step, forward = fns
     peak = peak_memory_bytes(step, device)
     rec.add(op, provider, MODE, "peak_memory", "MiB", size, peak / 2**20, note=note)
-    rec.add(op, provider, MODE, "saved_activations", "MiB", size, saved_tensor_bytes(step) / 2**20, note=note)
+    rec.add(op, provider, MODE, "saved_activations", "MiB", size, saved_tensor_bytes(forward) / 2**20, note=note)
     p50 = rec.time(op, provider, MODE, size, step, repeat=repeat, warmup=0, note=note)
     rec.add(op, provider, MODE, "throughput", "img/s", size, batch / (p50 * 1e-3), note=note)
     return batch / (p50 * 1e-3)
