@@ -128,6 +128,9 @@ def test_checkpoint_is_atomic_and_tagged(tmp_path):
     path = str(tmp_path / "c.pt")
     save_checkpoint(path, {"model_spec": {"name": "unet", "kwargs": {"features": 4}}, "x": torch.ones(2)})
     assert [p for p in os.listdir(tmp_path)] == ["c.pt"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only mode
     state = load_checkpoint(path)
     assert state["format"] == "unimri-checkpoint" and torch.equal(state["x"], torch.ones(2))
     atomic_write_text(str(tmp_path / "junk.pt"), "not a checkpoint")
