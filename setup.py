@@ -32,13 +32,13 @@ def _extensions():
         print("unimri: torch not importable at build time; skipping the C++ kernels", file=sys.stderr)
         return [], {}
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    # -fno-math-errno lets GCC vectorise exp/log loops with glibc libmvec (errno is never read)
+    # -fno-math-errno lets GCC vectorise exp loops with glibc's libmvec (errno is never read)
     extra = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-g0", "-DUNIMRI_PYTHON_MODULE"]
     ext = CppExtension(
         "unimri_kernels._C",
         sources,
         extra_compile_args={"cxx": extra},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp", "-lmvec"],
         include_dirs=[os.path.join(ROOT, "csrc")],
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -23,7 +23,18 @@ def discover() -> dict[str, str]:
     return {os.path.basename(p)[6:-3]: p for p in sorted(glob.glob(os.path.join(HERE, "bench_*.py")))}
 
 
+def _fixed_mmap_threshold() -> None:
+    """Re-exec with a fixed glibc mmap threshold: glibc otherwise raises it after the first
+    large free, big tensors stay in the heap after being freed, and the CPU peak-memory
+    figures (resident-set based) of later cases read 0."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        _fixed_mmap_threshold()
     benches = discover()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ops", default=",".join(benches), help=f"comma list of {sorted(benches)}")

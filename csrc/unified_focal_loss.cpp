@@ -20,8 +20,20 @@
 #include <tuple>
 #include <vector>
 
+// Vector variants of exp from glibc's libmvec (linked with -lmvec): glibc declares them
+// only under -ffast-math, which would also drop inf/NaN semantics this kernel relies on.
+extern "C" {
+#pragma omp declare simd notinbranch
+float expf(float);
+#pragma omp declare simd notinbranch
+double exp(double);
+}
+
 namespace unimri {
 namespace {
+
+inline float vexp(float x) { return expf(x); }
+inline double vexp(double x) { return exp(x); }
 
 constexpr int64_t kTile = 256;
 constexpr double kTiny = 1e-30;
@@ -72,7 +84,7 @@ struct Problem {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         l[j] -= mx[j];
-        p[j] = std::exp(l[j]);
+        p[j] = vexp(l[j]);
         sum[j] += p[j];
       }
     }

@@ -54,6 +54,7 @@ def _setup_context(ctx, inputs, output):
     ctx.inplace = inputs[9]
     ctx.consumed = False
     ctx.mark_non_differentiable(grad)
+    ctx.set_materialize_grads(False)  # else autograd allocates zeros the size of ``grad``
 
 
 def _backward(ctx, grad_loss, _grad_grad):
@@ -66,6 +67,8 @@ def _backward(ctx, grad_loss, _grad_grad):
     if grad.numel() == 0:
         raise RuntimeError("unified_focal_loss was called with compute_grad=False; "
                            "it cannot be differentiated")
+    if grad_loss is None:  # only the (non-differentiable) gradient output was used
+        return (None,) * 10
     scale = grad_loss.reshape(-1, 1, 1).to(grad.dtype)
     if ctx.inplace and not torch.compiler.is_compiling():
         ctx.consumed = True

@@ -34,10 +34,13 @@ def _pow_nonneg(base, e):
 
 
 @triton.jit
-def _load_tile(z_ptr, t_ptr, b, pid_n, C, N, ignore_index,
+def _load_tile(z_ptr, t_ptr, params_ptr, C, N, ignore_index,
                IS_INDEX: tl.constexpr, ACC64: tl.constexpr, BLOCK_C: tl.constexpr,
                BLOCK_N: tl.constexpr):
-    """Log-softmax l, probability p, target y and the validity mask of one tile."""
+    """This program's tile: log-softmax lp, probability p, target y, q = 1 − p, the focal
+    factor q^γ, γ per class, masks and offsets."""
+    b = tl.program_id(0)
+    pid_n = tl.program_id(1)
     offs_c = tl.arange(0, BLOCK_C)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = offs_c < C
@@ -63,24 +66,21 @@ def _load_tile(z_ptr, t_ptr, b, pid_n, C, N, ignore_index,
         y = tl.load(t_ptr + offs, mask=mask, other=0.0).to(z.dtype)
     vmask = cmask[:, None] & valid[None, :]
     y = tl.where(vmask, y, 0.0)
-    return lp, p, y, vmask, valid, offs, mask
+    gam = tl.load(params_ptr + C + offs_c, mask=cmask, other=0.0).to(lp.dtype)
+    q = _neg_expm1(lp)
+    qg = _pow_nonneg(q, gam[:, None])
+    return b, pid_n, lp, p, y, q, qg, gam, vmask, valid, offs, mask, offs_c, cmask
 
 
 @triton.jit
 def _ufl_stats_kernel(z_ptr, t_ptr, params_ptr, partial_ptr, C, N, ignore_index, NUM_BLOCKS,
                       IS_INDEX: tl.constexpr, ACC64: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_N: tl.constexpr):
-    b = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    lp, p, y, vmask, valid, offs, mask = _load_tile(z_ptr, t_ptr, b, pid_n, C, N, ignore_index,
-                                                    IS_INDEX, ACC64, BLOCK_C, BLOCK_N)
-    offs_c = tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
+    b, pid_n, lp, p, y, q, qg, gam, vmask, valid, offs, mask, offs_c, cmask = _load_tile(
+        z_ptr, t_ptr, params_ptr, C, N, ignore_index, IS_INDEX, ACC64, BLOCK_C, BLOCK_N)
     fw = tl.load(params_ptr + offs_c, mask=cmask, other=0.0).to(lp.dtype)
-    gam = tl.load(params_ptr + C + offs_c, mask=cmask, other=0.0).to(lp.dtype)
     pv = tl.where(vmask, p, 0.0)
-    q = _neg_expm1(lp)
-    focal_terms = fw[:, None] * y * _pow_nonneg(q, gam[:, None]) * (-lp)
+    focal_terms = fw[:, None] * y * qg * (-lp)
     focal = tl.sum(tl.sum(tl.where(vmask & (y != 0), focal_terms, 0.0), axis=1), axis=0)
     count = tl.sum(valid.to(lp.dtype), axis=0)
     row = partial_ptr + (b * NUM_BLOCKS + pid_n) * (3 * C + 2)
@@ -95,19 +95,13 @@ def _ufl_stats_kernel(z_ptr, t_ptr, params_ptr, partial_ptr, C, N, ignore_index,
 def _ufl_grad_kernel(z_ptr, t_ptr, params_ptr, coef_ptr, grad_ptr, C, N, ignore_index,
                      IS_INDEX: tl.constexpr, ACC64: tl.constexpr, BLOCK_C: tl.constexpr,
                      BLOCK_N: tl.constexpr):
-    b = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    lp, p, y, vmask, valid, offs, mask = _load_tile(z_ptr, t_ptr, b, pid_n, C, N, ignore_index,
-                                                    IS_INDEX, ACC64, BLOCK_C, BLOCK_N)
-    offs_c = tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
-    gam = tl.load(params_ptr + C + offs_c, mask=cmask, other=0.0).to(lp.dtype)
+    b, pid_n, lp, p, y, q, qg, gam, vmask, valid, offs, mask, offs_c, cmask = _load_tile(
+        z_ptr, t_ptr, params_ptr, C, N, ignore_index, IS_INDEX, ACC64, BLOCK_C, BLOCK_N)
     k_tp = tl.load(coef_ptr + b * 3 * C + offs_c, mask=cmask, other=0.0)
     k_p = tl.load(coef_ptr + b * 3 * C + C + offs_c, mask=cmask, other=0.0)
     fw_n = tl.load(coef_ptr + b * 3 * C + 2 * C + offs_c, mask=cmask, other=0.0)
-    q = _neg_expm1(lp)
     s = tl.where(q > 0, -lp / tl.where(q > 0, q, 1.0), 1.0)  # −log p / (1 − p) → 1
-    a = fw_n[:, None] * y * _pow_nonneg(q, gam[:, None]) * (-1.0 - gam[:, None] * p * s)
+    a = fw_n[:, None] * y * qg * (-1.0 - gam[:, None] * p * s)
     a = tl.where(vmask & (y != 0), a, 0.0)
     bb = tl.where(vmask, k_tp[:, None] * y + k_p[:, None], 0.0)
     pz = tl.where(cmask[:, None], p, 0.0)

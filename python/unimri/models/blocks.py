@@ -86,13 +86,20 @@ class DoubleConv(nn.Sequential):
         )
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the spatial dims of (B, C, *S) at the far end up to a multiple of ``multiple``.
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_cells: int = 1) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial dims of (B, C, *S) at the far end up to a multiple of ``multiple``
+    of at least ``min_cells * multiple``.
 
+    If that leaves a single cell in all at the coarsest level (every padded dim equal to
+    ``multiple``), the last dim is padded to ``2 * multiple``: normalisation at that level
+    needs more than one value per channel (instance norm always, batch norm at batch 1).
     Returns the padded tensor and the original spatial shape (for :func:`crop_to`).
     """
     spatial = tuple(x.shape[2:])
-    extra = [(-s) % multiple for s in spatial]
+    target = [max(s + (-s) % multiple, min_cells * multiple) for s in spatial]
+    if all(t == multiple for t in target):
+        target[-1] = 2 * multiple
+    extra = [t - s for t, s in zip(target, spatial)]
     if not any(extra):
         return x, spatial
     pad: list[int] = []
@@ -180,12 +187,16 @@ def init_weights(model: nn.Module, skip_prefix: str = "attentions") -> None:
 class SegmentationModel(nn.Module):
     """Shared frame: argument checks, pad to the network's stride, crop the logits back.
 
+    Each spatial dim is zero-padded to a multiple of the stride (see :func:`pad_to_multiple`).
+
     Subclasses set ``self.stride`` (the product of their downsamplings) and implement
     ``forward_padded(x (B, C_in, *S padded)) -> logits (B, num_classes, *S padded)``.
     Attention modules live in ``self.attentions`` (an ``nn.ModuleList``, empty without attention).
     """
 
     stride: int = 1
+    #: cells per axis the coarsest level needs (2 where an attention gate subsamples it)
+    min_coarse_cells: int = 1
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, features: int,
                  norm: str, attention: str | None) -> None:
@@ -217,5 +228,5 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, *S) -> logits (B, num_classes, *S) for any spatial size S."""
         check_input(x, self.in_channels, self.spatial_dims, type(self).__name__)
-        padded, spatial = pad_to_multiple(x, self.stride)
+        padded, spatial = pad_to_multiple(x, self.stride, self.min_coarse_cells)
         return crop_to(self.forward_padded(padded), spatial)

@@ -81,7 +81,8 @@ class DeepLabV3(SegmentationModel):
         layers: residual blocks per layer.
 
     Logits are upsampled (bi/trilinear, align_corners=False) from the output stride back
-    to the input size. Input padded to a multiple of ``output_stride``.
+    to the input size. Input padded to a multiple of ``output_stride`` (with SAS, at least
+    twice it per axis: the gate subsamples the ASPP grid by 2).
     Shapes: (B, in_channels, *S) -> (B, num_classes, *S).
     """
 
@@ -94,6 +95,8 @@ class DeepLabV3(SegmentationModel):
         if len(layers) != 4 or any(not isinstance(n, int) or n < 1 for n in layers):
             raise ValueError(f"layers must be four positive ints (blocks per residual layer), got {layers!r}")
         self.stride = output_stride
+        if attention == "sas":  # the gate subsamples the output-stride grid by 2 per axis
+            self.min_coarse_cells = 2
         # (stride, dilation) of layers 1-4; the stem brings stride 4.
         plan = [(1, 1), (2, 1), (2, 1), (1, 2)] if output_stride == 16 else [(1, 1), (2, 1), (1, 2), (1, 4)]
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)

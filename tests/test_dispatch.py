@@ -1,0 +1,70 @@
+"""Dispatch rules: backend selection, the missing-extension fallback and bad settings."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from unimri_kernels import dispatch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cpu_default_is_cpp_when_built_and_env_overrides(monkeypatch):
+    x = torch.zeros(1)
+    monkeypatch.delenv("UNIMRI_BACKEND", raising=False)
+    assert dispatch.backend_for(x) == ("cpp" if dispatch.has_cpp() else "reference")
+    monkeypatch.setenv("UNIMRI_BACKEND", "reference")
+    assert dispatch.backend_for(x) == "reference"
+    monkeypatch.setenv("UNIMRI_BACKEND", "triton")
+    assert dispatch.backend_for(x) == "triton"  # conftest set TRITON_INTERPRET=1
+    with dispatch.use_backend("reference"):
+        assert dispatch.backend_for(x) == "reference"
+    monkeypatch.setenv("UNIMRI_BACKEND", "cuda-please")
+    with pytest.raises(ValueError, match="UNIMRI_BACKEND must be one of"):
+        dispatch.backend_for(x)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with dispatch.use_backend("fast"):
+            pass
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("UNIMRI_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        dispatch.backend_for(torch.zeros(1))
+
+
+def test_missing_extension_falls_back_to_reference_with_one_warning():
+    """Block the import of unimri_kernels._C: the losses still work and warn once."""
+    script = textwrap.dedent("""
+        import sys, warnings, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "unimri_kernels._C":
+                    raise ImportError("blocked for the test")
+        sys.meta_path.insert(0, Block())
+        import torch
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from unimri.losses import UnifiedFocalLoss
+            from unimri_kernels.dispatch import backend_for
+            x = torch.randn(2, 3, 8, 8, requires_grad=True)
+            t = torch.randint(0, 3, (2, 8, 8))
+            for _ in range(3):
+                UnifiedFocalLoss()(x, t).backward()
+        msgs = [str(w.message) for w in caught if "C++ kernels" in str(w.message)]
+        assert len(msgs) == 1, msgs
+        assert "reference" in msgs[0]
+        assert backend_for(x) == "reference"
+        assert torch.isfinite(x.grad).all()
+        print("OK")
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "python"), ROOT]))
+    env.pop("UNIMRI_BACKEND", None)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
