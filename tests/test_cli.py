@@ -126,7 +126,7 @@ def test_ablate_writes_paper_tables(tmp_path, capsys):
     (["--loss", "hinge"], "loss: unknown loss 'hinge'"),
     (["--dataset", "brats2099"], "dataset: 'brats2099' is neither a built-in dataset"),
     (["--attention", "psychic"], "attention: unknown attention"),
-    (["--stages", "8", "--batch-size", "1"], "cannot take input size (8, 8) at batch size 1"),
+    (["--stages", "16,0"], "stages[1]: expected 2 positive sizes, got 0"),
     (["--stages", "32x32x32"], "expected 2 positive sizes"),
     (["--dataset-kwargs", "{oops"], "--dataset-kwargs: could not parse"),
 ])
