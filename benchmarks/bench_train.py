@@ -15,7 +15,7 @@ from unimri.train.throughput import measure_training_throughput
 
 def run(rec, quick: bool, device: str) -> None:
     sizes = [(64, 8)] if quick else [(64, 16), (128, 8), (256, 4)]
-    steps = 2 if quick else 5
+    steps = 2 if quick else 7
     for size, batch in sizes:
         label = f"{batch}x1x{size}x{size}"
         for attention, loss, tag in (("sas", "unified", "unet+sas+unified"), (None, "ce", "unet+ce (plain)")):

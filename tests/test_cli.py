@@ -126,7 +126,7 @@ def test_ablate_writes_paper_tables(tmp_path, capsys):
     (["--loss", "hinge"], "loss: unknown loss 'hinge'"),
     (["--dataset", "brats2099"], "dataset: 'brats2099' is neither a built-in dataset"),
     (["--attention", "psychic"], "attention: unknown attention"),
-    (["--stages", "0"], "expected 2 positive sizes"),
+    (["--stages", "16,0"], "stages[1]: expected 2 positive sizes, got 0"),
     (["--stages", "32x32x32"], "expected 2 positive sizes"),
     (["--dataset-kwargs", "{oops"], "--dataset-kwargs: could not parse"),
 ])
@@ -168,3 +168,17 @@ def test_help_and_datasets(capsys):
     assert "--stages" in text and "--resume" in text and "paper's protocol" in text
     assert main(["datasets"]) == 0
     assert "phantom" in capsys.readouterr().out
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text("model: unet\nfeatures: 4\nloss: focal\ndataset: phantom\n"
+                        "dataset_kwargs: {num_cases: 4, size: 32}\nstages: [16, 32]\nbatch_size: [2, 2]\n"
+                        "epochs: 3\nlr: 0.05\nfolds: 2\nfold_indices: [0]\ndevice: cpu\nprogress: false\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_path), "--epochs", "1", "--loss", "tversky", "--out", str(out)]) == 0
+    saved = json.load(open(out / "config.json"))
+    assert (saved["loss"], saved["epochs"], saved["features"], saved["stages"]) == ("tversky", 1, 4, [16, 32])
+    (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

@@ -131,3 +131,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_3d_training_with_patches_and_sliding_window_evaluation(tmp_path):
+    cfg = tiny(spatial_dims=3, attention="sas", patch_size=12, epochs=1, stages=[8, 16],
+               dataset_kwargs={"num_cases": 4, "spatial_dims": 3, "size": 16})
+    result = run_experiment(cfg, str(tmp_path / "run3d"))
+    assert [h["size"] for h in result.histories] == [[8, 8, 8], [16, 16, 16]]
+    state = load_checkpoint(str(tmp_path / "run3d" / "fold0" / "model.pt"))
+    assert state["inference"]["patch"] == [12, 12, 12] and state["inference"]["size"] == [16, 16, 16]
+    assert 0.0 <= result.folds[0]["DSC"] <= 1.0 and result.folds[0]["Recall"] > 0

@@ -128,6 +128,9 @@ def test_checkpoint_is_atomic_and_tagged(tmp_path):
     path = str(tmp_path / "c.pt")
     save_checkpoint(path, {"model_spec": {"name": "unet", "kwargs": {"features": 4}}, "x": torch.ones(2)})
     assert [p for p in os.listdir(tmp_path)] == ["c.pt"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only mode
     state = load_checkpoint(path)
     assert state["format"] == "unimri-checkpoint" and torch.equal(state["x"], torch.ones(2))
     atomic_write_text(str(tmp_path / "junk.pt"), "not a checkpoint")
@@ -149,13 +152,27 @@ def test_rng_capture_restore_reproduces_draws():
 
 
 # ---------------------------------------------------------------- stage sizes, windows
-def test_stage_size_the_model_cannot_take_is_a_clear_error():
-    from unimri.models import create_model
+def test_stage_sizes_all_backbones_take_are_accepted():
+    from unimri.models import MODEL_NAMES, create_model
 
-    model = create_model("unet", features=4)  # the backbones pad any 2D size; a 3D one they refuse
-    check_stage_sizes(model, 1, 2, [(32, 32), (8, 8)], "unet", [2, 1])
-    with pytest.raises(ValueError, match=r"stages: model 'unet' cannot take input size \(16, 16, 16\) at batch size 1"):
-        check_stage_sizes(model, 1, 2, [(32, 32), (16, 16, 16)], "unet", [2, 1])
+    for name in MODEL_NAMES:  # the backbones pad internally: odd and tiny sizes are fine
+        check_stage_sizes(create_model(name, features=4), 1, 2, [(17, 9), (64, 64)], name, [1, 2])
+
+
+def test_stage_size_a_model_cannot_take_is_a_clear_error():
+    # pooling by 4 cannot run on 3x3 inputs; unpadded 3x3 convolutions shrink the output
+    too_small = torch.nn.Sequential(torch.nn.MaxPool2d(4), torch.nn.Conv2d(1, 2, 1), torch.nn.Upsample(scale_factor=4))
+    with pytest.raises(ValueError, match=r"stages: model 'plain' cannot take input size \(3, 3\) at batch size 2"):
+        check_stage_sizes(too_small, 1, 2, [(16, 16), (3, 3)], "plain", [2, 2])
+    shrinking = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 2, 3))
+    with pytest.raises(ValueError, match=r"maps input size \(16, 16\) to output shape \(2, 2, 12, 12\)"):
+        check_stage_sizes(shrinking, 1, 2, [(16, 16)], "plain", [2])
+    # a normalisation layer that needs more than one value per channel at batch size 1
+    pooled = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2),
+                                 torch.nn.Upsample(size=(8, 8)))
+    check_stage_sizes(pooled, 1, 2, [(8, 8)], "pooled", [2])
+    with pytest.raises(ValueError, match="at batch size 1.*more than 1 value per channel"):
+        check_stage_sizes(pooled, 1, 2, [(8, 8)], "pooled", [1])
 
 
 def test_sliding_windows_cover_the_volume():

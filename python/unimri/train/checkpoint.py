@@ -21,8 +21,18 @@ FORMAT = "unimri-checkpoint"
 VERSION = 1
 
 
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open(path, "w")`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str, write) -> str:
-    """Call ``write(fileobj)`` on a temp file in ``path``'s folder, then os.replace it."""
+    """Call ``write(fileobj)`` on a temp file in ``path``'s folder, then os.replace it.
+
+    The file gets the usual permissions (mkstemp alone would leave it owner-only).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
@@ -31,6 +41,7 @@ def atomic_write_bytes(path: str, write) -> str:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

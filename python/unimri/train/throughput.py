@@ -11,7 +11,8 @@ def measure_training_throughput(model: str = "unet", attention: str | None = "sa
                                 size: int = 128, batch_size: int = 8, steps: int = 5, features: int = 16,
                                 spatial_dims: int = 2, device: str = "auto", warmup: int = 1,
                                 backends: Sequence[str] = ("auto", "reference"), seed: int = 0) -> list[dict[str, Any]]:
-    """Images per second of SGD training steps (forward, backward, step) per ops backend.
+    """Median time and images per second of SGD training steps (forward, loss, backward,
+    step) per ops backend, the backends' steps interleaved.
 
     ``backends`` are unimri_kernels dispatch names: "auto" (the fused kernels: C++ on CPU,
     Triton on CUDA), "cpp", "triton", "reference" (pure PyTorch). The data are random
@@ -21,14 +22,12 @@ def measure_training_throughput(model: str = "unet", attention: str | None = "sa
 
     from unimri.train import registry
     from unimri.train.distributed import resolve_device
-    from unimri.train.predict import autocast_for
-
     dev = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
     shape = (batch_size, 1) + (size,) * spatial_dims
     x = torch.randn(shape, generator=g).to(dev)
     y = (torch.rand((batch_size,) + (size,) * spatial_dims, generator=g) < 0.03).long().to(dev)
-    rows = []
+    steps_of = {}
     for backend in backends:
         torch.manual_seed(seed)
         net = registry.create_model({"name": model, "kwargs": {
@@ -36,28 +35,40 @@ def measure_training_throughput(model: str = "unet", attention: str | None = "sa
             "attention": None if attention in (None, "none") else attention}}).to(dev)
         criterion = registry.create_loss(loss)
         opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-
-        def step() -> None:
-            with autocast_for(dev, "auto"):
-                logits = net(x)
-            value = criterion(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-
-        with use_backend(backend):
-            for _ in range(warmup):
-                step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
+        steps_of[backend] = _make_step(net, criterion, opt, x, y, dev)
+    # interleave the backends step by step, so that a change in machine load hits both alike
+    times: dict[str, list[float]] = {b: [] for b in backends}
+    for i in range(warmup + steps):
+        for backend in backends:
+            with use_backend(backend):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                steps_of[backend]()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times[backend].append(time.perf_counter() - t0)
+    rows = []
+    for backend in backends:
+        ts = sorted(times[backend])
+        median = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
         rows.append({"backend": backend, "model": model, "attention": attention, "loss": loss,
                      "size": size, "batch_size": batch_size, "steps": steps, "device": str(dev),
-                     "seconds": seconds, "ms_per_step": 1e3 * seconds / steps,
-                     "images_per_s": steps * batch_size / seconds})
+                     "seconds": sum(ts), "ms_per_step": 1e3 * median, "ms_min": 1e3 * ts[0],
+                     "images_per_s": batch_size / median})
     return rows
+
+
+def _make_step(net, criterion, opt, x, y, dev):
+    from unimri.train.predict import autocast_for
+
+    def step() -> None:
+        with autocast_for(dev, "auto"):
+            logits = net(x)
+        value = criterion(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+
+    return step
