@@ -8,12 +8,15 @@
 //     q = psi . relu(pre + b_phi) + b_psi, a = sigmoid(q)^f. Only a (B, Nc) leaves the tile:
 //     the (B, Ci, Nc) inter-channel tensor is never materialised.
 //   pass 2, per fine row (parallel): alpha = resample(a), y = alpha * x for every channel.
-// Backward (only the inputs are saved; the pre-activation is recomputed per tile):
-//   1. d alpha_fine = grad_alpha + sum_c grad_y * x                    (per fine row)
-//   2. d a = resample^T(d alpha_fine)                                   (per batch item)
-//   3. per tile: recompute pre, a; d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi,
-//      b_phi; d pre = d q * psi * [pre > 0]; W grads and patch / g grads by BLAS
-//   4. grad_x = (patch grad) + grad_y * resample(a)                     (per fine row)
+// Backward (autograd saves only the inputs; the forward is recomputed once per tile):
+//   A. per tile: pre, h = relu(pre + b_phi) (kept in a transient (B, tiles, Ci, TILE)
+//      buffer for B), sigmoid, a; d alpha = grad_alpha + sum_c grad_y * x on the tile's
+//      patch pixels, folded straight into d a by the resampling adjoint (per-thread d a,
+//      reduced in thread order). Pixels outside every patch get the same in a row pass.
+//   B. per tile: d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi, b_phi;
+//      d pre = d q * psi * [h > 0]; W grads and patch / g grads by BLAS; grad_x on the
+//      patch pixels = W_theta^T d pre + resample(a) * grad_y, written once.
+// Outputs of >= 2 MiB are huge-page backed (empty_output).
 // All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
