@@ -8,12 +8,15 @@
 //     q = psi . relu(pre + b_phi) + b_psi, a = sigmoid(q)^f. Only a (B, Nc) leaves the tile:
 //     the (B, Ci, Nc) inter-channel tensor is never materialised.
 //   pass 2, per fine row (parallel): alpha = resample(a), y = alpha * x for every channel.
-// Backward (only the inputs are saved; the pre-activation is recomputed per tile):
-//   1. d alpha_fine = grad_alpha + sum_c grad_y * x                    (per fine row)
-//   2. d a = resample^T(d alpha_fine)                                   (per batch item)
-//   3. per tile: recompute pre, a; d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi,
-//      b_phi; d pre = d q * psi * [pre > 0]; W grads and patch / g grads by BLAS
-//   4. grad_x = (patch grad) + grad_y * resample(a)                     (per fine row)
+// Backward (autograd saves only the inputs; the forward is recomputed once per tile):
+//   A. per tile: pre, h = relu(pre + b_phi) (kept in a transient (B, tiles, Ci, TILE)
+//      buffer for B), sigmoid, a; d alpha = grad_alpha + sum_c grad_y * x on the tile's
+//      patch pixels, folded straight into d a by the resampling adjoint (per-thread d a,
+//      reduced in thread order). Pixels outside every patch get the same in a row pass.
+//   B. per tile: d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi, b_phi;
+//      d pre = d q * psi * [h > 0]; W grads and patch / g grads by BLAS; grad_x on the
+//      patch pixels = W_theta^T d pre + resample(a) * grad_y, written once.
+// Outputs of >= 2 MiB are huge-page backed (empty_output).
 // All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
@@ -27,8 +30,11 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <tuple>
 #include <vector>
 
@@ -109,6 +115,26 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& g, const at::Tenso
   return G;
 }
 
+// Fresh outputs of tens of MB are dominated by first-touch page faults on 4 KiB pages
+// (measured here: 44 ms to allocate and fill 64 MB, 4 ms to refill it). Outputs at least
+// one huge page large are therefore 2 MiB aligned and advised MADV_HUGEPAGE (the kernel's
+// THP "madvise" mode; ignored where unsupported), as c10's THP_MEM_ALLOC_ENABLE does.
+constexpr size_t kHugePage = size_t(2) << 20;
+
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  int64_t numel = 1;
+  for (int64_t n : sizes) numel *= n;
+  const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+  if (bytes < kHugePage) return at::empty(sizes, options);
+  const size_t padded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* data = std::aligned_alloc(kHugePage, padded);
+  TORCH_CHECK(data != nullptr, "attention_gate_cpu: out of memory allocating ", padded, " bytes");
+#ifdef MADV_HUGEPAGE
+  madvise(data, padded, MADV_HUGEPAGE);
+#endif
+  return at::from_blob(data, sizes, [](void* p) { std::free(p); }, options);
+}
+
 template <typename acc_t>
 at::TensorOptions acc_options() {
   return at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
@@ -147,49 +173,93 @@ struct Params {
   }
 };
 
+// A run of coarse pixels [p, p + len) of a tile that lie on one coarse row; its patches
+// start at x-plane offset `origin` and are s apart along W.
+struct Segment {
+  int64_t p, len, origin;
+  int64_t z, y, x;  // fine coordinates of the first patch's corner
+};
+
 // Tile-local work buffers (one set per parallel chunk).
 template <typename acc_t>
 struct Tile {
   std::vector<acc_t> patch, gbuf, pre, q;
-  std::vector<int64_t> origin;  // offset of each coarse pixel's patch corner in an x plane
-  Tile(const Geometry& G, int64_t T)
-      : patch(G.K() * T), gbuf(G.Cg * T), pre(G.Ci * T), q(T), origin(T) {}
+  std::vector<Segment> segments;
+  Tile(const Geometry& G, int64_t T) : patch(G.K() * T), gbuf(G.Cg * T), pre(G.Ci * T), q(T) {}
 };
 
-// Fills tile.patch (K, P) with the x patches of coarse pixels [p0, p0 + P) of one batch item.
-template <typename scalar_t, typename acc_t>
-void gather_patches(const Geometry& G, const scalar_t* xb, int64_t p0, int64_t P, Tile<acc_t>& t) {
-  const int64_t HW = G.H * G.W, HWc = G.Hc * G.Wc;
-  for (int64_t p = 0; p < P; ++p) {
-    const int64_t n = p0 + p, zc = n / HWc, yc = (n / G.Wc) % G.Hc, xc = n % G.Wc;
-    t.origin[p] = zc * G.sd * HW + yc * G.s * G.W + xc * G.s;
+// Splits coarse pixels [p0, p0 + P) into runs along coarse rows (t.segments).
+template <typename acc_t>
+void tile_segments(const Geometry& G, int64_t p0, int64_t P, Tile<acc_t>& t) {
+  const int64_t HW = G.H * G.W;
+  t.segments.clear();
+  for (int64_t p = 0; p < P;) {
+    const int64_t n = p0 + p, row = n / G.Wc, xc = n % G.Wc, len = std::min(G.Wc - xc, P - p);
+    const int64_t zc = row / G.Hc, yc = row % G.Hc;
+    t.segments.push_back({p, len, zc * G.sd * HW + yc * G.s * G.W + xc * G.s, zc * G.sd,
+                          yc * G.s, xc * G.s});
+    p += len;
   }
-  int64_t k = 0;
-  for (int64_t c = 0; c < G.Cx; ++c)
-    for (int64_t dz = 0; dz < G.sd; ++dz)
-      for (int64_t dy = 0; dy < G.s; ++dy)
-        for (int64_t dx = 0; dx < G.s; ++dx, ++k) {
-          const scalar_t* src = xb + c * G.N() + dz * HW + dy * G.W + dx;
-          acc_t* row = t.patch.data() + k * P;
-          for (int64_t p = 0; p < P; ++p) row[p] = static_cast<acc_t>(src[t.origin[p]]);
-        }
 }
 
-// Adds patch gradients (K, P) into grad_x at the patch positions (each x element belongs to
-// at most one patch, so tiles never collide). Uses t.origin from gather_patches.
-template <typename scalar_t, typename acc_t>
-void scatter_patches(const Geometry& G, const acc_t* gpatch, int64_t P, const Tile<acc_t>& t,
-                     scalar_t* gxb) {
+// Visits every patch row of a tile: fn(k, dx, x-plane offset of (c, dz, dy)) with
+// k = ((c * sd + dz) * s + dy) * s + dx the patch row for dx = 0.
+template <typename Fn>
+void for_patch_rows(const Geometry& G, Fn&& fn) {
   const int64_t HW = G.H * G.W;
   int64_t k = 0;
   for (int64_t c = 0; c < G.Cx; ++c)
     for (int64_t dz = 0; dz < G.sd; ++dz)
-      for (int64_t dy = 0; dy < G.s; ++dy)
-        for (int64_t dx = 0; dx < G.s; ++dx, ++k) {
-          scalar_t* dst = gxb + c * G.N() + dz * HW + dy * G.W + dx;
-          const acc_t* row = gpatch + k * P;
-          for (int64_t p = 0; p < P; ++p) dst[t.origin[p]] = static_cast<scalar_t>(row[p]);
+      for (int64_t dy = 0; dy < G.s; ++dy, k += G.s) fn(k, c * G.N() + dz * HW + dy * G.W);
+}
+
+// Fills tile.patch (K, P) with the x patches of coarse pixels [p0, p0 + P) of one batch item
+// (call tile_segments first). Reads each x row once, de-interleaving the s columns.
+template <typename scalar_t, typename acc_t>
+void gather_patches(const Geometry& G, const scalar_t* xb, int64_t P, Tile<acc_t>& t) {
+  const int64_t s = G.s;
+  for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
+    acc_t* rows = t.patch.data() + k * P;
+    for (const Segment& seg : t.segments) {
+      const scalar_t* src = xb + plane_off + seg.origin;
+      acc_t* r0 = rows + seg.p;
+      if (s == 2) {
+        acc_t* r1 = r0 + P;
+        for (int64_t j = 0; j < seg.len; ++j) {
+          r0[j] = static_cast<acc_t>(src[2 * j]);
+          r1[j] = static_cast<acc_t>(src[2 * j + 1]);
         }
+      } else {
+        for (int64_t dx = 0; dx < s; ++dx)
+          for (int64_t j = 0; j < seg.len; ++j) r0[dx * P + j] = static_cast<acc_t>(src[s * j + dx]);
+      }
+    }
+  });
+}
+
+// Writes patch gradients (K, P) into grad_x at the patch positions (each x element belongs
+// to at most one patch, so tiles never collide). Uses the segments of gather_patches.
+template <typename scalar_t, typename acc_t>
+void scatter_patches(const Geometry& G, const acc_t* gpatch, int64_t P, const Tile<acc_t>& t,
+                     scalar_t* gxb) {
+  const int64_t s = G.s;
+  for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
+    const acc_t* rows = gpatch + k * P;
+    for (const Segment& seg : t.segments) {
+      scalar_t* dst = gxb + plane_off + seg.origin;
+      const acc_t* r0 = rows + seg.p;
+      if (s == 2) {
+        const acc_t* r1 = r0 + P;
+        for (int64_t j = 0; j < seg.len; ++j) {
+          dst[2 * j] = static_cast<scalar_t>(r0[j]);
+          dst[2 * j + 1] = static_cast<scalar_t>(r1[j]);
+        }
+      } else {
+        for (int64_t dx = 0; dx < s; ++dx)
+          for (int64_t j = 0; j < seg.len; ++j) dst[s * j + dx] = static_cast<scalar_t>(r0[dx * P + j]);
+      }
+    }
+  });
 }
 
 // Corners and weights of the g grid sampled at coarse pixel n (up to 8; 4 in 2D).
@@ -265,22 +335,58 @@ inline acc_t sigmoid(acc_t q) {
   return acc_t(1) / (acc_t(1) + std::exp(-q));
 }
 
-// Attention of one x row (b, z, y): alpha[x] = resample(a)[b, z, y, x], from coarse a (B, Nc).
+// Attention on fine row (z, y), columns [x0, x1): alpha[i] = resample(a)[z, y, x0 + i], from
+// one batch item's coarse a (Nc). tmp holds at least Wc values.
 template <typename acc_t>
-void alpha_row(const Geometry& G, const Tables<acc_t>& T, const acc_t* ab, int64_t z, int64_t y,
-               acc_t* tmp, acc_t* alpha) {
-  std::fill(tmp, tmp + G.Wc, acc_t(0));
+void alpha_span(const Geometry& G, const Tables<acc_t>& T, const acc_t* ab, int64_t z, int64_t y,
+                int64_t x0, int64_t x1, acc_t* tmp, acc_t* alpha) {
+  const int64_t lo = T.ax.i0[x0], hi = T.ax.i1[x1 - 1] + 1;  // coarse columns read
+  std::fill(tmp, tmp + (hi - lo), acc_t(0));
   const int64_t zi[2] = {T.az.i0[z], T.az.i1[z]}, yi[2] = {T.ay.i0[y], T.ay.i1[y]};
   const acc_t zl[2] = {T.az.l0[z], T.az.l1[z]}, yl[2] = {T.ay.l0[y], T.ay.l1[y]};
   for (int a = 0; a < 2; ++a)
     for (int b = 0; b < 2; ++b) {
       const acc_t w = zl[a] * yl[b];
       if (w == acc_t(0)) continue;
-      const acc_t* src = ab + (zi[a] * G.Hc + yi[b]) * G.Wc;
-      for (int64_t xc = 0; xc < G.Wc; ++xc) tmp[xc] += w * src[xc];
+      const acc_t* src = ab + (zi[a] * G.Hc + yi[b]) * G.Wc + lo;
+      for (int64_t i = 0; i < hi - lo; ++i) tmp[i] += w * src[i];
     }
-  for (int64_t x = 0; x < G.W; ++x)
-    alpha[x] = T.ax.l0[x] * tmp[T.ax.i0[x]] + T.ax.l1[x] * tmp[T.ax.i1[x]];
+  for (int64_t x = x0; x < x1; ++x)
+    alpha[x - x0] = T.ax.l0[x] * tmp[T.ax.i0[x] - lo] + T.ax.l1[x] * tmp[T.ax.i1[x] - lo];
+}
+
+// Adjoint of alpha_span: adds resample^T(dalpha) of fine row (z, y), columns [x0, x1), into
+// one batch item's coarse gradient dab (Nc). tmp holds at least Wc values.
+template <typename acc_t>
+void adjoint_span(const Geometry& G, const Tables<acc_t>& T, const acc_t* dalpha, int64_t z,
+                  int64_t y, int64_t x0, int64_t x1, acc_t* tmp, acc_t* dab) {
+  const int64_t lo = T.ax.i0[x0], hi = T.ax.i1[x1 - 1] + 1;
+  std::fill(tmp, tmp + (hi - lo), acc_t(0));
+  for (int64_t x = x0; x < x1; ++x) {
+    tmp[T.ax.i0[x] - lo] += T.ax.l0[x] * dalpha[x - x0];
+    tmp[T.ax.i1[x] - lo] += T.ax.l1[x] * dalpha[x - x0];
+  }
+  const int64_t zi[2] = {T.az.i0[z], T.az.i1[z]}, yi[2] = {T.ay.i0[y], T.ay.i1[y]};
+  const acc_t zl[2] = {T.az.l0[z], T.az.l1[z]}, yl[2] = {T.ay.l0[y], T.ay.l1[y]};
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      const acc_t w = zl[a] * yl[b];
+      if (w == acc_t(0)) continue;
+      acc_t* dst = dab + (zi[a] * G.Hc + yi[b]) * G.Wc + lo;
+      for (int64_t i = 0; i < hi - lo; ++i) dst[i] += w * tmp[i];
+    }
+}
+
+// Calls fn(z, y, x0, x1) for each run of fine row pixels outside every patch (the remainder
+// rows / columns when a size is not a multiple of s), over fine rows [r0, r1) of (D * H).
+template <typename Fn>
+void for_edge_spans(const Geometry& G, int64_t r0, int64_t r1, Fn&& fn) {
+  const int64_t zin = G.Dc * G.sd, yin = G.Hc * G.s, xin = G.Wc * G.s;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t z = r / G.H, y = r % G.H;
+    const int64_t x0 = (z < zin && y < yin) ? xin : 0;
+    if (x0 < G.W) fn(z, y, x0, G.W);
+  }
 }
 
 // Coarse attention a (B, Nc) = sigmoid(q)^f, tile by tile (forward pass 1).
@@ -294,7 +400,8 @@ void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<ac
     std::vector<acc_t> ws(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
-      gather_patches(G, x + b * G.Cx * G.N(), p0, P, t);
+      tile_segments(G, p0, P, t);
+      gather_patches(G, x + b * G.Cx * G.N(), P, t);
       gather_gating(G, T, g + b * G.Cg * G.Ng(), p0, P, t, offs, ws);
       tile_preactivation(G, W, t, P);
       tile_psi(G, W, t, P);
@@ -322,8 +429,8 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
 
   std::vector<int64_t> alpha_sizes = x.sizes().vec();
   alpha_sizes[1] = 1;
-  at::Tensor y = at::empty_like(x);
-  at::Tensor alpha = at::empty(alpha_sizes, x.options());
+  at::Tensor y = empty_output(x.sizes(), x.options());
+  at::Tensor alpha = empty_output(alpha_sizes, x.options());
   const scalar_t* xp = x.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
   scalar_t* ap = alpha.data_ptr<scalar_t>();
@@ -332,7 +439,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
     std::vector<acc_t> tmp(G.Wc), arow(G.W);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (G.D * G.H), zy = r % (G.D * G.H), z = zy / G.H, yy = zy % G.H;
-      alpha_row(G, T, a.data() + b * G.Nc(), z, yy, tmp.data(), arow.data());
+      alpha_span(G, T, a.data() + b * G.Nc(), z, yy, 0, G.W, tmp.data(), arow.data());
       const int64_t base = zy * G.W;
       scalar_t* arow_out = ap + b * N + base;
       for (int64_t i = 0; i < G.W; ++i) arow_out[i] = static_cast<scalar_t>(arow[i]);
@@ -359,6 +466,14 @@ struct WeightGrads {
         psi(G.Ci, acc_t(0)) {}
 };
 
+// Visits the patch area rows of a tile: fn(r, dz, dy), r = (dz * s + dy) * s the area row of
+// dx = 0 (an area row is one of the sd * s * s pixel positions inside a patch).
+template <typename Fn>
+void for_area_rows(const Geometry& G, Fn&& fn) {
+  for (int64_t dz = 0; dz < G.sd; ++dz)
+    for (int64_t dy = 0; dy < G.s; ++dy) fn((dz * G.s + dy) * G.s, dz, dy);
+}
+
 template <typename scalar_t>
 std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& galpha,
                                       const at::Tensor& x, const at::Tensor& g,
@@ -369,90 +484,132 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   const Geometry G = make_geometry(x, g, tw, pw, subsample);
   const Tables<acc_t> T(G);
   const Params<acc_t> W(tw, pw, pb, sw, sb, G);
-  const int64_t N = G.N(), Nc = G.Nc(), Ng = G.Ng(), K = G.K();
+  const int64_t N = G.N(), Nc = G.Nc(), Ng = G.Ng(), K = G.K(), s = G.s;
+  const int64_t HW = G.H * G.W, area = G.sd * s * s, rows = G.B * G.D * G.H;
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* gp = g.data_ptr<scalar_t>();
   const scalar_t* gyp = gy.data_ptr<scalar_t>();
   const scalar_t* gap = galpha.data_ptr<scalar_t>();
-
-  // 1. d alpha on x's grid.
-  std::vector<acc_t> dalpha(G.B * N);
-  const int64_t rows = G.B * G.D * G.H;
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / (G.D * G.H), base = (r % (G.D * G.H)) * G.W;
-      acc_t* out = dalpha.data() + b * N + base;
-      const scalar_t* ga_row = gap + b * N + base;
-      for (int64_t i = 0; i < G.W; ++i) out[i] = static_cast<acc_t>(ga_row[i]);
-      for (int64_t c = 0; c < G.Cx; ++c) {
-        const int64_t off = (b * G.Cx + c) * N + base;
-        for (int64_t i = 0; i < G.W; ++i)
-          out[i] += static_cast<acc_t>(gyp[off + i]) * static_cast<acc_t>(xp[off + i]);
-      }
-    }
-  });
-
-  // 2. d a on the coarse grid: adjoint of the resampling, one batch item per task.
-  std::vector<acc_t> da_store;
-  const acc_t* da = dalpha.data();
-  if (!G.a_same()) {
-    da_store.assign(G.B * Nc, acc_t(0));
-    at::parallel_for(0, G.B, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> tmp(G.Wc);
-      for (int64_t b = begin; b < end; ++b) {
-        acc_t* dab = da_store.data() + b * Nc;
-        for (int64_t z = 0; z < G.D; ++z)
-          for (int64_t y = 0; y < G.H; ++y) {
-            std::fill(tmp.begin(), tmp.end(), acc_t(0));
-            const acc_t* src = dalpha.data() + b * N + (z * G.H + y) * G.W;
-            for (int64_t i = 0; i < G.W; ++i) {
-              tmp[T.ax.i0[i]] += T.ax.l0[i] * src[i];
-              tmp[T.ax.i1[i]] += T.ax.l1[i] * src[i];
-            }
-            const int64_t zi[2] = {T.az.i0[z], T.az.i1[z]}, yi[2] = {T.ay.i0[y], T.ay.i1[y]};
-            const acc_t zl[2] = {T.az.l0[z], T.az.l1[z]}, yl[2] = {T.ay.l0[y], T.ay.l1[y]};
-            for (int a = 0; a < 2; ++a)
-              for (int bb = 0; bb < 2; ++bb) {
-                const acc_t w = zl[a] * yl[bb];
-                if (w == acc_t(0)) continue;
-                acc_t* dst = dab + (zi[a] * G.Hc + yi[bb]) * G.Wc;
-                for (int64_t xc = 0; xc < G.Wc; ++xc) dst[xc] += w * tmp[xc];
-              }
-          }
-      }
-    });
-    da = da_store.data();
-  }
-
-  // 3. Per tile: recompute, then gradients of weights, patches and g.
-  at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_g = at::empty_like(g);
-  scalar_t* gxp = grad_x.data_ptr<scalar_t>();
-  scalar_t* ggp = grad_g.data_ptr<scalar_t>();
-  std::vector<acc_t> a(G.B * Nc);
-  std::vector<acc_t> dg_coarse(G.g_same() ? 0 : G.B * G.Cg * Nc);
-  const int nthreads = at::get_num_threads();
-  std::vector<WeightGrads<acc_t>> slots;
-  slots.reserve(nthreads);
-  for (int i = 0; i < nthreads; ++i) slots.emplace_back(G);
   const int64_t TL = G.tile(), tiles = (Nc + TL - 1) / TL;
   const acc_t f = static_cast<acc_t>(focal);
+  const int nthreads = at::get_num_threads();
+
+  // Pass A, per tile: the forward (h = relu(pre + b_phi) kept for pass B, sigmoid and a) and
+  // d alpha = grad_alpha + sum_c grad_y * x on the tile's patch pixels, whose resampling
+  // adjoint is added into a per-thread d a (B, Nc) (tiles share coarse neighbours).
+  at::Tensor h_store = empty_output({G.B * tiles * G.Ci * TL}, acc_options<acc_t>());
+  acc_t* hs = h_store.data_ptr<acc_t>();
+  std::vector<acc_t> a(G.B * Nc), sig(G.B * Nc);
+  std::vector<std::vector<acc_t>> da_slots(nthreads);
   at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
-    WeightGrads<acc_t>& acc = slots[at::get_thread_num()];
+    std::vector<acc_t>& da = da_slots[at::get_thread_num()];
+    if (da.empty()) da.assign(G.B * Nc, acc_t(0));
     Tile<acc_t> t(G, TL);
-    std::vector<acc_t> gpatch(K * TL), ggate(G.Cg * TL), ws(8 * TL);
+    std::vector<acc_t> dal(area * TL), fine(G.W), tmp(G.Wc), ws(8 * TL);
     std::vector<int64_t> offs(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
-      gather_patches(G, xp + b * G.Cx * N, p0, P, t);
+      tile_segments(G, p0, P, t);
+      gather_patches(G, xp + b * G.Cx * N, P, t);
       gather_gating(G, T, gp + b * G.Cg * Ng, p0, P, t, offs, ws);
       tile_preactivation(G, W, t, P);
-      tile_psi(G, W, t, P);  // t.pre now holds h = relu(pre + b_phi)
+      tile_psi(G, W, t, P);
+      std::copy(t.pre.begin(), t.pre.begin() + G.Ci * P, hs + job * G.Ci * TL);
       for (int64_t p = 0; p < P; ++p) {
         const acc_t sg = sigmoid(t.q[p]);
-        const acc_t ap = focal == 1.0 ? sg : std::pow(sg, f);
-        a[b * Nc + p0 + p] = ap;
-        const acc_t dq = da[b * Nc + p0 + p] * f * ap * (acc_t(1) - sg);
+        sig[b * Nc + p0 + p] = sg;
+        a[b * Nc + p0 + p] = focal == 1.0 ? sg : std::pow(sg, f);
+      }
+      // d alpha on the patch pixels, in patch layout (area, P).
+      const scalar_t* gab = gap + b * N;
+      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+        for (const Segment& seg : t.segments) {
+          const scalar_t* src = gab + dz * HW + dy * G.W + seg.origin;
+          for (int64_t dx = 0; dx < s; ++dx)
+            for (int64_t j = 0; j < seg.len; ++j)
+              dal[(r + dx) * P + seg.p + j] = static_cast<acc_t>(src[s * j + dx]);
+        }
+      });
+      const scalar_t* gyb = gyp + b * G.Cx * N;
+      for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
+        acc_t* d0 = dal.data() + (k % area) * P;
+        const acc_t* x0 = t.patch.data() + k * P;
+        for (const Segment& seg : t.segments) {
+          const scalar_t* src = gyb + plane_off + seg.origin;
+          if (s == 2) {
+            acc_t *da0 = d0 + seg.p, *da1 = d0 + P + seg.p;
+            const acc_t *xa0 = x0 + seg.p, *xa1 = x0 + P + seg.p;
+            for (int64_t j = 0; j < seg.len; ++j) {
+              da0[j] += static_cast<acc_t>(src[2 * j]) * xa0[j];
+              da1[j] += static_cast<acc_t>(src[2 * j + 1]) * xa1[j];
+            }
+          } else {
+            for (int64_t dx = 0; dx < s; ++dx)
+              for (int64_t j = 0; j < seg.len; ++j)
+                d0[dx * P + seg.p + j] += static_cast<acc_t>(src[s * j + dx]) * x0[dx * P + seg.p + j];
+          }
+        }
+      });
+      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+        for (const Segment& seg : t.segments) {
+          for (int64_t dx = 0; dx < s; ++dx)
+            for (int64_t j = 0; j < seg.len; ++j) fine[s * j + dx] = dal[(r + dx) * P + seg.p + j];
+          adjoint_span(G, T, fine.data(), seg.z + dz, seg.y + dy, seg.x, seg.x + s * seg.len,
+                       tmp.data(), da.data() + b * Nc);
+        }
+      });
+    }
+  });
+  // d alpha on pixels outside every patch (sizes not multiples of s).
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t>& da = da_slots[at::get_thread_num()];
+    if (da.empty()) da.assign(G.B * Nc, acc_t(0));
+    std::vector<acc_t> fine(G.W), tmp(G.Wc);
+    const int64_t DH = G.D * G.H;
+    for (int64_t b = begin / DH; b <= (end - 1) / DH; ++b) {
+      const int64_t r0 = std::max(begin, b * DH) - b * DH, r1 = std::min(end, (b + 1) * DH) - b * DH;
+      for_edge_spans(G, r0, r1, [&](int64_t z, int64_t y, int64_t x0, int64_t x1) {
+        const int64_t base = (z * G.H + y) * G.W;
+        for (int64_t i = x0; i < x1; ++i) fine[i - x0] = static_cast<acc_t>(gap[b * N + base + i]);
+        for (int64_t c = 0; c < G.Cx; ++c) {
+          const int64_t off = (b * G.Cx + c) * N + base;
+          for (int64_t i = x0; i < x1; ++i)
+            fine[i - x0] += static_cast<acc_t>(gyp[off + i]) * static_cast<acc_t>(xp[off + i]);
+        }
+        adjoint_span(G, T, fine.data(), z, y, x0, x1, tmp.data(), da.data() + b * Nc);
+      });
+    }
+  });
+  std::vector<acc_t> da(G.B * Nc, acc_t(0));
+  for (const std::vector<acc_t>& slot : da_slots)  // thread order: deterministic
+    if (!slot.empty())
+      for (int64_t i = 0; i < G.B * Nc; ++i) da[i] += slot[i];
+
+  // Pass B, per tile: d q, d pre, weight gradients, g gradient, and grad_x on the patch
+  // pixels = (W_theta^T d pre) + alpha * grad_y, each written once.
+  at::Tensor grad_x = empty_output(x.sizes(), x.options());
+  at::Tensor grad_g = empty_output(g.sizes(), g.options());
+  scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+  scalar_t* ggp = grad_g.data_ptr<scalar_t>();
+  std::vector<acc_t> dg_coarse(G.g_same() ? 0 : G.B * G.Cg * Nc);
+  std::vector<WeightGrads<acc_t>> slots;
+  slots.reserve(nthreads);
+  for (int i = 0; i < nthreads; ++i) slots.emplace_back(G);
+  at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
+    WeightGrads<acc_t>& acc = slots[at::get_thread_num()];
+    Tile<acc_t> t(G, TL);
+    std::vector<acc_t> gpatch(K * TL), ggate(G.Cg * TL), ws(8 * TL), alpha(area * TL), fine(G.W),
+        tmp(G.Wc);
+    std::vector<int64_t> offs(8 * TL);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
+      tile_segments(G, p0, P, t);
+      gather_patches(G, xp + b * G.Cx * N, P, t);
+      gather_gating(G, T, gp + b * G.Cg * Ng, p0, P, t, offs, ws);
+      std::copy(hs + job * G.Ci * TL, hs + job * G.Ci * TL + G.Ci * P, t.pre.begin());
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t n = b * Nc + p0 + p;
+        const acc_t dq = da[n] * f * a[n] * (acc_t(1) - sig[n]);
         t.q[p] = dq;
         acc.psi_bias += dq;
       }
@@ -476,7 +633,37 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
       at::Tensor dpatch = wrap(gpatch.data(), K, P), dgate = wrap(ggate.data(), G.Cg, P);
       at::mm_out(dpatch, W.theta.t(), dpre);
       at::mm_out(dgate, W.phi.t(), dpre);
-      scatter_patches(G, gpatch.data(), P, t, gxp + b * G.Cx * N);
+      // alpha on the patch pixels, in patch layout (area, P).
+      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+        for (const Segment& seg : t.segments) {
+          alpha_span(G, T, a.data() + b * Nc, seg.z + dz, seg.y + dy, seg.x, seg.x + s * seg.len,
+                     tmp.data(), fine.data());
+          for (int64_t dx = 0; dx < s; ++dx)
+            for (int64_t j = 0; j < seg.len; ++j) alpha[(r + dx) * P + seg.p + j] = fine[s * j + dx];
+        }
+      });
+      const scalar_t* gyb = gyp + b * G.Cx * N;
+      scalar_t* gxb = gxp + b * G.Cx * N;
+      for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
+        const acc_t* d0 = gpatch.data() + k * P;
+        const acc_t* al0 = alpha.data() + (k % area) * P;
+        for (const Segment& seg : t.segments) {
+          const scalar_t* src = gyb + plane_off + seg.origin;
+          scalar_t* dst = gxb + plane_off + seg.origin;
+          if (s == 2) {
+            const acc_t *p0r = d0 + seg.p, *p1r = d0 + P + seg.p, *a0 = al0 + seg.p, *a1 = al0 + P + seg.p;
+            for (int64_t j = 0; j < seg.len; ++j) {
+              dst[2 * j] = static_cast<scalar_t>(p0r[j] + a0[j] * static_cast<acc_t>(src[2 * j]));
+              dst[2 * j + 1] = static_cast<scalar_t>(p1r[j] + a1[j] * static_cast<acc_t>(src[2 * j + 1]));
+            }
+          } else {
+            for (int64_t dx = 0; dx < s; ++dx)
+              for (int64_t j = 0; j < seg.len; ++j)
+                dst[s * j + dx] = static_cast<scalar_t>(
+                    d0[dx * P + seg.p + j] + al0[dx * P + seg.p + j] * static_cast<acc_t>(src[s * j + dx]));
+          }
+        }
+      });
       for (int64_t c = 0; c < G.Cg; ++c) {
         const acc_t* src = ggate.data() + c * P;
         if (G.g_same()) {
@@ -489,7 +676,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
     }
   });
 
-  // 3b. g on another grid: adjoint of its resampling, one (batch, channel) plane per task.
+  // g on another grid: adjoint of its resampling, one (batch, channel) plane per task.
   if (!G.g_same()) {
     at::parallel_for(0, G.B * G.Cg, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> plane(Ng);
@@ -508,22 +695,21 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
     });
   }
 
-  // 4. grad_x = patch gradient (inside the patch region) + grad_y * alpha.
-  const int64_t zin = G.Dc * G.sd, yin = G.Hc * G.s, xin = G.Wc * G.s;
+  // grad_x = alpha * grad_y on pixels outside every patch.
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tmp(G.Wc), arow(G.W);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / (G.D * G.H), zy = r % (G.D * G.H), z = zy / G.H, yy = zy % G.H;
-      alpha_row(G, T, a.data() + b * Nc, z, yy, tmp.data(), arow.data());
-      const int64_t inside = (z < zin && yy < yin) ? xin : 0, base = zy * G.W;
-      for (int64_t c = 0; c < G.Cx; ++c) {
-        const int64_t off = (b * G.Cx + c) * N + base;
-        for (int64_t i = 0; i < inside; ++i)
-          gxp[off + i] = static_cast<scalar_t>(static_cast<acc_t>(gxp[off + i]) +
-                                               arow[i] * static_cast<acc_t>(gyp[off + i]));
-        for (int64_t i = inside; i < G.W; ++i)
-          gxp[off + i] = static_cast<scalar_t>(arow[i] * static_cast<acc_t>(gyp[off + i]));
-      }
+    const int64_t DH = G.D * G.H;
+    for (int64_t b = begin / DH; b <= (end - 1) / DH; ++b) {
+      const int64_t r0 = std::max(begin, b * DH) - b * DH, r1 = std::min(end, (b + 1) * DH) - b * DH;
+      for_edge_spans(G, r0, r1, [&](int64_t z, int64_t y, int64_t x0, int64_t x1) {
+        alpha_span(G, T, a.data() + b * Nc, z, y, x0, x1, tmp.data(), arow.data());
+        const int64_t base = (z * G.H + y) * G.W;
+        for (int64_t c = 0; c < G.Cx; ++c) {
+          const int64_t off = (b * G.Cx + c) * N + base;
+          for (int64_t i = x0; i < x1; ++i)
+            gxp[off + i] = static_cast<scalar_t>(arow[i - x0] * static_cast<acc_t>(gyp[off + i]));
+        }
+      });
     }
   });
 

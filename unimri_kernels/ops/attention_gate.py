@@ -14,7 +14,9 @@ What is fused (C++ and Triton alike): per tile of coarse pixels, ``theta x`` and
 ReLU, the ``psi`` projection, sigmoid and ``** focal``; only the coarse attention
 (B, 1, *Sc) leaves the tile, so the (B, Ci, *Sc) inter-channel tensor is never written.
 A second sweep resamples alpha to x's grid and scales x. Autograd saves only the inputs:
-``unimri::attention_gate_backward`` recomputes the pre-activation tile by tile.
+``unimri::attention_gate_backward`` recomputes the pre-activation tile by tile (the C++
+kernel in one tile pass that also folds d alpha into the coarse gradient, then a second
+that writes every gradient once; see csrc/attention_gate.cpp).
 """
 from __future__ import annotations
 
