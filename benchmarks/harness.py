@@ -12,7 +12,6 @@ import gc
 import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -186,11 +185,9 @@ class Recorder:
         return paths
 
     def _atomic(self, path: str, text: str) -> str:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-        return path
+        from unimri._atomic import atomic_write_text
+
+        return atomic_write_text(path, text)
 
     def _write_csv(self, out_dir: str, stem: str) -> str:
         import io
@@ -242,9 +239,8 @@ class Recorder:
         ax.set_title(f"unimri {stem} — {self.device_label}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = os.path.join(out_dir, f"{stem}.png")
-        tmp = path + ".tmp.png"
-        fig.savefig(tmp, dpi=110)
+        from unimri._atomic import atomic_write_bytes
+
+        path = atomic_write_bytes(os.path.join(out_dir, f"{stem}.png"), lambda fh: fig.savefig(fh, format="png", dpi=110))
         plt.close(fig)
-        os.replace(tmp, path)
         return path

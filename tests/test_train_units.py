@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unimri.train import TrainConfig, check_stage_sizes, resize, soft_labels
-from unimri.train.checkpoint import (atomic_write_text, capture_rng, check_model_spec, load_checkpoint,
-                                     restore_rng, save_checkpoint)
+from unimri._atomic import atomic_write_text
+from unimri.train.checkpoint import capture_rng, check_model_spec, load_checkpoint, restore_rng, save_checkpoint
 from unimri.train.distributed import ShardedBatchSampler
 from unimri.train.predict import sliding_windows
 

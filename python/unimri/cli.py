@@ -151,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from unimri.train import registry
-    from unimri.train.checkpoint import atomic_write_text
+    from unimri._atomic import atomic_write_text
     from unimri.train.evaluate import evaluate_model, metric_table
     from unimri.train.predict import load_trained_model
     from unimri.train.distributed import resolve_device

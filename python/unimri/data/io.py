@@ -10,10 +10,11 @@ naming the pip package.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from unimri._atomic import atomic_write_path
 
 from .volume import spacing_from_affine
 
@@ -123,26 +124,6 @@ def _read_2d(path: str):
     return array, affine, (1.0, 1.0), meta
 
 
-def _atomic_target(path: str) -> str:
-    """Temp path in the destination folder with the same suffix (writers pick format by suffix)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix_of(path))
-    os.close(fd)
-    return tmp
-
-
-def _replace_or_clean(tmp: str, path: str, write) -> str:
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _storage_dtype(array: np.ndarray, dtype: Any | None) -> np.dtype:
     if dtype is not None:
         return np.dtype(dtype)
@@ -174,7 +155,7 @@ def write_nifti(path: str, array: np.ndarray, affine: np.ndarray, dtype: Any | N
     img = nib.Nifti1Image(stored, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    return _replace_or_clean(_atomic_target(path), path, lambda tmp: nib.save(img, tmp))
+    return atomic_write_path(path, lambda tmp: nib.save(img, tmp), suffix=suffix_of(path))
 
 
 def write_image(path: str, array: np.ndarray, affine: np.ndarray | None = None,
@@ -200,12 +181,12 @@ def write_image(path: str, array: np.ndarray, affine: np.ndarray | None = None,
         img.SetSpacing(spacing)
         img.SetOrigin(tuple(float(v) for v in lps[:dims, 3]))
         img.SetDirection(tuple((lps[:dims, :dims] / np.asarray(spacing)[None, :]).ravel().tolist()))
-        return _replace_or_clean(_atomic_target(path), path, lambda tmp: sitk.WriteImage(img, tmp))
+        return atomic_write_path(path, lambda tmp: sitk.WriteImage(img, tmp), suffix=suffix_of(path))
     if suffix in IMAGE_2D_SUFFIXES:
         pil = _require("PIL.Image", "pillow", "writing 2D images")
         if array.ndim not in (2, 3):
             raise ValueError(f"2D image array must be (H, W) or (H, W, 3), got {array.shape}")
         stored = array.astype(np.uint8) if dtype is None else array.astype(dtype)
-        return _replace_or_clean(_atomic_target(path), path,
-                                 lambda tmp: pil.fromarray(stored).save(tmp, format=pil.registered_extensions()[suffix]))
+        return atomic_write_path(path, lambda tmp: pil.fromarray(stored).save(tmp, format=pil.registered_extensions()[suffix]),
+                                 suffix=suffix)
     raise ValueError(f"cannot write {path!r}: unsupported suffix {suffix!r}")

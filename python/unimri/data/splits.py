@@ -3,25 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from unimri._atomic import atomic_write_text
 
 
 def kfold_split(case_ids: Sequence[str], k: int = 5, seed: int = 0, path: str | None = None,

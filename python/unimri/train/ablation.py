@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from unimri.train.checkpoint import atomic_write_text
+from unimri._atomic import atomic_write_text
 from unimri.train.config import TrainConfig
 from unimri.train.evaluate import METRIC_NAMES
 from unimri.train.experiment import MARKER, ExperimentResult, prepare_out_dir, run_experiment
@@ -91,7 +91,7 @@ def run_variants(base: TrainConfig, variants: Sequence[tuple[str, Variant]], mod
             configs.append((model, label, cfg))
     prepare_out_dir(out_dir, overwrite=overwrite, resume=resume)
     if not resume:
-        from unimri.train.checkpoint import atomic_write_json
+        from unimri._atomic import atomic_write_json
 
         atomic_write_json(os.path.join(out_dir, MARKER), {"kind": f"ablate:{study}", "format": 1})
     cells = []

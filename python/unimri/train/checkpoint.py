@@ -7,55 +7,18 @@ stage and epoch, early-stopping state and every random generator's state.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from unimri._atomic import atomic_write_bytes
+
 FORMAT = "unimri-checkpoint"
 VERSION = 1
-
-
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode ``open(path, "w")`` would give a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: str, write) -> str:
-    """Call ``write(fileobj)`` on a temp file in ``path``'s folder, then os.replace it.
-
-    The file gets the usual permissions (mkstemp alone would leave it owner-only).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str, text: str) -> str:
-    return atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: str, obj: Any) -> str:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> str:

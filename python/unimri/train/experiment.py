@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from unimri.train import registry
-from unimri.train.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
+from unimri._atomic import atomic_write_json, atomic_write_text
+from unimri.train.checkpoint import load_checkpoint
 from unimri.train.config import TrainConfig
 from unimri.train.datasets import infer_in_channels, infer_num_classes
 from unimri.train.distributed import DistContext, barrier, init_distributed
@@ -176,7 +177,7 @@ def _save_examples(fold_dir: str, evaluation: EvalResult) -> None:
         for key in ("image", "label", "prediction"):
             arrays[f"{i}_{key}"] = ex[key]
     ids = [ex["case_id"] for ex in evaluation.examples]
-    from unimri.train.checkpoint import atomic_write_bytes
+    from unimri._atomic import atomic_write_bytes
 
     atomic_write_bytes(os.path.join(fold_dir, "examples.npz"),
                        lambda fh: np.savez_compressed(fh, case_ids=np.array(ids), **arrays))

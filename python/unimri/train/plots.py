@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from unimri.train.checkpoint import atomic_write_bytes
+from unimri._atomic import atomic_write_bytes
 
 
 def _plt():

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any, Callable
 
-from unimri.train.checkpoint import atomic_write_text
+from unimri._atomic import atomic_write_text
 
 
 class JsonlLog:
