@@ -9,6 +9,8 @@ channels (f, 2f, 4f, 8f, 16f) with strides 2. Parameter counts are recorded as r
 """
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Callable
 
 import torch
@@ -38,19 +40,43 @@ def _train_step(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tenso
     return step, forward
 
 
-def _measure(rec: Recorder, op: str, provider: str, size: str,
-             fns: tuple[Callable[[], None], Callable[[], torch.Tensor]], batch: int,
-             repeat: int, device: str, note: str) -> float:
-    """Peak memory of one step (which also warms up), then the timed steps; returns images/s.
+def _memory(rec: Recorder, op: str, provider: str, size: str,
+            fns: tuple[Callable[[], None], Callable[[], torch.Tensor]], device: str, note: str) -> None:
+    """Peak memory of one step (which also warms up) and the bytes autograd saves in the forward.
 
-    On CPU the peak is the resident-set high-water mark above the level before the step, which
-    reads low once the allocator holds freed memory from earlier steps; the bytes autograd
-    saves for backward (``saved_activations``, forward only) are exact and are recorded beside it."""
+    On CPU the peak is the resident-set high-water mark above the level before the step,
+    which reads low once the allocator holds freed memory from earlier steps; the saved
+    bytes (``saved_activations``, forward only) are exact."""
     step, forward = fns
     peak = peak_memory_bytes(step, device)
     rec.add(op, provider, MODE, "peak_memory", "MiB", size, peak / 2**20, note=note)
     rec.add(op, provider, MODE, "saved_activations", "MiB", size, saved_tensor_bytes(forward) / 2**20, note=note)
-    p50 = rec.time(op, provider, MODE, size, step, repeat=repeat, warmup=0, note=note)
+
+
+def _interleaved_times(steps: dict[str, tuple[str, Callable[[], None]]], repeat: int,
+                       device: str) -> dict[str, list[float]]:
+    """Step times (ms) per provider, alternating providers step by step so that load from
+    other processes on a shared machine falls on both sides of a comparison alike."""
+    times: dict[str, list[float]] = {p: [] for p in steps}
+    for _ in range(repeat):
+        for provider, (backend, step) in steps.items():
+            with use_backend(backend):
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                step()
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times[provider].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _record_times(rec: Recorder, op: str, provider: str, size: str, times: list[float], batch: int,
+                  note: str) -> float:
+    """Time and throughput rows from step times; returns images/s at the median."""
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    p50 = statistics.median(times)
+    rec.add(op, provider, MODE, "time", "ms", size, p50, q[1], q[7], note=note)
     rec.add(op, provider, MODE, "throughput", "img/s", size, batch / (p50 * 1e-3), note=note)
     return batch / (p50 * 1e-3)
 
@@ -68,7 +94,7 @@ def _monai_anchors(spatial_dims: int, features: int) -> dict[str, torch.nn.Modul
 def run(rec: Recorder, quick: bool, device: str) -> None:
     features = 8 if quick else 16
     cases = [(2, 2, (64, 64)), (3, 1, (32, 32, 32))] if quick else [(2, 8, (256, 256)), (3, 2, (64, 64, 64))]
-    repeat = 2
+    repeat = 3
     loss_fn = create_loss("unified")
     plan = [(dims, batch, shape, name, att) for dims, batch, shape in cases
             for name in MODEL_NAMES for att in (None, "sas")]
@@ -81,12 +107,15 @@ def run(rec: Recorder, quick: bool, device: str) -> None:
         model = create_model(name, spatial_dims=dims, features=features, attention=att).to(device)
         rec.add(op, "unimri", MODE, "params", "count", size, sum(p.numel() for p in model.parameters()),
                 note=f"features={features}")
-        rates = {}
+        steps, notes = {}, {}
         for provider, backend in (("fused", "auto"), ("reference", "reference")):
             with use_backend(backend):
-                note = f"ops={backend_for(x)}"
-                rates[provider] = _measure(rec, op, provider, size, _train_step(model, loss_fn, x, y),
-                                           batch, repeat, device, note)
+                notes[provider] = f"ops={backend_for(x)}"
+                fns = _train_step(model, loss_fn, x, y)
+                _memory(rec, op, provider, size, fns, device, notes[provider])
+            steps[provider] = (backend, fns[0])
+        times = _interleaved_times(steps, repeat, device)
+        rates = {p: _record_times(rec, op, p, size, times[p], batch, notes[p]) for p in steps}
         rec.add(op, "fused/reference", MODE, "speedup", "x", size, rates["fused"] / rates["reference"],
                 note="throughput ratio")
         del model
@@ -99,5 +128,8 @@ def run(rec: Recorder, quick: bool, device: str) -> None:
             model = model.to(device)
             rec.add(op, "monai", MODE, "params", "count", size, sum(p.numel() for p in model.parameters()),
                     note=f"channels from {features}")
-            _measure(rec, op, "monai", size, _train_step(model, loss_fn, x, y), batch, repeat, device,
-                     note=f"unified loss ops={backend_for(x)}")
+            note = f"unified loss ops={backend_for(x)}"
+            fns = _train_step(model, loss_fn, x, y)
+            _memory(rec, op, "monai", size, fns, device, note)
+            times = _interleaved_times({"monai": ("auto", fns[0])}, repeat, device)
+            _record_times(rec, op, "monai", size, times["monai"], batch, note)
