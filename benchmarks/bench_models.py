@@ -9,6 +9,8 @@ channels (f, 2f, 4f, 8f, 16f) with strides 2. Parameter counts are recorded as r
 """
 from __future__ import annotations
 
+import os
+
 import statistics
 import time
 from typing import Callable
@@ -94,6 +96,10 @@ def _monai_anchors(spatial_dims: int, features: int) -> dict[str, torch.nn.Modul
 def run(rec: Recorder, quick: bool, device: str) -> None:
     features = 8 if quick else 16
     cases = [(2, 2, (64, 64)), (3, 1, (32, 32, 32))] if quick else [(2, 8, (256, 256)), (3, 2, (64, 64, 64))]
+    # UNIMRI_BENCH_DIMS=2 or 3 runs one half (e.g. in its own process: `run.py --ops models --tag 3d`)
+    dims_filter = os.environ.get("UNIMRI_BENCH_DIMS")
+    if dims_filter:
+        cases = [c for c in cases if str(c[0]) == dims_filter.strip()]
     repeat = 3
     loss_fn = create_loss("unified")
     plan = [(dims, batch, shape, name, att) for dims, batch, shape in cases

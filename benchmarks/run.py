@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. one half of a split run)")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.ops.split(",") if n.strip()]
     unknown = [n for n in names if n not in benches]
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         spec.loader.exec_module(mod)
         rec = Recorder(args.device)
         mod.run(rec, quick=args.quick, device=args.device)
-        stem = f"{name}_{tag}" + ("_quick" if args.quick else "")
+        stem = f"{name}_{tag}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
         for path in rec.write(args.out, stem):
             print("wrote", path)
         print(rec.table())
