@@ -111,7 +111,9 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
         if key not in seen:
             seen.add(key)
             total += t.untyped_storage().nbytes()
-        return t
+        # detach: returning ``t`` itself would tie saved outputs to their own grad_fn, a
+        # reference cycle that keeps the whole graph (GBs for a backbone) alive
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
