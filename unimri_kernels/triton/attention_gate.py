@@ -97,8 +97,9 @@ def _scatter_gate(dg_b, vals, c, c_mask, n, p_mask, Ng, Hg, Wg,
 
 
 @triton.jit
-def _coarse_coords(n, Hc, Wc, gz_ptr, gy_ptr, gx_ptr, mask):
-    """Resampling taps (i0, i1, l1 per axis) of g at coarse pixels n."""
+def _resample_taps(n, Hc, Wc, gz_ptr, gy_ptr, gx_ptr, mask):
+    """Resampling taps (i0, i1, l1 per axis) at flat pixels n of a (·, Hc, Wc) grid, read
+    from per-axis tap tables (3 entries per output index)."""
     xc = n % Wc
     yc = (n // Wc) % Hc
     zc = n // (Wc * Hc)
@@ -168,18 +169,7 @@ def _alpha_at(a_b, m, m_mask, H, W, Hc, Wc,
     """alpha = resample(a) at fine pixels m of one item (a_b: coarse a of that item)."""
     if A_SAME:
         return tl.load(a_b + m, mask=m_mask, other=0.0)
-    x = m % W
-    y = (m // W) % H
-    z = m // (W * H)
-    z0 = tl.load(az_ptr + 3 * z, mask=m_mask, other=0).to(tl.int32)
-    z1 = tl.load(az_ptr + 3 * z + 1, mask=m_mask, other=0).to(tl.int32)
-    zl = tl.load(az_ptr + 3 * z + 2, mask=m_mask, other=0)
-    y0 = tl.load(ay_ptr + 3 * y, mask=m_mask, other=0).to(tl.int32)
-    y1 = tl.load(ay_ptr + 3 * y + 1, mask=m_mask, other=0).to(tl.int32)
-    yl = tl.load(ay_ptr + 3 * y + 2, mask=m_mask, other=0)
-    x0 = tl.load(ax_ptr + 3 * x, mask=m_mask, other=0).to(tl.int32)
-    x1 = tl.load(ax_ptr + 3 * x + 1, mask=m_mask, other=0).to(tl.int32)
-    xl = tl.load(ax_ptr + 3 * x + 2, mask=m_mask, other=0)
+    z0, z1, zl, y0, y1, yl, x0, x1, xl = _resample_taps(m, H, W, az_ptr, ay_ptr, ax_ptr, m_mask)
     out = tl.zeros(m.shape, ACC)
     for bz in tl.static_range(2):
         zi, wz = _lerp_corner(z0, z1, zl, bz)
@@ -206,7 +196,7 @@ def _coarse_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr, a_ptr
     ci = tl.arange(0, CI_PAD)
     ci_mask = ci < Ci
     x_origin = _patch_offsets(n, Hc, Wc, H, W, S, SD)
-    gz0, gz1, gzl, gy0, gy1, gyl, gx0, gx1, gxl = _coarse_coords(n, Hc, Wc, gz_ptr, gy_ptr,
+    gz0, gz1, gzl, gy0, gy1, gyl, gx0, gx1, gxl = _resample_taps(n, Hc, Wc, gz_ptr, gy_ptr,
                                                                  gx_ptr, p_mask)
     acc = _preactivation(x_ptr + b * Cx * N, g_ptr + b * Cg * Ng, tw_ptr, pw_ptr, ci, ci_mask,
                          n, p_mask, x_origin, gz0, gz1, gzl, gy0, gy1, gyl, gx0, gx1, gxl,
@@ -285,7 +275,7 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
     ci = tl.arange(0, CI_PAD)
     ci_mask = ci < Ci
     x_origin = _patch_offsets(n, Hc, Wc, H, W, S, SD)
-    gz0, gz1, gzl, gy0, gy1, gyl, gx0, gx1, gxl = _coarse_coords(n, Hc, Wc, gz_ptr, gy_ptr,
+    gz0, gz1, gzl, gy0, gy1, gyl, gx0, gx1, gxl = _resample_taps(n, Hc, Wc, gz_ptr, gy_ptr,
                                                                  gx_tab_ptr, p_mask)
     x_b = x_ptr + b * Cx * N
     g_b = g_ptr + b * Cg * Ng
