@@ -47,7 +47,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--weight-decay", "weight_decay", float, "SGD weight decay (default 5e-4)"),
     ("--schedule", "schedule", str, "learning-rate schedule per stage: none, cosine, poly, plateau"),
     ("--grad-clip", "grad_clip", float, "clip the gradient norm to this value (default off)"),
-    ("--amp", "amp", str, "mixed precision on GPU: auto (bf16), bf16, fp16, none"),
+    ("--amp", "amp", str, "mixed precision: auto (bf16 on CUDA, none on CPU), bf16, fp16, none"),
     ("--folds", "folds", int, "k of k-fold cross-validation (default 5)"),
     ("--fold", "fold_indices", str, "run only these folds, e.g. 0 or 0,2 (default all)"),
     ("--seed", "seed", int, "random seed (default 0)"),

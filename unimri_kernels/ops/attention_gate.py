@@ -139,7 +139,8 @@ def _attention_gate_fake(x, g, theta_weight, phi_weight, phi_bias, psi_weight, p
     check_attention_gate_inputs(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
                                 subsample, focal)
     alpha_shape = (x.shape[0], 1) + tuple(x.shape[2:])
-    return torch.empty_like(x), x.new_empty(alpha_shape)
+    # contiguous like the kernels' outputs, whatever x's memory format (e.g. channels_last)
+    return x.new_empty(x.shape), x.new_empty(alpha_shape)
 
 
 def _reference_backward(grad_y, grad_alpha, x, g, tw, pw, pb, sw, sb, subsample, focal):
@@ -191,9 +192,8 @@ def _attention_gate_backward_op(
 @_attention_gate_backward_op.register_fake
 def _attention_gate_backward_fake(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias,
                                   psi_weight, psi_bias, subsample, focal):
-    return (torch.empty_like(x), torch.empty_like(g), torch.empty_like(theta_weight),
-            torch.empty_like(phi_weight), torch.empty_like(phi_bias),
-            torch.empty_like(psi_weight), psi_bias.new_empty((1,)))
+    return tuple(t.new_empty(t.shape) for t in (x, g, theta_weight, phi_weight, phi_bias,
+                                                 psi_weight)) + (psi_bias.new_empty((1,)),)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -215,6 +215,21 @@ def _backward(ctx, grad_y, grad_alpha):
 _attention_gate_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The gate's mixed-precision policy: under ``torch.autocast`` for the inputs' device type
+    the gate runs in the autocast dtype, like the convolutions it fuses. Float32 tensors
+    (activations and parameters alike) are cast to that dtype; the casts are differentiable,
+    so fp32 parameters receive fp32 gradients. Other dtypes (fp64, already-half) are left as
+    they are, as autocast does. Outside autocast nothing is cast and every input must share
+    ``x``'s dtype. Kernels accumulate in fp32 whatever the input dtype.
+    """
+    device_type = tensors[0].device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t.dtype == torch.float32 else t for t in tensors)
+
+
 def attention_gate(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -229,11 +244,17 @@ def attention_gate(
     """Fused grid attention gate: ``(y, alpha)``, y (B, Cx, *S) = alpha * x, alpha (B, 1, *S).
 
     See the module docstring for shapes; ``g`` may be on any grid (same rank as ``x``).
+    Under ``torch.autocast`` the gate runs in the autocast dtype (see :func:`autocast_inputs`);
+    y and alpha then have that dtype.
     """
+    if all(isinstance(t, torch.Tensor) for t in (x, g, theta_weight, phi_weight, phi_bias,
+                                                  psi_weight, psi_bias)):
+        x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias = autocast_inputs(
+            x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
     check_attention_gate_inputs(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
                                 subsample, focal)
     return _attention_gate_op(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
                               int(subsample), float(focal))
 
 
-__all__ = ["attention_gate", "check_attention_gate_inputs", "coarse_shape"]
+__all__ = ["attention_gate", "autocast_inputs", "check_attention_gate_inputs", "coarse_shape"]

@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from unimri.train.precision import AMP_MODES
+
 SCHEDULES = ("none", "cosine", "poly", "plateau")
-AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 
 def _as_size(value: Any, spatial_dims: int, name: str) -> tuple[int, ...]:

@@ -25,7 +25,8 @@ from unimri.train.checkpoint import (capture_rng, load_checkpoint, load_weights,
 from unimri.train.config import TrainConfig
 from unimri.train.datasets import StageCollate, make_dataset
 from unimri.train.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, broadcast_flag
-from unimri.train.predict import InferenceSpec, autocast_for
+from unimri.train.precision import autocast_for, grad_scaler_for, resolve_amp
+from unimri.train.predict import InferenceSpec
 from unimri.train.runlog import JsonlLog
 
 
@@ -153,8 +154,8 @@ class FoldTrainer:
             optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                         weight_decay=cfg.weight_decay)
             scheduler = _make_scheduler(cfg.schedule, optimizer, n_epochs)
-            amp = self._amp_mode()
-            scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+            amp = resolve_amp(cfg.amp, ctx.device)
+            scaler = grad_scaler_for(ctx.device, amp)
             best, bad, start_epoch = math.inf, 0, 0
             best_weights: dict[str, torch.Tensor] | None = None
             if state is not None and stage == start_stage:
@@ -213,12 +214,6 @@ class FoldTrainer:
         if ctx.is_main:
             save_checkpoint(self.paths["model"], self.weights_state(model, "model", history=self.history))
         return model
-
-    def _amp_mode(self) -> str:
-        amp = self.cfg.amp
-        if self.ctx.device.type != "cuda":
-            return "none"
-        return "bf16" if amp == "auto" else amp
 
     def _train_epoch(self, net: nn.Module, model: nn.Module, loss_fn: nn.Module, optimizer, scaler,
                      loader: DataLoader, amp: str, desc: str) -> float:

@@ -7,7 +7,6 @@ averaged.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import itertools
 import math
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unimri.train.precision import autocast_for
 from unimri.train.resize import resize, resize_logits
 
 
@@ -46,14 +46,6 @@ class InferenceSpec:
         d["size"] = tuple(d["size"])
         d["patch"] = None if d.get("patch") is None else tuple(d["patch"])
         return cls(**d)
-
-
-def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """The autocast context for ``amp`` ("auto": bf16 on CUDA, off on CPU; "none"; "bf16"; "fp16")."""
-    if device.type != "cuda" or amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def _window_starts(length: int, window: int, overlap: float) -> list[int]:

@@ -61,7 +61,7 @@ def measure_training_throughput(model: str = "unet", attention: str | None = "sa
 
 
 def _make_step(net, criterion, opt, x, y, dev):
-    from unimri.train.predict import autocast_for
+    from unimri.train.precision import autocast_for
 
     def step() -> None:
         with autocast_for(dev, "auto"):
