@@ -380,6 +380,19 @@ def test_intensity_far_from_training_warns(tmp_path):
         predict_path(ckpt, str(tmp_path / "mr.nrrd"), str(tmp_path / "mr_seg.nrrd"), progress=False)
 
 
+def test_truncated_nifti_is_one_clear_line(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from unimri.data import read_image
+
+    path = str(tmp_path / "t.nii.gz")
+    nib.save(nib.Nifti1Image(_scan()[0], np.eye(4)), path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ValueError) as info:
+        read_image(path)
+    assert path in str(info.value) and "\n" not in str(info.value)
+
+
 def test_truncated_nrrd_is_one_clear_line(tmp_path, capfd):
     from unimri.data import read_image
 
@@ -430,6 +443,12 @@ def test_main_one_line_for_user_mistakes_traceback_for_internal_errors(tmp_path,
                  "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("unimri predict: error:") and "Traceback" not in err
+    for argv, words in ((["datasets", "phantom", "--dataset-kwargs", "{num_cases: 3}"], "not valid JSON"),
+                        (["train", "--batch-size", "8,x", "--out", str(tmp_path / "r")], "--batch-size"),
+                        (["train", "--stages", "96xab", "--out", str(tmp_path / "r")], "96xab")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     with pytest.raises(ValueError):  # --debug: the same mistake with its traceback
         main(["--debug", "predict", "--checkpoint", str(tmp_path / "none.pt"), "--input", str(tmp_path),
               "--output", str(tmp_path / "o")])
@@ -437,17 +456,7 @@ def test_main_one_line_for_user_mistakes_traceback_for_internal_errors(tmp_path,
     def broken(args):  # an internal bug: numpy raises, not a unimri check
         return np.zeros(3) + np.zeros(4)
 
-    monkeypatch.setattr(cli, "cmd_datasets", broken)
-    parser_build = cli.build_parser
-
-    def patched():
-        ap = parser_build()
-        for action in ap._subparsers._group_actions[0].choices.values():
-            if action.get_default("func") is not None and action.prog.endswith("datasets"):
-                action.set_defaults(func=broken)
-        return ap
-
-    monkeypatch.setattr(cli, "build_parser", patched)
+    monkeypatch.setattr(cli, "cmd_datasets", broken)  # build_parser looks it up when main() runs
     with pytest.raises(ValueError, match="broadcast"):
         main(["datasets"])
     try:

@@ -88,6 +88,26 @@ def _add_out_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing unimri output folder")
 
 
+def _int_list(text: str, key: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{key.replace('_', '-')}: expected comma-separated integers, got {text!r}") from None
+
+
+def _json_arg(text: str | None, flag: str) -> dict[str, Any]:
+    """A JSON object given on the command line (``{}`` when absent)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag}: not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag}: expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value
+
+
 def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
     from unimri.train.config import TrainConfig, read_config_file
 
@@ -110,7 +130,7 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
                                     "replace_nonfinite": args.replace_nonfinite}
     for key in ("batch_size", "epochs"):  # "32" -> 32, "32,16" -> [32, 16]
         if isinstance(values.get(key), str):
-            parts = [int(v) for v in values[key].split(",") if v.strip()]
+            parts = _int_list(values[key], key)
             values[key] = parts[0] if len(parts) == 1 else parts
     for key in ("stages", "patch_size"):  # "64,128" -> [64, 128]; "96x128" stays a string per stage
         if isinstance(values.get(key), str):
@@ -118,7 +138,7 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
             parts = [int(v) if v.isdigit() else v for v in parts]
             values[key] = parts if key == "stages" or len(parts) > 1 else parts[0]
     if isinstance(values.get("fold_indices"), str):
-        values["fold_indices"] = [int(v) for v in values["fold_indices"].split(",") if v.strip()]
+        values["fold_indices"] = _int_list(values["fold_indices"], "fold_indices")
     return TrainConfig.from_dict(values).validate()
 
 
@@ -187,7 +207,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model, spec, state = load_trained_model(args.checkpoint, device, expected_model=args.model)
         cfg = state.get("config", {})
         dataset = args.dataset or cfg.get("dataset")
-        kwargs = json.loads(args.dataset_kwargs) if args.dataset_kwargs else cfg.get("dataset_kwargs", {})
+        kwargs = _json_arg(args.dataset_kwargs, "--dataset-kwargs") if args.dataset_kwargs \
+            else cfg.get("dataset_kwargs", {})
         if args.replace_nonfinite is not None:
             kwargs = {**kwargs, "replace_nonfinite": args.replace_nonfinite}
         cases = registry.load_cases(dataset, **kwargs)
@@ -292,7 +313,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {desc}")
         print("\nunimri datasets PATH shows the detected layout and every case of a folder")
         return 0
-    kwargs = json.loads(args.dataset_kwargs) if args.dataset_kwargs else {}
+    kwargs = _json_arg(args.dataset_kwargs, "--dataset-kwargs")
     if args.path in BUILTINS:
         title = f"built-in dataset {args.path!r}"
     else:

@@ -74,7 +74,8 @@ def _read_nifti(path: str):
         img = nib.load(path)
         array = np.asanyarray(img.dataobj)  # forces the read: truncation fails here, not later
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
-        raise ValueError(f"cannot read NIfTI file {path!r} (truncated or corrupt?): {exc}") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"cannot read NIfTI file {path!r} (truncated or corrupt?): {reason}") from exc
     affine = np.asarray(img.affine, dtype=np.float64)
     spatial = min(array.ndim, 3)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:spatial])

@@ -48,8 +48,11 @@ def _as_size(value: Any, spatial_dims: int, name: str, keep_aspect: bool = False
         dims = (value,) * spatial_dims
         if len(dims) == spatial_dims and value >= 1:
             return StageSize(dims, keep_aspect)
-    elif isinstance(value, str) and "x" in value:
-        dims = tuple(int(v) for v in value.lower().split("x"))
+    elif isinstance(value, str) and "x" in value.lower():
+        try:
+            dims = tuple(int(v) for v in value.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"{name}: expected sizes like '96x128', got {value!r}") from None
     elif isinstance(value, (list, tuple)):
         dims = tuple(int(v) for v in value)
     else:
@@ -236,9 +239,15 @@ def read_config_file(path: str) -> dict[str, Any]:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config: {path!r} is not valid YAML ({' '.join(str(exc).split())})") from None
     elif path.endswith(".json"):
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config: {path!r} is not valid JSON ({exc})") from None
     else:
         raise ValueError(f"config: expected a .yaml, .yml or .json file, got {path!r}")
     if data is None:
