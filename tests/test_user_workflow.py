@@ -171,8 +171,7 @@ def test_training_stops_at_the_first_nonfinite_loss_without_writing_weights(tmp_
     for i in range(4):
         image, label = _scan(seed=i)
         image = image[..., 1]
-        if i in (0, 1, 2, 3):  # every case: the very first batch meets a NaN
-            image[0, 0] = np.nan
+        image[0, 0] = np.nan  # in every case, so the very first batch meets it
         cases.append(Volume(image[None], label[..., 1], np.eye(4), (1.0, 1.0), f"c{i}"))
     cfg = TrainConfig(model="unet", features=4, model_kwargs={"depth": 2}, stages=[16], batch_size=2,
                       epochs=2, folds=2, fold_indices=[0], device="cpu", progress=False)
@@ -425,7 +424,7 @@ def test_attention_modules_are_named_by_position_and_old_checkpoints_load(tmp_pa
         for i, n in enumerate(names):
             key = key.replace(f"attentions.{n}.", f"attentions.{i}.")
         legacy[key] = value
-    assert "attentions.0.theta.weight" in legacy or any(k.startswith("attentions.0.") for k in legacy)
+    assert any(k.startswith("attentions.0.") for k in legacy)
     path = str(tmp_path / "old.pt")
     save_checkpoint(path, {"model_spec": {"name": "unet", "kwargs": kwargs},
                            "inference": {"spatial_dims": 2, "size": [32, 32], "num_classes": 2, "in_channels": 1},
