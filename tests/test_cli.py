@@ -64,15 +64,15 @@ def test_predict_keeps_input_shape_and_affine(trained, tmp_path, capsys):
     before = os.path.getmtime(dst)
     assert main(["predict", "--checkpoint", ckpt, "--input", src, "--output", dst, "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err and os.path.getmtime(dst) == before
-    # a folder in -> a folder of <name>_seg.nii.gz out
+    # a folder in -> a folder of <name>_seg<the input's suffix> out
     folder = tmp_path / "in"
     folder.mkdir()
     _nifti(str(folder / "a.nii.gz"), (16, 12, 3))
     _nifti(str(folder / "b.nii"), (10, 18, 2))
     assert main(["predict", "--checkpoint", ckpt, "--input", str(folder), "--output",
                  str(tmp_path / "out"), "--no-progress"]) == 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["a_seg.nii.gz", "b_seg.nii.gz"]
-    assert nib.load(str(tmp_path / "out" / "b_seg.nii.gz")).shape == (10, 18, 2)
+    assert sorted(os.listdir(tmp_path / "out")) == ["a_seg.nii.gz", "b_seg.nii"]
+    assert nib.load(str(tmp_path / "out" / "b_seg.nii")).shape == (10, 18, 2)
 
 
 def test_predict_3d_model_uses_a_sliding_window(tmp_path):

@@ -2,17 +2,21 @@
 
     unimri demo                                  # 5-minute baseline-vs-unified demo on phantom
     unimri datasets                              # built-in datasets and folder layouts
+    unimri datasets path/to/folder               # the detected layout and a table of its cases
     unimri train --model unet --attention sas --loss unified --dataset phantom \\
                  --stages 128,256,512 --folds 5 --out runs/unet
     unimri train --resume runs/unet              # continue a killed run exactly
     unimri evaluate --checkpoint runs/unet/fold0/model.pt --dataset phantom
-    unimri predict --checkpoint runs/unet/fold0/model.pt --input scan.nii.gz --output seg.nii.gz
+    unimri evaluate --pred predictions/ --labels labelsTr/ --out scores.json
+    unimri predict --checkpoint runs/unet/fold0/model.pt --input scan.nrrd --output seg.nrrd
     unimri ablate --study components --models unet,deeplabv3 --dataset phantom --out runs/ablate
-    unimri bench --model unet --size 128          # training throughput, fused vs reference ops
+    unimri bench --model unet --size 128          # training-step throughput, fused vs reference ops
 
 Every ``train``/``ablate`` option can also come from ``--config file.yaml`` (or .json)
 holding the same keys as :class:`unimri.train.TrainConfig`; flags override the file.
 Several GPUs or machines: ``torchrun --nproc_per_node 4 -m unimri train ...``.
+Mistakes in the command line or the data give one ``error:`` line (exit status 2);
+internal errors print their traceback, as does any error with ``--debug``.
 """
 from __future__ import annotations
 
@@ -75,11 +79,33 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="random flips/rotations/intensity augmentation")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="no progress bars")
+    g.add_argument("--replace-nonfinite", dest="replace_nonfinite", type=float, default=S, metavar="VALUE",
+                   help="replace NaN/inf image voxels by VALUE (default: refuse such files)")
 
 
 def _add_out_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--out", required=required, help="output folder (refused if it exists, see --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing unimri output folder")
+
+
+def _int_list(text: str, key: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{key.replace('_', '-')}: expected comma-separated integers, got {text!r}") from None
+
+
+def _json_arg(text: str | None, flag: str) -> dict[str, Any]:
+    """A JSON object given on the command line (``{}`` when absent)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag}: not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag}: expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value
 
 
 def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
@@ -99,9 +125,12 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
     for key in ("augment", "progress"):
         if hasattr(args, key):
             values[key] = getattr(args, key)
+    if hasattr(args, "replace_nonfinite"):  # a loader option, kept with the dataset's arguments
+        values["dataset_kwargs"] = {**(values.get("dataset_kwargs") or {}),
+                                    "replace_nonfinite": args.replace_nonfinite}
     for key in ("batch_size", "epochs"):  # "32" -> 32, "32,16" -> [32, 16]
         if isinstance(values.get(key), str):
-            parts = [int(v) for v in values[key].split(",") if v.strip()]
+            parts = _int_list(values[key], key)
             values[key] = parts[0] if len(parts) == 1 else parts
     for key in ("stages", "patch_size"):  # "64,128" -> [64, 128]; "96x128" stays a string per stage
         if isinstance(values.get(key), str):
@@ -109,7 +138,7 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
             parts = [int(v) if v.isdigit() else v for v in parts]
             values[key] = parts if key == "stages" or len(parts) > 1 else parts[0]
     if isinstance(values.get("fold_indices"), str):
-        values["fold_indices"] = [int(v) for v in values["fold_indices"].split(",") if v.strip()]
+        values["fold_indices"] = _int_list(values["fold_indices"], "fold_indices")
     return TrainConfig.from_dict(values).validate()
 
 
@@ -150,34 +179,58 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from unimri.train import registry
     from unimri._atomic import atomic_write_text
-    from unimri.train.evaluate import evaluate_model, metric_table
-    from unimri.train.predict import load_trained_model
-    from unimri.train.distributed import resolve_device
+    from unimri.train.evaluate import metric_table
 
-    device = resolve_device(args.device)
-    model, spec, state = load_trained_model(args.checkpoint, device, expected_model=args.model)
-    cfg = state.get("config", {})
-    dataset = args.dataset or cfg.get("dataset")
-    kwargs = json.loads(args.dataset_kwargs) if args.dataset_kwargs else cfg.get("dataset_kwargs", {})
-    cases = registry.load_cases(dataset, **kwargs)
-    if args.cases:
-        wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-        by_id = {c.case_id: c for c in cases}
-        missing = [w for w in wanted if w not in by_id]
-        if missing:
-            raise ValueError(f"--cases: unknown case id(s) {missing[:5]} in dataset {dataset!r}")
-        cases = [by_id[w] for w in wanted]
     if args.out and os.path.exists(args.out) and not args.overwrite:
         raise ValueError(f"--out: {args.out!r} already exists; pass --overwrite to replace it")
-    result = evaluate_model(model, cases, spec, device, spec.normalize, progress=not args.no_progress)
-    names = cases[0].meta.get("classes") if cases and cases[0].meta else None
+    if args.pred or args.labels:
+        if not (args.pred and args.labels):
+            raise ValueError("--pred and --labels go together: a folder of predictions and one of labels")
+        if args.checkpoint or args.dataset or args.cases:
+            raise ValueError("--pred/--labels score existing files; --checkpoint, --dataset and --cases "
+                             "apply to evaluating a checkpoint")
+        from unimri.train.evaluate import evaluate_files
+
+        result, unmatched = evaluate_files(args.pred, args.labels, progress=not args.no_progress)
+        if unmatched:
+            print(f"note: {len(unmatched)} label file(s) have no prediction and are not scored: "
+                  f"{', '.join(unmatched[:10])}{' ...' if len(unmatched) > 10 else ''}", file=sys.stderr)
+        names, source = None, {"pred": args.pred, "labels": args.labels}
+    elif args.checkpoint:
+        from unimri.train import registry
+        from unimri.train.distributed import resolve_device
+        from unimri.train.evaluate import evaluate_model
+        from unimri.train.predict import load_trained_model
+
+        device = resolve_device(args.device)
+        model, spec, state = load_trained_model(args.checkpoint, device, expected_model=args.model)
+        cfg = state.get("config", {})
+        dataset = args.dataset or cfg.get("dataset")
+        kwargs = _json_arg(args.dataset_kwargs, "--dataset-kwargs") if args.dataset_kwargs \
+            else cfg.get("dataset_kwargs", {})
+        if args.replace_nonfinite is not None:
+            kwargs = {**kwargs, "replace_nonfinite": args.replace_nonfinite}
+        cases = registry.load_cases(dataset, **kwargs)
+        if args.cases:
+            wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+            by_id = {c.case_id: c for c in cases}
+            missing = [w for w in wanted if w not in by_id]
+            if missing:
+                raise ValueError(f"--cases: unknown case id(s) {missing[:5]} in dataset {dataset!r}")
+            cases = [by_id[w] for w in wanted]
+        result = evaluate_model(model, cases, spec, device, spec.normalize, progress=not args.no_progress,
+                                surface=True)
+        names = cases[0].meta.get("classes") if cases and cases[0].meta else None
+        source = {"checkpoint": args.checkpoint, "dataset": dataset}
+    else:
+        raise ValueError("give --checkpoint (predict and score a dataset) or --pred and --labels "
+                         "(score existing prediction files)")
     table = metric_table(result, names)
     print(table)
     if args.out:
-        payload = {"checkpoint": args.checkpoint, "dataset": dataset, "summary": result.summary,
-                   "per_class": result.per_class, "per_case": result.per_case}
+        payload = {**source, "summary": result.summary, "per_class": result.per_class,
+                   "per_case": result.per_case}
         if args.out.endswith(".json"):
             atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
         else:
@@ -190,9 +243,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from unimri.train.distributed import resolve_device
     from unimri.train.predict import predict_path
 
+    from unimri.train.predict import DEFAULT_LABEL_PATTERNS
+
     written = predict_path(args.checkpoint, args.input, args.output, overwrite=args.overwrite,
                            device=resolve_device(args.device), batch_size=args.batch_size,
-                           overlap=args.overlap, progress=not args.no_progress)
+                           overlap=args.overlap, progress=not args.no_progress,
+                           output_format=args.output_format,
+                           label_patterns=DEFAULT_LABEL_PATTERNS + tuple(args.skip or ()),
+                           replace_nonfinite=args.replace_nonfinite)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -246,12 +304,28 @@ DEMO_CONFIG: dict[str, Any] = {
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from unimri.data import list_datasets
+    from unimri.data import BUILTINS, case_table, count_nonfinite, detect_layout, list_datasets, load_cases
 
-    rows = list_datasets()
-    width = max(len(n) for n, _ in rows)
-    for name, desc in rows:
-        print(f"{name:<{width}}  {desc}")
+    if args.path is None:
+        rows = list_datasets()
+        width = max(len(n) for n, _ in rows)
+        for name, desc in rows:
+            print(f"{name:<{width}}  {desc}")
+        print("\nunimri datasets PATH shows the detected layout and every case of a folder")
+        return 0
+    kwargs = _json_arg(args.dataset_kwargs, "--dataset-kwargs")
+    if args.path in BUILTINS:
+        title = f"built-in dataset {args.path!r}"
+    else:
+        layout = args.layout or detect_layout(args.path)
+        kwargs["layout"] = layout
+        title = f"{args.path}: {layout} layout"
+    cases = load_cases(args.path, check_finite=False, **kwargs)  # count NaN/inf instead of refusing
+    print(case_table(cases, f"{title}, {len(cases)} case(s)"))
+    bad = [c.case_id for c in cases if count_nonfinite(c.image)]
+    if bad:
+        print(f"warning: {len(bad)} case(s) have NaN/inf voxels ({', '.join(bad[:5])}); training and "
+              f"predict refuse them unless --replace-nonfinite VALUE is given", file=sys.stderr)
     return 0
 
 
@@ -279,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     from unimri import __version__
 
     ap.add_argument("--version", action="version", version=f"unimri {__version__}")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the full traceback of every error (default: one line for input mistakes)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for PyTorch ops (default: PyTorch's choice; demo: 1)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -306,10 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_FOLDER", help="continue a stopped run from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metric table of a checkpoint on a dataset",
-                       description="Predict every case of a dataset whole with a trained checkpoint "
-                                   "and print IoU/DSC/precision/recall per case and on average.")
-    p.add_argument("--checkpoint", required=True, help="a model.pt/best.pt from a run folder")
+    p = sub.add_parser("evaluate", help="metric table of a checkpoint on a dataset, or of prediction files",
+                       description="Either predict every case of a dataset whole with a trained checkpoint "
+                                   "(--checkpoint), or score existing prediction files against label files "
+                                   "matched by case id (--pred DIR --labels DIR; 'case7_seg.nrrd' matches "
+                                   "'case7.nii.gz'). Prints IoU, DSC, precision, recall, HD95 and ASD (in the "
+                                   "files' units, mm) per case, per class and on average.",
+                       epilog="Example: unimri evaluate --pred preds/ --labels Dataset001/labelsTr --out scores.json")
+    p.add_argument("--checkpoint", help="a model.pt/best.pt from a run folder")
+    p.add_argument("--pred", metavar="PRED_DIR", help="folder of prediction label files (with --labels)")
+    p.add_argument("--labels", metavar="LABEL_DIR", help="folder of ground-truth label files (with --pred)")
+    p.add_argument("--replace-nonfinite", type=float, default=None, metavar="VALUE",
+                   help="replace NaN/inf image voxels by VALUE (default: refuse such files)")
     p.add_argument("--dataset", help="dataset name or folder (default: the one the model was trained on)")
     p.add_argument("--dataset-kwargs", help="JSON dict for the dataset loader")
     p.add_argument("--cases", help="comma-separated case ids (default: all cases)")
@@ -320,12 +404,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="segment a NIfTI/NRRD volume (or a folder of them)",
-                       description="Writes a NIfTI label volume with the input's shape and affine. "
-                                   "2D models run slice by slice, 3D models with a sliding window.")
+    p = sub.add_parser("predict", help="segment a NIfTI/NRRD/MHA volume (or a folder of them)",
+                       description="Writes a label volume with the input's shape and geometry (origin, "
+                                   "spacing, direction). 2D models run slice by slice, 3D models with a "
+                                   "sliding window. A folder input: every image file is read and checked "
+                                   "before the first output is written; label files (*_label*, *_seg*, "
+                                   "*_mask*, --skip) are left out, so a rerun into the input folder does not "
+                                   "segment earlier outputs.")
     p.add_argument("--checkpoint", required=True, help="a model.pt/best.pt from a run folder")
     p.add_argument("--input", required=True, help="image file (.nii, .nii.gz, .nrrd, .mha, .png ...) or folder")
-    p.add_argument("--output", required=True, help=".nii/.nii.gz file (file input) or folder (folder input)")
+    p.add_argument("--output", required=True,
+                   help="file input: output file, its suffix picks the format (.nii, .nii.gz, .nrrd, .mha); "
+                        "folder input: output folder, files named <input name>_seg<suffix>")
+    p.add_argument("--output-format", choices=[".nii.gz", ".nii", ".nrrd", ".mha"], default=None,
+                   help="folder input: format of the outputs (default: each input's own format)")
+    p.add_argument("--skip", action="append", metavar="PATTERN",
+                   help="folder input: also skip files whose name (without suffix) matches this glob "
+                        "pattern, e.g. '*_gt' (repeatable)")
+    p.add_argument("--replace-nonfinite", type=float, default=None, metavar="VALUE",
+                   help="replace NaN/inf voxels by VALUE (default: refuse such inputs)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="slices/windows per forward pass")
@@ -345,9 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted ablation in --out")
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("bench", help="training throughput with fused vs reference ops",
+    p = sub.add_parser("bench", help="training-step throughput of one model, fused vs reference ops",
                        description="Times training steps (forward + backward + SGD step) of one model with "
-                                   "the fused unimri ops and with the pure-PyTorch reference ops.")
+                                   "the fused unimri ops and with the pure-PyTorch reference ops, and prints "
+                                   "images/s. This is a quick check, not the benchmark suite: the per-op "
+                                   "benchmarks (loss, attention gate, backbones, data loading against "
+                                   "eager, torch.compile and MONAI) are run with `python benchmarks/run.py`.")
     p.add_argument("--model", default="unet")
     p.add_argument("--attention", default="sas")
     p.add_argument("--loss", default="unified")
@@ -359,9 +459,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="auto,reference", help="comma list of auto, cpp, triton, reference")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("datasets", help="list built-in datasets and folder layouts")
+    p = sub.add_parser("datasets", help="list built-in datasets and folder layouts, or the cases of a folder",
+                       description="Without PATH: the built-in datasets and the recognised folder layouts. "
+                                   "With PATH (a folder or a built-in name): the detected layout and one row "
+                                   "per case: shape, spacing, channels, classes, foreground fraction and the "
+                                   "number of NaN/inf voxels.")
+    p.add_argument("path", nargs="?", default=None, metavar="PATH", help="a dataset folder or built-in name")
+    p.add_argument("--layout", help="folder layout (default: detected)")
+    p.add_argument("--dataset-kwargs", help="JSON dict for the dataset loader")
     p.set_defaults(func=cmd_datasets)
     return ap
+
+
+def _package_roots() -> tuple[str, ...]:
+    import unimri
+    import unimri_kernels
+
+    return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (unimri, unimri_kernels))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a mistake in the user's input rather than a bug.
+
+    A ValueError/TypeError/ImportError counts as the user's when unimri raised it on
+    purpose: the innermost frame of its traceback is a ``raise`` statement in unimri's own
+    source (the checks of arguments, files and data). The same types raised inside torch,
+    numpy or by the interpreter (e.g. a wrong call inside unimri) are internal errors. An
+    OSError about a named file (permission denied, disk full) is the user's too.
+    """
+    if isinstance(exc, OSError):
+        return exc.filename is not None
+    if not isinstance(exc, (ValueError, TypeError, ImportError)):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    import linecache
+
+    filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    if not filename.startswith(_package_roots()):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -379,19 +519,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError) as exc:
-        print(f"unimri {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        from unimri.train.engine import TrainingInterrupted
-
-        if not isinstance(exc, TrainingInterrupted):
-            raise
-        print(f"unimri {args.command}: {exc}; continue with --resume", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print(f"unimri {args.command}: interrupted (a run can continue with --resume)", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - sorted into user mistakes and internal errors below
+        from unimri.train.engine import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"unimri {args.command}: {exc}; continue with --resume", file=sys.stderr)
+            return 3
+        if args.debug or not is_user_error(exc):
+            raise
+        print(f"unimri {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

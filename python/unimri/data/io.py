@@ -10,6 +10,7 @@ naming the pip package.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,8 @@ def _read_nifti(path: str):
         img = nib.load(path)
         array = np.asanyarray(img.dataobj)  # forces the read: truncation fails here, not later
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
-        raise ValueError(f"cannot read NIfTI file {path!r} (truncated or corrupt?): {exc}") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"cannot read NIfTI file {path!r} (truncated or corrupt?): {reason}") from exc
     affine = np.asarray(img.affine, dtype=np.float64)
     spatial = min(array.ndim, 3)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:spatial])
@@ -83,27 +85,92 @@ def _read_nifti(path: str):
     return array, affine, zooms, meta
 
 
+def _itk_reason(exc: Exception) -> str:
+    """ITK's multi-line trace reduced to its last, most specific line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    last = re.sub(r"^(\[\w+\]\s*)+", "", last)  # "[nrrd] " prefixes
+    last = re.sub(r"^_?\w+:\s+", "", last)  # the C function that failed
+    return last
+
+
 def _read_itk(path: str):
     sitk = _require("SimpleITK", "SimpleITK", "reading NRRD/MetaImage")
+    warnings_shown = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK would print its trace to stderr
     try:
         img = sitk.ReadImage(path)
         array = sitk.GetArrayFromImage(img)
-    except Exception as exc:
-        raise ValueError(f"cannot read image file {path!r} with SimpleITK: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's whole trace
+        raise ValueError(f"cannot read image file {path!r} (truncated or corrupt?): "
+                         f"{_itk_reason(exc)}") from None
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(warnings_shown)
     dims = img.GetDimension()
     reverse = tuple(range(dims - 1, -1, -1))  # ITK arrays are (z, y, x[, component])
     if img.GetNumberOfComponentsPerPixel() > 1:
         array = array.transpose(reverse + (dims,))
     else:
         array = array.transpose(reverse)
-    spacing = tuple(float(s) for s in img.GetSpacing())
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dims, dims)
+    # A 4D file (x, y, z, t) keeps the geometry of its first three axes, as 4D NIfTI does;
+    # the fourth axis holds channels or time points.
+    spatial = min(dims, 3)
+    spacing = tuple(float(s) for s in img.GetSpacing()[:spatial])
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dims, dims)[:spatial, :spatial]
     lps = np.eye(4)
-    lps[:dims, :dims] = direction * np.asarray(spacing)[None, :]
-    lps[:dims, 3] = img.GetOrigin()
+    lps[:spatial, :spatial] = direction * np.asarray(spacing)[None, :]
+    lps[:spatial, 3] = img.GetOrigin()[:spatial]
     affine = _LPS_TO_RAS @ lps
-    meta = {"format": "itk", "path": path, "header_zooms": spacing, "dtype": str(array.dtype)}
+    meta = {"format": "itk", "path": path, "header_zooms": spacing, "dtype": str(array.dtype),
+            "orientation": orientation_code(affine) if spatial == 3 else None}
     return np.ascontiguousarray(array), affine, spacing, meta
+
+
+def orientation_code(affine: np.ndarray) -> str:
+    """Three-letter RAS+ axis code of a (4, 4) affine (``nibabel.aff2axcodes``), e.g. "RAS", "LPS".
+
+    Each voxel axis is named after the world axis its column points along most.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    columns = affine[:3, :3]
+    norms = np.linalg.norm(columns, axis=0)
+    if np.any(norms == 0) or not np.all(np.isfinite(columns)):
+        raise ValueError(f"affine: singular or non-finite voxel axes, got\n{affine}")
+    unit = columns / norms
+    used: set[int] = set()
+    codes = []
+    for axis in np.argsort(-np.abs(unit).max(axis=0)):  # most clearly aligned axis first
+        order = [w for w in np.argsort(-np.abs(unit[:, axis])) if w not in used]
+        world = int(order[0])
+        used.add(world)
+        codes.append((axis, ("LR", "PA", "IS")[world][int(unit[world, axis] > 0)]))
+    return "".join(code for _, code in sorted(codes))
+
+
+def count_nonfinite(array: np.ndarray) -> int:
+    """Number of NaN/inf entries (0 for integer arrays)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "fc":
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
+def check_finite(array: np.ndarray, where: str, replace: float | None = None) -> np.ndarray:
+    """``array`` unchanged if every value is finite; else ValueError naming ``where`` and the count.
+
+    ``replace``: a number that NaN/inf voxels become instead (a copy is returned).
+    """
+    bad = count_nonfinite(array)
+    if not bad:
+        return array
+    if replace is None:
+        raise ValueError(f"{where}: {bad} of {np.asarray(array).size} voxels are not finite (NaN or inf); "
+                         f"fix the file, or replace them explicitly (--replace-nonfinite VALUE, "
+                         f"replace_nonfinite=VALUE)")
+    value = float(replace)
+    if not np.isfinite(value):
+        raise ValueError(f"replace_nonfinite: expected a finite number, got {replace!r}")
+    return np.where(np.isfinite(array), array, np.asarray(value, dtype=np.asarray(array).dtype))
 
 
 def _read_2d(path: str):
@@ -158,12 +225,34 @@ def write_nifti(path: str, array: np.ndarray, affine: np.ndarray, dtype: Any | N
     return atomic_write_path(path, lambda tmp: nib.save(img, tmp), suffix=suffix_of(path))
 
 
+def _itk_image(sitk, stored: np.ndarray, affine: np.ndarray):
+    """SimpleITK image of ``stored`` (X, Y[, Z[, T]]) with the LPS geometry of RAS ``affine``.
+
+    A 4D array keeps the 3D geometry on its first three axes; the fourth gets spacing 1.
+    """
+    if stored.ndim not in (2, 3, 4):
+        raise ValueError(f"array: expected 2, 3 or 4 axes for an ITK image, got shape {stored.shape}")
+    dims = stored.ndim
+    spatial = min(dims, 3)
+    img = sitk.GetImageFromArray(stored.transpose(tuple(range(dims - 1, -1, -1))), isVector=False)
+    lps = _LPS_TO_RAS @ affine
+    spacing = spacing_from_affine(affine, spatial)
+    direction = np.eye(dims)
+    direction[:spatial, :spatial] = lps[:spatial, :spatial] / np.asarray(spacing)[None, :]
+    origin = list(lps[:spatial, 3]) + [0.0] * (dims - spatial)
+    img.SetSpacing(tuple(spacing) + (1.0,) * (dims - spatial))
+    img.SetOrigin(tuple(float(v) for v in origin))
+    img.SetDirection(tuple(direction.ravel().tolist()))
+    return img
+
+
 def write_image(path: str, array: np.ndarray, affine: np.ndarray | None = None,
                 dtype: Any | None = None) -> str:
     """Write a volume or 2D image by suffix (NIfTI, NRRD/MetaImage, PNG/BMP/JPG), atomically.
 
-    3D arrays are (X, Y, Z) with a RAS ``affine`` (converted to LPS for ITK formats);
-    2D images (H, W) or (H, W, 3) ignore the affine.
+    3D arrays are (X, Y, Z) (4D: (X, Y, Z, T)) with a RAS ``affine`` (converted to LPS for
+    ITK formats; .nrrd and .mha are written compressed); 2D images (H, W) or (H, W, 3)
+    ignore the affine.
     """
     path = os.fspath(path)
     suffix = suffix_of(path)
@@ -173,15 +262,8 @@ def write_image(path: str, array: np.ndarray, affine: np.ndarray | None = None,
         return write_nifti(path, array, affine, dtype)
     if suffix in (".nrrd", ".mha"):  # single-file ITK formats (.mhd needs a second .raw file)
         sitk = _require("SimpleITK", "SimpleITK", "writing NRRD/MetaImage")
-        stored = array.astype(_storage_dtype(array, dtype), copy=False)
-        img = sitk.GetImageFromArray(stored.transpose(tuple(range(stored.ndim - 1, -1, -1))))
-        dims = stored.ndim
-        lps = _LPS_TO_RAS @ affine
-        spacing = spacing_from_affine(affine, dims)
-        img.SetSpacing(spacing)
-        img.SetOrigin(tuple(float(v) for v in lps[:dims, 3]))
-        img.SetDirection(tuple((lps[:dims, :dims] / np.asarray(spacing)[None, :]).ravel().tolist()))
-        return atomic_write_path(path, lambda tmp: sitk.WriteImage(img, tmp), suffix=suffix_of(path))
+        img = _itk_image(sitk, array.astype(_storage_dtype(array, dtype), copy=False), affine)
+        return atomic_write_path(path, lambda tmp: sitk.WriteImage(img, tmp, True), suffix=suffix_of(path))
     if suffix in IMAGE_2D_SUFFIXES:
         pil = _require("PIL.Image", "pillow", "writing 2D images")
         if array.ndim not in (2, 3):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -136,3 +137,67 @@ def resolve_augmentation(augment: bool | Augmentation | None) -> Augmentation | 
     if isinstance(augment, Augmentation):
         return augment
     raise TypeError(f"augment must be a bool or an Augmentation, got {type(augment).__name__}")
+
+
+_PROFILE_SAMPLES = 200_000
+
+
+def _channel_values(channel: np.ndarray, masked: bool, limit: int = _PROFILE_SAMPLES) -> np.ndarray:
+    """A deterministic subsample (every k-th voxel, about ``limit``) of a channel's finite values."""
+    values = channel.ravel()
+    if masked and np.any(values != 0):
+        values = values[values != 0]
+    values = values[np.isfinite(values)]
+    step = max(1, values.size // max(1, limit))
+    return values[::step].astype(np.float64, copy=False)
+
+
+def intensity_percentiles(image: np.ndarray, masked: bool) -> list[list[float]]:
+    """Per channel [p1, p50, p99] of an image (C, *S) (non-zero voxels only if ``masked``)."""
+    out = []
+    for channel in np.asarray(image):
+        values = _channel_values(channel, masked)
+        out.append([float(v) for v in np.percentile(values, [1, 50, 99])] if values.size else [0.0] * 3)
+    return out
+
+
+def intensity_profile(cases: Sequence[Volume], mode: str = "zscore") -> dict:
+    """The raw intensity range a model was trained on, stored in its checkpoint.
+
+    Returns {"modality": common ``meta["modality"]`` or None, "masked": whether zero
+    voxels were left out (as the z-score of MR cases does), "percentiles": per channel
+    [p1, p50, p99] of the pooled (sub-sampled) voxels of all ``cases``}.
+    """
+    cases = list(cases)
+    if not cases:
+        raise ValueError("cases: expected at least one case for the intensity profile, got none")
+    modalities = {c.meta.get("modality") for c in cases}
+    modality = modalities.pop() if len(modalities) == 1 else None
+    masked = mode == "zscore-nonzero" or (mode == "zscore" and modality == "MR")
+    limit = max(1000, 10 * _PROFILE_SAMPLES // len(cases))  # bounded memory for large datasets
+    pooled = [np.concatenate([_channel_values(c.image[k], masked, limit) for c in cases])
+              for k in range(cases[0].num_channels)]
+    percentiles = [[float(v) for v in np.percentile(p, [1, 50, 99])] if p.size else [0.0] * 3 for p in pooled]
+    return {"modality": modality, "masked": masked, "percentiles": percentiles}
+
+
+def intensity_mismatch(profile: dict | None, image: np.ndarray, where: str) -> str | None:
+    """A warning text when ``image`` (C, *S) lies far outside the training ``profile``, else None.
+
+    Far outside: for some channel, the image's median is outside the training [p1, p99]
+    range, or the two [p1, p99] ranges overlap on less than half of their union (e.g. CT
+    in Hounsfield units given to a model trained on MR).
+    """
+    if not profile or not profile.get("percentiles"):
+        return None
+    found = intensity_percentiles(image, bool(profile.get("masked")))
+    for k, ((t1, _, t99), (i1, i50, i99)) in enumerate(zip(profile["percentiles"], found)):
+        overlap = max(0.0, min(t99, i99) - max(t1, i1))
+        union = max(t99, i99) - min(t1, i1)
+        if not t1 <= i50 <= t99 or (union > 0 and overlap < 0.5 * union):
+            modality = profile.get("modality")
+            return (f"{where}: intensities of channel {k} (1st-99th percentile {i1:.4g} .. {i99:.4g}, "
+                    f"median {i50:.4g}) lie far outside those the model was trained on ({t1:.4g} .. {t99:.4g}"
+                    f"{', modality ' + modality if modality else ''}); a different modality or contrast "
+                    f"gives unreliable predictions")
+    return None

@@ -3,6 +3,7 @@ input checks, attention insertion and weight initialisation."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import torch
@@ -184,6 +185,19 @@ def init_weights(model: nn.Module, skip_prefix: str = "attentions") -> None:
                 nn.init.zeros_(module.bias)
 
 
+class AttentionModules(nn.ModuleDict):
+    """The attention modules of a model by position name; iterating yields the modules
+    (as the earlier ``nn.ModuleList`` did), an int index the i-th module created."""
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, key: str | int) -> nn.Module:
+        if isinstance(key, int):
+            return list(self._modules.values())[key]
+        return super().__getitem__(key)
+
+
 class SegmentationModel(nn.Module):
     """Shared frame: argument checks, pad to the network's stride, crop the logits back.
 
@@ -191,7 +205,10 @@ class SegmentationModel(nn.Module):
 
     Subclasses set ``self.stride`` (the product of their downsamplings) and implement
     ``forward_padded(x (B, C_in, *S padded)) -> logits (B, num_classes, *S padded)``.
-    Attention modules live in ``self.attentions`` (an ``nn.ModuleList``, empty without attention).
+    Attention modules live in ``self.attentions``, named by where they sit (e.g.
+    ``attentions.skip_level2`` in a UNet, ``attentions.aspp`` in DeepLabV3), so checkpoint
+    keys say which gate a weight belongs to; empty without attention. State dicts from
+    before the naming (``attentions.0``, ``attentions.1``, ... in creation order) still load.
     """
 
     stride: int = 1
@@ -207,20 +224,42 @@ class SegmentationModel(nn.Module):
         self.features = check_positive_int(features, "features")
         self.norm = check_norm(norm)
         self.attention = check_attention(attention)
-        self.attentions = nn.ModuleList()
+        self.attentions = AttentionModules()
+        self._register_load_state_dict_pre_hook(self._rename_legacy_attention_keys)
 
-    def add_attention(self, channels: int, gating_channels: int | None = None) -> int | None:
-        """Create one attention module (if enabled); returns its index in ``self.attentions``."""
+    def add_attention(self, channels: int, gating_channels: int | None = None, *, name: str) -> str | None:
+        """Create one attention module (if enabled) named ``name`` (its position in the
+        network); returns the name, or None without attention."""
         module = make_attention(self.attention, channels, self.spatial_dims, self.norm, gating_channels)
         if module is None:
             return None
-        self.attentions.append(module)
-        return len(self.attentions) - 1
+        if name in self.attentions:
+            raise ValueError(f"attention name {name!r} is used twice in {type(self).__name__}")
+        self.attentions[name] = module
+        return name
 
-    def attend(self, index: int | None, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
-        if index is None:
+    def attend(self, name: str | None, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        if name is None:
             return x
-        return apply_attention(self.attentions[index], x, g if self.attention == "sas" else None)
+        return apply_attention(self.attentions[name], x, g if self.attention == "sas" else None)
+
+    def upgrade_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """``state_dict`` with legacy keys ``attentions.<i>.`` renamed to ``attentions.<name>.``."""
+        names = list(self.attentions.keys())
+        legacy = re.compile(re.escape(prefix) + r"attentions\.(\d+)\.")
+        out = {}
+        for key, value in state_dict.items():
+            match = legacy.match(key)
+            if match and int(match.group(1)) < len(names):
+                key = f"{prefix}attentions.{names[int(match.group(1))]}." + key[match.end():]
+            out[key] = value
+        return out
+
+    def _rename_legacy_attention_keys(self, state_dict, prefix, *args) -> None:
+        upgraded = self.upgrade_state_dict(state_dict, prefix)
+        if list(upgraded) != list(state_dict):
+            state_dict.clear()
+            state_dict.update(upgraded)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

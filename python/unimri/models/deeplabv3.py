@@ -115,7 +115,7 @@ class DeepLabV3(SegmentationModel):
         self.encoder = nn.Sequential(*blocks)
         aspp_ch = features * 8
         self.aspp = ASPP(channels, aspp_ch, spatial_dims, norm, rates)
-        self.aspp_attention = self.add_attention(aspp_ch, gating_channels=channels)
+        self.aspp_attention = self.add_attention(aspp_ch, gating_channels=channels, name="aspp")
         self.head = nn.Sequential(ConvNormAct(aspp_ch, aspp_ch, spatial_dims, norm),
                                   conv_cls(spatial_dims)(aspp_ch, num_classes, 1))
         self._mode = "bilinear" if spatial_dims == 2 else "trilinear"

@@ -60,8 +60,8 @@ class FCN(SegmentationModel):
         self.up2_fr = up(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
         self.up2_pool4 = up(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
         self.up8 = up(num_classes, num_classes, 16, stride=8, padding=4, bias=False)
-        self.pool4_attention = self.add_attention(pool4_ch, gating_channels=fc_ch)
-        self.pool3_attention = self.add_attention(pool3_ch, gating_channels=pool4_ch)
+        self.pool4_attention = self.add_attention(pool4_ch, gating_channels=fc_ch, name="pool4")
+        self.pool3_attention = self.add_attention(pool3_ch, gating_channels=pool4_ch, name="pool3")
         init_weights(self)
         with torch.no_grad():
             for layer, k in ((self.up2_fr, 4), (self.up2_pool4, 4), (self.up8, 16)):

@@ -76,7 +76,7 @@ class RCNN(SegmentationModel):
         self.ups = nn.ModuleList(UpConv(widths[level + 1], widths[level], spatial_dims, norm) for level in range(depth))
         self.decoders = nn.ModuleList(RRCNNBlock(2 * widths[level], widths[level], spatial_dims, norm, recurrence)
                                       for level in range(depth))
-        self.feature_attention = [self.add_attention(widths[level]) for level in range(depth)]
+        self.feature_attention = [self.add_attention(widths[level], name=f"encoder_level{level}") for level in range(depth)]
         self.head = conv_cls(spatial_dims)(widths[0], num_classes, 1)
         init_weights(self)
 

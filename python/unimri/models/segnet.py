@@ -43,7 +43,8 @@ class SegNet(SegmentationModel):
             decoders.append(nn.Sequential(*layers))
         self.decoders = nn.ModuleList(decoders)
         self.decoder_attention = [
-            self.add_attention(widths[k - 1] if k > 0 else widths[0], gating_channels=widths[k])
+            self.add_attention(widths[k - 1] if k > 0 else widths[0], gating_channels=widths[k],
+                               name=f"decoder_stage{k}")
             for k in range(len(_VGG_STAGES))
         ]
         self.head = conv_cls(spatial_dims)(widths[0], num_classes, 3, padding=1)

@@ -40,7 +40,8 @@ class UNet(SegmentationModel):
         self.ups = nn.ModuleList(up(widths[level + 1], widths[level], 2, stride=2) for level in range(depth))
         self.decoders = nn.ModuleList(DoubleConv(2 * widths[level], widths[level], spatial_dims, norm)
                                       for level in range(depth))
-        self.skip_attention = [self.add_attention(widths[level], gating_channels=widths[level + 1])
+        self.skip_attention = [self.add_attention(widths[level], gating_channels=widths[level + 1],
+                                                  name=f"skip_level{level}")
                                for level in range(depth)]
         self.head = conv_cls(spatial_dims)(widths[0], num_classes, 1)
         init_weights(self)

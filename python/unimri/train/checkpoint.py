@@ -54,7 +54,13 @@ def check_model_spec(found: dict[str, Any], expected: dict[str, Any], path: str 
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str = "checkpoint") -> None:
-    """load_state_dict with a ValueError that lists missing/unexpected/mis-shaped keys."""
+    """load_state_dict with a ValueError that lists missing/unexpected/mis-shaped keys.
+
+    Checkpoints written before the attention modules were named by position are upgraded
+    (``model.upgrade_state_dict``) first.
+    """
+    if hasattr(model, "upgrade_state_dict"):
+        state_dict = model.upgrade_state_dict(state_dict)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

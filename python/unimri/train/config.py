@@ -17,14 +17,43 @@ from unimri.train.precision import AMP_MODES
 SCHEDULES = ("none", "cosine", "poly", "plateau")
 
 
-def _as_size(value: Any, spatial_dims: int, name: str) -> tuple[int, ...]:
-    """One stage size as a tuple of ``spatial_dims`` positive ints (an int means a cube)."""
+class StageSize(tuple):
+    """A stage's input size: a tuple of ints that also says whether it keeps aspect ratio.
+
+    ``keep_aspect=True`` (a stage given as one number, e.g. ``64``): the tuple is the
+    bounding cube and each batch is resized so that its longest axis is that number, the
+    other axes in proportion (:func:`unimri.train.resize.fit_long_side`); the backbone pads
+    to its stride. ``keep_aspect=False`` (``"96x128"`` or a list): exactly this size.
+    """
+
+    keep_aspect: bool
+
+    def __new__(cls, dims: Sequence[int], keep_aspect: bool = False) -> "StageSize":
+        obj = super().__new__(cls, (int(d) for d in dims))
+        obj.keep_aspect = bool(keep_aspect)
+        return obj
+
+    def __reduce__(self):  # picklable for DataLoader workers
+        return (StageSize, (tuple(self), self.keep_aspect))
+
+
+def _as_size(value: Any, spatial_dims: int, name: str, keep_aspect: bool = False) -> StageSize:
+    """One stage size as ``spatial_dims`` positive ints.
+
+    An int (or a digit string) is the long side when ``keep_aspect`` (stages), else a cube
+    (patch sizes); ``"96x128"`` or a list is an exact size.
+    """
     if isinstance(value, bool):
         raise TypeError(f"{name}: expected an int or a list of {spatial_dims} ints, got {value!r}")
     if isinstance(value, int):
         dims = (value,) * spatial_dims
-    elif isinstance(value, str) and "x" in value:
-        dims = tuple(int(v) for v in value.lower().split("x"))
+        if len(dims) == spatial_dims and value >= 1:
+            return StageSize(dims, keep_aspect)
+    elif isinstance(value, str) and "x" in value.lower():
+        try:
+            dims = tuple(int(v) for v in value.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"{name}: expected sizes like '96x128', got {value!r}") from None
     elif isinstance(value, (list, tuple)):
         dims = tuple(int(v) for v in value)
     else:
@@ -32,17 +61,20 @@ def _as_size(value: Any, spatial_dims: int, name: str) -> tuple[int, ...]:
             dims = (int(value),) * spatial_dims
         except (TypeError, ValueError):
             raise TypeError(f"{name}: expected an int, 'HxW' or a list of ints, got {value!r}") from None
+        if len(dims) == spatial_dims and dims[0] >= 1:
+            return StageSize(dims, keep_aspect)
     if len(dims) != spatial_dims or any(d < 1 for d in dims):
         raise ValueError(f"{name}: expected {spatial_dims} positive sizes, got {value!r}")
-    return dims
+    return StageSize(dims, False)
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; serialised to ``config.json`` in the run folder.
 
-    ``stages`` lists the progressive-resizing input sizes (an int is a square/cube side,
-    or a list per axis); ``batch_sizes``/``epochs`` may be one value for all stages or one
+    ``stages`` lists the progressive-resizing input sizes: an int is the long side, the
+    other axes keep the data's aspect ratio (a 45 x 120 slice at stage 64 trains at
+    24 x 64); ``"96x128"`` or a list per axis is an exact size; ``batch_sizes``/``epochs`` may be one value for all stages or one
     per stage. ``epochs`` is the most a stage runs; early stopping (``patience`` epochs
     without a validation-loss improvement larger than ``min_delta``) may end it sooner.
     """
@@ -87,14 +119,14 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ derived
     @property
-    def stage_sizes(self) -> list[tuple[int, ...]]:
-        """The stage input sizes, each a tuple of ``spatial_dims`` ints."""
+    def stage_sizes(self) -> list[StageSize]:
+        """The stage input sizes, each a :class:`StageSize` of ``spatial_dims`` ints."""
         stages = self.stages
         if isinstance(stages, (int, str)) and not (isinstance(stages, str) and "," in stages):
             stages = [stages]
         elif isinstance(stages, str):
             stages = [s.strip() for s in stages.split(",") if s.strip()]
-        return [_as_size(s, self.spatial_dims, f"stages[{i}]") for i, s in enumerate(stages)]
+        return [_as_size(s, self.spatial_dims, f"stages[{i}]", keep_aspect=True) for i, s in enumerate(stages)]
 
     def _per_stage(self, value: Any, name: str) -> list[int]:
         n = len(self.stage_sizes)
@@ -208,9 +240,15 @@ def read_config_file(path: str) -> dict[str, Any]:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config: {path!r} is not valid YAML ({' '.join(str(exc).split())})") from None
     elif path.endswith(".json"):
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config: {path!r} is not valid JSON ({exc})") from None
     else:
         raise ValueError(f"config: expected a .yaml, .yml or .json file, got {path!r}")
     if data is None:

@@ -7,33 +7,48 @@ import torch
 from torch.utils.data import Dataset
 
 from unimri.train.config import TrainConfig
-from unimri.train.resize import resize, soft_labels
+from unimri.train.resize import fit_long_side, resize, soft_labels
 
 
 class StageCollate:
     """Batch items of any native size at one progressive-resizing stage ``size``.
 
-    Returns {"image": (B, C, *size) float32, "target": (B, K, *size) soft one-hot float32,
-    "label": list of native (*S_i) int64 maps, "case_id": list of str}. Picklable, so
-    DataLoader workers can use it.
+    ``size`` with ``keep_aspect`` (a :class:`unimri.train.config.StageSize` from a
+    one-number stage, or ``keep_aspect=True``): the batch is resized so that its longest
+    axis is ``max(size)`` and the others keep the aspect ratio of the batch's largest
+    native extent per axis (:func:`unimri.train.resize.fit_long_side`); otherwise to
+    exactly ``size``.
+
+    Returns {"image": (B, C, *S') float32, "target": (B, K, *S') soft one-hot float32,
+    "label": list of native (*S_i) int64 maps, "case_id": list of str}, S' the batch's
+    stage shape. Picklable, so DataLoader workers can use it.
     """
 
-    def __init__(self, size: Sequence[int], num_classes: int):
+    def __init__(self, size: Sequence[int], num_classes: int, keep_aspect: bool | None = None):
         self.size = tuple(int(s) for s in size)
         self.num_classes = int(num_classes)
+        self.keep_aspect = bool(getattr(size, "keep_aspect", False) if keep_aspect is None else keep_aspect)
+
+    def shape_for(self, natives: Sequence[Sequence[int]]) -> tuple[int, ...]:
+        """The stage shape of a batch whose items have the native shapes ``natives``."""
+        if not self.keep_aspect:
+            return self.size
+        extent = tuple(max(int(n[a]) for n in natives) for a in range(len(self.size)))
+        return fit_long_side(extent, max(self.size))
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        images, targets, labels = [], [], []
+        pairs = []
         for item in items:
             image = torch.as_tensor(item["image"]).float()
             label = torch.as_tensor(item["label"]).long()
             if image.ndim != len(self.size) + 1:
                 raise ValueError(f"image: expected (C, {', '.join('*' * len(self.size))}) items for stage "
                                  f"size {self.size}, got shape {tuple(image.shape)}")
-            images.append(resize(image[None], self.size)[0])
-            targets.append(soft_labels(label[None], self.num_classes, self.size)[0])
-            labels.append(label)
-        return {"image": torch.stack(images), "target": torch.stack(targets), "label": labels,
+            pairs.append((image, label))
+        size = self.shape_for([tuple(image.shape[1:]) for image, _ in pairs])
+        images = [resize(image[None], size)[0] for image, _ in pairs]
+        targets = [soft_labels(label[None], self.num_classes, size)[0] for _, label in pairs]
+        return {"image": torch.stack(images), "target": torch.stack(targets), "label": [lab for _, lab in pairs],
                 "case_id": [item.get("case_id", "") for item in items]}
 
 

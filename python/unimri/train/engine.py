@@ -25,6 +25,7 @@ from unimri.train.checkpoint import (capture_rng, load_checkpoint, load_weights,
 from unimri.train.config import TrainConfig
 from unimri.train.datasets import StageCollate, make_dataset
 from unimri.train.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, broadcast_flag
+from unimri.data.transforms import intensity_profile
 from unimri.train.precision import autocast_for, grad_scaler_for, resolve_amp
 from unimri.train.predict import InferenceSpec
 from unimri.train.runlog import JsonlLog
@@ -32,6 +33,20 @@ from unimri.train.runlog import JsonlLog
 
 class TrainingInterrupted(RuntimeError):
     """Raised when ``stop_after_epochs`` ends a run early (a simulated kill)."""
+
+
+class NonFiniteLossError(ValueError):
+    """Raised at the first NaN/inf loss, before the optimizer step and before any checkpoint
+    of that epoch, so no non-finite weights are ever written."""
+
+
+def _check_loss(loss: torch.Tensor, where: str, case_ids: Sequence[str]) -> None:
+    if not bool(torch.isfinite(loss.detach()).all()):
+        cases = ", ".join(repr(c) for c in list(case_ids)[:5])
+        raise NonFiniteLossError(
+            f"training stopped: the {where} is {float(loss.detach().float().sum())} (cases {cases}); no "
+            f"weights of this epoch were written. Look for NaN/inf voxels (unimri datasets PATH) or "
+            f"lower the learning rate (--lr)")
 
 
 def check_stage_sizes(model: nn.Module, in_channels: int, num_classes: int,
@@ -85,7 +100,8 @@ class FoldTrainer:
         self.spec = cfg.model_spec(in_channels, num_classes)
         self.inference = InferenceSpec(cfg.spatial_dims, cfg.stage_sizes[-1], num_classes, in_channels,
                                        cfg.slice_axis, cfg.patch, cfg.normalize,
-                                       _modality(train_cases))
+                                       _modality(train_cases),
+                                       intensity=intensity_profile(train_cases, cfg.normalize))
         self.train_set: Dataset = make_dataset(train_cases, cfg, num_classes, train=True)
         self.val_set: Dataset = make_dataset(val_cases, cfg, num_classes, train=False)
         self.history: list[dict[str, Any]] = []
@@ -234,6 +250,7 @@ class FoldTrainer:
             with autocast_for(ctx.device, amp):
                 logits = net(image)
             loss = loss_fn(logits.float(), target)
+            _check_loss(loss, f"training loss ({desc})", batch["case_id"])
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss * share).backward()
@@ -267,6 +284,7 @@ class FoldTrainer:
                 logits = model(image)
             logits = logits.float()
             loss = loss_fn(logits, batch["target"].to(ctx.device))
+            _check_loss(loss, f"validation loss (fold {self.fold})", batch["case_id"])
             total += torch.tensor([loss.item() * image.shape[0], image.shape[0]], dtype=torch.float64)
             for i, label in enumerate(batch["label"]):
                 pred = resize_logits(logits[i:i + 1], label.shape).argmax(1)[0].cpu()

@@ -1,12 +1,17 @@
-"""Evaluation of a trained model on whole cases: the metric table (IoU, DSC, precision, recall).
+"""Evaluation on whole cases: the metric table (IoU, DSC, precision, recall, HD95, ASD).
 
 Each case is predicted whole (:mod:`unimri.train.predict`: 2D models slice by slice, 3D
-models by sliding window) at its native resolution and scored with
-:class:`unimri.metrics.SegmentationMetrics` on the foreground classes; a case's score is
-the mean over the classes present in its ground truth, the summary the mean over cases.
+models by sliding window) at its native resolution, or read from a prediction file
+(:func:`evaluate_files`), and scored with :class:`unimri.metrics.SegmentationMetrics` on
+the foreground classes; a case's score is the mean over the classes present in its
+ground truth, the summary the mean over classes of the per-class means over cases. The
+surface distances (HD95, ASD) use the case's voxel spacing; a class present in the
+ground truth but not predicted scores +inf there.
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -18,6 +23,8 @@ from unimri.train import registry
 from unimri.train.predict import InferenceSpec, predict_labels
 
 METRIC_NAMES = ("IoU", "DSC", "Precision", "Recall")
+#: surface distances in the files' physical units (mm), computed by ``unimri evaluate``
+SURFACE_NAMES = ("HD95", "ASD")
 _KEYS = {"IoU": "iou", "DSC": "dice", "Precision": "precision", "Recall": "recall"}
 
 
@@ -57,8 +64,11 @@ def example_view(image: torch.Tensor, label: np.ndarray, pred: np.ndarray, axis:
 
 def evaluate_model(model: nn.Module, cases: Sequence[Any], spec: InferenceSpec,
                    device: torch.device | str = "cpu", normalize: str = "zscore", progress: bool = True,
-                   n_examples: int = 3, batch_size: int = 8) -> EvalResult:
-    """Predict every case whole and score it; see the module docstring."""
+                   n_examples: int = 3, batch_size: int = 8, surface: bool = False) -> EvalResult:
+    """Predict every case whole and score it; see the module docstring.
+
+    ``surface``: also compute HD95 and ASD (slower: a distance transform per case and class).
+    """
     from tqdm.auto import tqdm
 
     if not cases:
@@ -71,28 +81,155 @@ def evaluate_model(model: nn.Module, cases: Sequence[Any], spec: InferenceSpec,
         image = normalized_image(case, normalize)
         pred = predict_labels(model, image, spec, device=device, batch_size=batch_size)
         label = torch.from_numpy(np.asarray(case.label, dtype=np.int64))
-        scores = metrics(pred[None], label[None])
-        row: dict[str, Any] = {"case_id": case.case_id}
-        for name in METRIC_NAMES:
-            values = scores[_KEYS[name]][0]
-            row[name] = float(values.nanmean()) if not torch.isnan(values).all() else float("nan")
-        per_case.append(row)
+        per_case.append(_score(metrics, pred, label, case.case_id, case.spacing if surface else None))
         if len(examples) < n_examples and (case.label > 0).any():
             examples.append(example_view(image, case.label, pred.numpy(), spec.slice_axis, case.case_id))
+    return _result(metrics, per_case, examples, surface)
+
+
+def _score(metrics: Any, pred: torch.Tensor, label: torch.Tensor, case_id: str,
+           spacing: Sequence[float] | None) -> dict[str, Any]:
+    """One case's row; ``spacing`` given: HD95/ASD per class too (kept in ``_surface``)."""
+    scores = metrics(pred[None], label[None])
+    row: dict[str, Any] = {"case_id": case_id}
+    for name in METRIC_NAMES:
+        values = scores[_KEYS[name]][0]
+        row[name] = float(values.nanmean()) if not torch.isnan(values).all() else float("nan")
+    if spacing is not None:
+        from unimri.metrics import average_surface_distance, hausdorff_distance_95
+
+        present = torch.stack([(label == c).any() for c in range(1, metrics.num_classes)])
+        for name, fn in zip(SURFACE_NAMES, (hausdorff_distance_95, average_surface_distance)):
+            values = fn(pred[None], label[None], num_classes=metrics.num_classes, spacing=tuple(spacing))[0]
+            values = torch.where(present, values, float("nan"))  # classes absent from the truth
+            row[f"_{name}"] = [float(v) for v in values]
+            row[name] = float(values.nanmean()) if present.any() else float("nan")
+    return row
+
+
+def _result(metrics: Any, per_case: list[dict[str, Any]], examples: list[dict[str, Any]],
+            surface: bool) -> EvalResult:
     agg = metrics.aggregate()
     summary = {name: float(agg[_KEYS[name]]) for name in METRIC_NAMES}
     per_class = {name: [float(v) for v in agg[f"{_KEYS[name]}_per_class"]] for name in METRIC_NAMES}
+    if surface:
+        for name in SURFACE_NAMES:
+            table = torch.tensor([row.pop(f"_{name}") for row in per_case], dtype=torch.float64)
+            class_means = table.nanmean(0)
+            per_class[name] = [float(v) for v in class_means]
+            summary[name] = float(class_means.nanmean())
     return EvalResult(summary, per_case, examples, per_class)
 
 
 def metric_table(result: EvalResult, class_names: Sequence[str] | None = None) -> str:
-    """Markdown: one row per case, then per-class means and the overall mean."""
-    lines = ["| case | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
+    """Markdown: one row per case, then per-class means and the overall mean (HD95/ASD in
+    the files' units, when computed)."""
+    names = list(METRIC_NAMES) + [m for m in SURFACE_NAMES if m in result.summary]
+    lines = ["| case | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for row in result.per_case:
-        lines.append(f"| {row['case_id']} | " + " | ".join(f"{row[m]:.3f}" for m in METRIC_NAMES) + " |")
+        lines.append(f"| {row['case_id']} | " + " | ".join(f"{row[m]:.3f}" for m in names) + " |")
     n_fg = len(next(iter(result.per_class.values()), []))
     for c in range(n_fg):
         name = class_names[c + 1] if class_names and len(class_names) > c + 1 else f"class {c + 1}"
-        lines.append(f"| mean: {name} | " + " | ".join(f"{result.per_class[m][c]:.3f}" for m in METRIC_NAMES) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{result.summary[m]:.3f}**" for m in METRIC_NAMES) + " |")
+        lines.append(f"| mean: {name} | " + " | ".join(f"{result.per_class[m][c]:.3f}" for m in names) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{result.summary[m]:.3f}**" for m in names) + " |")
     return "\n".join(lines) + "\n"
+
+
+_TAG = re.compile(r"(_seg|_pred|_prediction|_label|_labels|_mask|_gt)$", re.IGNORECASE)
+_CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net channel suffix of the image a prediction came from
+
+
+def file_case_id(path: str) -> str:
+    """Case id of a prediction or label file: the name without suffix and without a trailing
+    ``_seg``/``_pred``/``_label``/``_mask``/``_gt`` tag (``case7_seg.nrrd`` -> ``case7``)."""
+    from unimri.data.io import suffix_of
+
+    name = os.path.basename(path)
+    return _TAG.sub("", name[: len(name) - len(suffix_of(name))])
+
+
+def _label_files(folder: str, what: str) -> dict[str, str]:
+    from unimri.data.io import IMAGE_2D_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
+
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what}: {folder!r} is not an existing folder")
+    known = NIFTI_SUFFIXES + ITK_SUFFIXES + IMAGE_2D_SUFFIXES
+    found: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or not os.path.isfile(path) or suffix_of(name) not in known:
+            continue
+        case_id = file_case_id(name)
+        if case_id in found:
+            raise ValueError(f"{what}: {found[case_id]!r} and {path!r} both give case id {case_id!r}")
+        found[case_id] = path
+    if not found:
+        raise ValueError(f"{what}: folder {folder!r} holds no image/label files")
+    return found
+
+
+def _read_label(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    from unimri.data.io import read_image
+
+    array, affine, spacing, _ = read_image(path)
+    if array.dtype.kind == "f" and not (np.all(np.isfinite(array)) and np.all(np.mod(array, 1) == 0)):
+        raise ValueError(f"label file {path!r}: expected integer class indices, found non-integer or "
+                         f"non-finite values")
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.size and array.min() < 0:
+        raise ValueError(f"label file {path!r}: negative class index {int(array.min())}")
+    return array.astype(np.int64), affine, tuple(spacing)[: array.ndim]
+
+
+def evaluate_files(pred_dir: str, label_dir: str, progress: bool = True,
+                   num_classes: int | None = None) -> tuple[EvalResult, list[str]]:
+    """Score the prediction files of ``pred_dir`` against the label files of ``label_dir``.
+
+    Files are matched by case id (:func:`file_case_id`; a prediction ``CASE_0000_seg`` of
+    an nnU-Net image also matches ``CASE``). Each pair must have the same shape and
+    geometry. Returns (result with IoU, DSC, precision, recall, HD95, ASD per case and
+    mean, ids of labels without a prediction). A prediction without a label raises.
+    """
+    from tqdm.auto import tqdm
+
+    preds = _label_files(pred_dir, "pred")
+    labels = _label_files(label_dir, "labels")
+    pairs: list[tuple[str, str, str]] = []
+    for case_id, pred_path in preds.items():
+        key = case_id if case_id in labels else _CHANNEL.sub("", case_id)
+        if key not in labels:
+            raise ValueError(f"pred: {pred_path!r} (case {case_id!r}) has no label file in {label_dir!r}")
+        pairs.append((key, pred_path, labels[key]))
+    matched = {key for key, _, _ in pairs}
+    if len(matched) != len(pairs):
+        raise ValueError(f"pred: several prediction files match the same label file in {pred_dir!r}")
+    unmatched = sorted(set(labels) - matched)
+    top = 0
+    for case_id, pred_path, label_path in sorted(pairs):  # pass 1: check every pair first
+        pred, label, _ = _read_pair(case_id, pred_path, label_path)
+        top = max(top, int(pred.max(initial=0)), int(label.max(initial=0)))
+    classes = max(2, top + 1) if num_classes is None else int(num_classes)
+    if top >= classes:
+        raise ValueError(f"num_classes: {classes} given but the files hold class {top}")
+    metrics = registry.metrics_object(classes)
+    per_case = []
+    for case_id, pred_path, label_path in tqdm(sorted(pairs), desc="evaluate", leave=False, disable=not progress):
+        pred, label, spacing = _read_pair(case_id, pred_path, label_path)  # one case in memory at a time
+        per_case.append(_score(metrics, torch.from_numpy(pred), torch.from_numpy(label), case_id, spacing))
+    return _result(metrics, per_case, [], True), unmatched
+
+
+def _read_pair(case_id: str, pred_path: str, label_path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    from unimri.data.layouts.common import _same_geometry
+
+    pred, pred_affine, _ = _read_label(pred_path)
+    label, label_affine, spacing = _read_label(label_path)
+    if pred.shape != label.shape:
+        raise ValueError(f"case {case_id!r}: prediction {pred_path!r} has shape {pred.shape} but label "
+                         f"{label_path!r} has {label.shape}")
+    if pred.ndim == 3 and not _same_geometry(pred_affine, label_affine):
+        raise ValueError(f"case {case_id!r}: prediction {pred_path!r} and label {label_path!r} have "
+                         f"different geometry (origin, spacing or direction)")
+    return pred, label, spacing

@@ -7,9 +7,11 @@ averaged.
 """
 from __future__ import annotations
 
-import os
+import fnmatch
 import itertools
 import math
+import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from unimri.train.precision import autocast_for
-from unimri.train.resize import resize, resize_logits
+from unimri.train.resize import fit_long_side, resize, resize_logits
 
 
 @dataclass
@@ -33,6 +35,20 @@ class InferenceSpec:
     patch: tuple[int, ...] | None = None
     normalize: str = "zscore"
     modality: str | None = None
+    #: resize each slice/window so its long side is max(size), keeping its aspect ratio;
+    #: None takes it from ``size`` (a StageSize), False for checkpoints older than the option
+    keep_aspect: bool | None = None
+    #: the training data's raw intensity range (unimri.data.intensity_profile), or None
+    intensity: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_aspect is None:
+            self.keep_aspect = bool(getattr(self.size, "keep_aspect", False))
+        self.size = tuple(int(v) for v in self.size)
+
+    def input_size(self, native: Sequence[int]) -> tuple[int, ...]:
+        """The size the model runs a slice/window of ``native`` shape at."""
+        return fit_long_side(native, max(self.size)) if self.keep_aspect else self.size
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -45,6 +61,7 @@ class InferenceSpec:
         d = dict(d)
         d["size"] = tuple(d["size"])
         d["patch"] = None if d.get("patch") is None else tuple(d["patch"])
+        d.setdefault("keep_aspect", False)  # checkpoints from before the option squashed
         return cls(**d)
 
 
@@ -93,7 +110,7 @@ def predict_probabilities(model: nn.Module, image: torch.Tensor, spec: Inference
     ctx = autocast_for(device, amp)
 
     def run(batch: torch.Tensor, native: Sequence[int]) -> torch.Tensor:
-        x = resize(batch.to(device), spec.size)
+        x = resize(batch.to(device), spec.input_size(batch.shape[2:]))
         with ctx:
             logits = model(x)
         return torch.softmax(resize_logits(logits.float(), native), dim=1).cpu()
@@ -174,66 +191,173 @@ def load_trained_model(path: str, device: torch.device | str = "cpu",
     return model.to(device).eval(), InferenceSpec.from_dict(state["inference"]), state
 
 
-def _output_path_for(input_path: str, output: str, many: bool) -> str:
+#: file names that hold labels, not images: never segmented by a folder predict
+DEFAULT_LABEL_PATTERNS = ("*_label*", "*_seg*", "*_mask*")
+#: formats predict writes (.nhdr/.mhd would need a second data file)
+OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+_DEFAULT_OUTPUT = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd",
+                   ".mha": ".mha", ".mhd": ".mha"}
+
+
+def _stem(path: str) -> str:
+    from unimri.data.io import suffix_of
+
+    name = os.path.basename(path.rstrip("/"))
+    return name[: len(name) - len(suffix_of(name))]
+
+
+def is_label_file(path: str, patterns: Sequence[str] = DEFAULT_LABEL_PATTERNS) -> bool:
+    """Whether the file name (without its suffix, case-insensitive) matches a label pattern."""
+    stem = _stem(path).lower()
+    return any(fnmatch.fnmatchcase(stem, pattern.lower()) for pattern in patterns)
+
+
+def output_suffix_for(input_path: str, output_format: str | None = None) -> str:
+    """The suffix a prediction of ``input_path`` is written with: ``output_format`` or the input's."""
+    from unimri.data.io import IMAGE_2D_SUFFIXES, suffix_of
+
+    if output_format is not None:
+        fmt = output_format.lower() if output_format.startswith(".") else "." + output_format.lower()
+        if fmt not in OUTPUT_SUFFIXES:
+            raise ValueError(f"output_format: expected one of {OUTPUT_SUFFIXES}, got {output_format!r}")
+        return fmt
+    suffix = suffix_of(input_path)
+    return ".png" if suffix in IMAGE_2D_SUFFIXES else _DEFAULT_OUTPUT.get(suffix, ".nii.gz")
+
+
+def list_inputs(folder: str, label_patterns: Sequence[str] = DEFAULT_LABEL_PATTERNS) -> tuple[list[str], list[str]]:
+    """(image files to segment, skipped files) of a folder, both sorted.
+
+    Only files with an image suffix count; label files (``label_patterns``, matched against
+    the name without suffix) and hidden files are skipped, so earlier ``*_seg`` outputs in
+    the same folder are never segmented again.
+    """
+    from unimri.data.io import IMAGE_2D_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
+
+    known = NIFTI_SUFFIXES + ITK_SUFFIXES + IMAGE_2D_SUFFIXES
+    images, skipped = [], []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        if suffix_of(name) in known and not is_label_file(name, label_patterns):
+            images.append(path)
+        else:
+            skipped.append(path)
+    return images, skipped
+
+
+def _output_path_for(input_path: str, output: str, many: bool, output_format: str | None = None) -> str:
     if not many:
         return output
-    name = os.path.basename(input_path.rstrip("/"))
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return os.path.join(output, f"{name}_seg.nii.gz")
+    return os.path.join(output, f"{_stem(input_path)}_seg{output_suffix_for(input_path, output_format)}")
+
+
+@dataclass
+class _CheckedInput:
+    """One input file, read and checked (the first pass of :func:`predict_path`)."""
+
+    path: str
+    image: np.ndarray  # (C, *S) float32, normalised
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+    warning: str | None
+
+
+def _prepare_input(src: str, spec: InferenceSpec, replace_nonfinite: float | None) -> _CheckedInput:
+    """Read ``src`` and make it a normalised model input; ValueError naming ``src`` if it cannot be."""
+    from unimri.data import Volume, apply_zscore, check_finite, intensity_mismatch, read_image, zscore_stats
+
+    array, affine, spacing, _meta = read_image(src)
+    image = image_to_channels_first(array, spec, src)
+    if image.ndim - 1 != 3 and spec.spatial_dims == 3:
+        raise ValueError(f"input: {src!r} is 2D (shape {array.shape}) but the model is 3D")
+    image = check_finite(image, f"input {src!r}", replace_nonfinite)
+    warning = intensity_mismatch(spec.intensity, image, f"input {src!r}")
+    if spec.normalize not in (None, "none"):
+        case = Volume(image=image, label=None, affine=np.asarray(affine, np.float64),
+                      spacing=tuple(spacing)[: image.ndim - 1], case_id=os.path.basename(src),
+                      meta={"modality": spec.modality} if spec.modality else {})
+        image = apply_zscore(image, *zscore_stats(case, spec.normalize))
+    return _CheckedInput(src, image, np.asarray(affine, np.float64), tuple(spacing), warning)
+
+
+def _check_output_path(output: str, input_path: str) -> None:
+    from unimri.data.io import IMAGE_2D_SUFFIXES, suffix_of
+
+    suffix = suffix_of(output)
+    allowed = OUTPUT_SUFFIXES + ((".png",) if suffix_of(input_path) in IMAGE_2D_SUFFIXES else ())
+    if suffix not in allowed:
+        raise ValueError(f"output: expected a path ending in one of {allowed}, got {output!r}")
 
 
 def predict_path(checkpoint: str, input_path: str, output: str, *, overwrite: bool = False,
                  device: torch.device | str = "cpu", batch_size: int = 8, overlap: float = 0.5,
-                 progress: bool = True) -> list[str]:
-    """Segment a NIfTI/NRRD/... file, or every image file of a folder, into NIfTI label volumes.
+                 progress: bool = True, output_format: str | None = None,
+                 label_patterns: Sequence[str] = DEFAULT_LABEL_PATTERNS,
+                 replace_nonfinite: float | None = None) -> list[str]:
+    """Segment an image file, or every image file of a folder, into label files.
 
-    A file input writes ``output`` (a .nii/.nii.gz path); a folder input writes
-    ``output/<name>_seg.nii.gz`` per image. The label volume has the input's spatial
-    shape and affine. Every output is checked before anything is written (existing files
-    need ``overwrite``) and each is written atomically.
+    A file input writes ``output``, whose suffix (.nii, .nii.gz, .nrrd, .mha; .png for 2D
+    pictures) picks the format. A folder input writes ``output/<name>_seg<suffix>`` per
+    image, the suffix being ``output_format`` or else the input's own format; only image
+    files are considered and label files (``label_patterns``, e.g. ``*_seg*``) are skipped,
+    so rerunning into the input folder does not segment earlier outputs. The label volume
+    has the input's spatial shape and geometry (a 4D input's first three axes).
+
+    Nothing is written until every input has been read and checked (readable, right
+    channel count, no NaN/inf voxels unless ``replace_nonfinite`` gives a value, the
+    outputs free unless ``overwrite``); each output is written atomically. Inputs whose
+    intensities lie far outside the training data's raise a UserWarning.
     """
     from tqdm.auto import tqdm
 
-    from unimri.data import Volume, apply_zscore, read_image, write_nifti, zscore_stats
+    from unimri.data import write_image
 
     if not os.path.exists(input_path):
         raise ValueError(f"input: {input_path!r} does not exist")
     many = os.path.isdir(input_path)
     if many:
-        inputs = sorted(os.path.join(input_path, f) for f in os.listdir(input_path)
-                        if not f.startswith(".") and os.path.isfile(os.path.join(input_path, f)))
+        inputs, skipped = list_inputs(input_path, label_patterns)
         if not inputs:
-            raise ValueError(f"input: folder {input_path!r} holds no files")
+            raise ValueError(f"input: folder {input_path!r} holds no image files to segment "
+                             f"({len(skipped)} other or label file(s) skipped)")
         if os.path.exists(output) and not os.path.isdir(output):
             raise ValueError(f"output: for a folder input, output must be a folder, got file {output!r}")
+        output_suffix_for(inputs[0], output_format)  # checks output_format
     else:
         inputs = [input_path]
-        if not output.lower().endswith((".nii", ".nii.gz")):
-            raise ValueError(f"output: expected a .nii or .nii.gz path, got {output!r}")
-    targets = [_output_path_for(p, output, many) for p in inputs]
+        if output_format is not None:
+            raise ValueError("output_format: applies to folder inputs; for a file the output's suffix "
+                             "picks the format")
+        _check_output_path(output, input_path)
+    targets = [_output_path_for(p, output, many, output_format) for p in inputs]
+    clashes = sorted({t for t in targets if targets.count(t) > 1})
+    if clashes:
+        raise ValueError(f"output: several inputs would be written to {clashes[0]!r} (e.g. the same case "
+                         f"as .nii.gz and .nrrd); pass another output format or separate them")
     existing = [t for t in targets if os.path.exists(t)]
     if existing and not overwrite:
-        raise ValueError(f"output: {existing[0]!r} already exists (and {len(existing) - 1} more); "
-                         "pass --overwrite to replace")
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise ValueError(f"output: {existing[0]!r} already exists{more}; pass --overwrite to replace")
     model, spec, _ = load_trained_model(checkpoint, device)
+    problems = []
+    for src in tqdm(inputs, desc="check inputs", disable=not progress or len(inputs) < 2, leave=False):
+        try:
+            checked = _prepare_input(src, spec, replace_nonfinite)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if checked.warning:
+            warnings.warn(checked.warning, UserWarning, stacklevel=2)
+    if problems:
+        head = f"{len(problems)} of {len(inputs)} input(s) cannot be segmented; nothing was written:\n  "
+        raise ValueError(head + "\n  ".join(problems))
     written = []
     for src, dst in tqdm(list(zip(inputs, targets)), desc="predict", disable=not progress):
-        array, affine, spacing, _meta = read_image(src)
-        image = image_to_channels_first(array, spec, src)
-        if image.ndim - 1 != 3 and spec.spatial_dims == 3:
-            raise ValueError(f"input: {src!r} is 2D but the model is 3D")
-        if spec.normalize not in (None, "none"):
-            case = Volume(image=image, label=None, affine=np.asarray(affine, np.float64),
-                          spacing=tuple(spacing), case_id=os.path.basename(src),
-                          meta={"modality": spec.modality} if spec.modality else {})
-            image = apply_zscore(image, *zscore_stats(case, spec.normalize))
-        labels = predict_labels(model, as_tensor(image), spec, device=device, batch_size=batch_size,
+        checked = _prepare_input(src, spec, replace_nonfinite)  # read again: memory stays one case
+        labels = predict_labels(model, as_tensor(checked.image), spec, device=device, batch_size=batch_size,
                                 overlap=overlap).numpy()
-        if dst != output or many:
-            os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-        written.append(write_nifti(dst, labels.astype(np.int16 if spec.num_classes > 127 else np.uint8),
-                                   np.asarray(affine, np.float64)))
+        dtype = np.int16 if spec.num_classes > 255 else np.uint8
+        written.append(write_image(dst, labels.astype(dtype), checked.affine, dtype=dtype))
     return written

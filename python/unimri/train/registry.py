@@ -59,11 +59,10 @@ def check_dataset(source: str) -> None:
     """A built-in dataset name or an existing folder/file."""
     if os.path.exists(source):
         return
-    known = dataset_names()
-    if source not in known:
-        raise ValueError(
-            f"dataset: {source!r} is neither a built-in dataset ({list(known)}) nor an existing path"
-        )
+    from unimri.data import BUILTINS, missing_source_message
+
+    if source not in BUILTINS:
+        raise ValueError(f"dataset: {missing_source_message(source)}")
 
 
 def create_model(spec: dict[str, Any]) -> nn.Module:

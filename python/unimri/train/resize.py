@@ -18,6 +18,19 @@ import torch.nn.functional as F
 _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
+def fit_long_side(native: Sequence[int], long_side: int) -> tuple[int, ...]:
+    """The shape with the aspect ratio of ``native`` whose longest axis is ``long_side``.
+
+    E.g. (45, 120) at 64 -> (24, 64). Each axis is rounded and at least 1; a square
+    ``native`` gives the cube of ``long_side``.
+    """
+    native = tuple(int(n) for n in native)
+    if not native or min(native) < 1:
+        raise ValueError(f"native: expected positive sizes, got {native}")
+    scale = int(long_side) / max(native)
+    return tuple(max(1, int(round(n * scale))) for n in native)
+
+
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Resize a batch ``x`` (B, C, *S) to (B, C, *size); float dtypes only.
 
