@@ -22,3 +22,30 @@ requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # a module blocked in sys.modules
+        return True
+
+
+def needs(*modules: str) -> pytest.MarkDecorator:
+    """Skip one test (not the file) when an optional package is missing."""
+    absent = [m for m in modules if _missing(m)]
+    return pytest.mark.skipif(bool(absent), reason=f"needs {', '.join(absent)} (optional package)")
+
+
+class LazyModule:
+    """An optional module imported on first use; a test touching it without the package skips."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):  # pytest's collection probes attributes: no import then
+            raise AttributeError(attr)
+        return getattr(pytest.importorskip(self._name), attr)

@@ -7,12 +7,13 @@ import os
 
 import numpy as np
 import pytest
+from conftest import LazyModule, needs
 import torch
 
 from unimri.cli import main
 from unimri.train.checkpoint import load_checkpoint, save_checkpoint
 
-nib = pytest.importorskip("nibabel")
+nib = LazyModule("nibabel")
 
 DATA = ["--dataset", "phantom", "--dataset-kwargs", json.dumps({"num_cases": 4, "size": 32})]
 FAST = ["--model", "unet", "--features", "4", *DATA, "--stages", "16,32", "--batch-size", "2",

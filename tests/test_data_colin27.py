@@ -1,10 +1,11 @@
 """colin27-hippocampus on the real Debian mricron-data files (CI installs the package)."""
 import numpy as np
 import pytest
+from conftest import needs
 
 from unimri.data import SliceDataset, colin27_available, kfold_split, load_cases
 
-pytest.importorskip("nibabel")
+
 needs_mricron = pytest.mark.skipif(not colin27_available(),
                                 reason="Debian package mricron-data is not installed "
                                        "(sudo apt-get install mricron-data)")
@@ -16,6 +17,7 @@ def full():
 
 
 @needs_mricron
+@needs("nibabel")
 def test_full_volume_properties(full):
     assert full.image.shape == (1, 181, 217, 181) and full.label.shape == (181, 217, 181)
     assert full.spacing == (1.0, 1.0, 1.0)
@@ -32,6 +34,7 @@ def test_full_volume_properties(full):
 
 
 @needs_mricron
+@needs("nibabel")
 def test_crop_downsample_amygdala():
     case = load_cases("colin27-hippocampus", crop_margin=8, downsample=2, amygdala=True)[0]
     assert set(np.unique(case.label)) == {0, 1, 2}
@@ -43,6 +46,7 @@ def test_crop_downsample_amygdala():
 
 
 @needs_mricron
+@needs("nibabel")
 def test_pieces_for_kfold(full):
     halves = load_cases("colin27-hippocampus", cases="hemispheres")
     assert [h.case_id for h in halves] == ["colin27_left", "colin27_right"]

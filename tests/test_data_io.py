@@ -5,16 +5,18 @@ import os
 
 import numpy as np
 import pytest
+from conftest import LazyModule, needs
 
 from unimri.data import Volume, read_image, resample, write_image, write_nifti
 from unimri.data.resample import resample_array
 
-nib = pytest.importorskip("nibabel")
+nib = LazyModule("nibabel")
 
 OBLIQUE = np.array([[0.0, -2.0, 0.0, 10.0], [1.5, 0.0, 0.0, -3.0], [0.0, 0.0, 3.0, 4.0], [0, 0, 0, 1]])
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+@needs("nibabel")
 def test_volume_round_trip_keeps_array_affine_spacing(tmp_path, suffix):
     if suffix in (".mha", ".nrrd"):
         pytest.importorskip("SimpleITK")
@@ -27,6 +29,7 @@ def test_volume_round_trip_keeps_array_affine_spacing(tmp_path, suffix):
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
 
 
+@needs("nibabel")
 def test_read_resample_write_keeps_affine_spacing_and_integer_labels(tmp_path):
     rng = np.random.default_rng(1)
     image = rng.random((16, 12, 10)).astype(np.float32)
@@ -81,6 +84,7 @@ def test_2d_image_round_trip(tmp_path):
         assert np.array_equal(back, arr) and spacing == (1.0, 1.0)
 
 
+@needs("nibabel")
 def test_truncated_and_corrupt_nifti_name_the_file(tmp_path):
     good = write_nifti(str(tmp_path / "good.nii.gz"), np.random.rand(20, 20, 20).astype(np.float32), np.eye(4))
     raw = open(good, "rb").read()

@@ -5,10 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import needs
 
 from unimri.data import SliceDataset, detect_layout, kfold_split, load_cases, write_image, write_nifti
 
-pytest.importorskip("nibabel")
+
 AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
 SHAPE = (12, 10, 8)
 
@@ -43,6 +44,7 @@ def _nnunet(root, cases=("case_a", "case_b"), channels=2, spec=None):
     return root
 
 
+@needs("nibabel")
 def test_nnunet_multichannel(tmp_path):
     root = _nnunet(tmp_path / "Dataset001_Test")
     assert detect_layout(str(root)) == "nnunet"
@@ -59,12 +61,14 @@ def test_nnunet_multichannel(tmp_path):
     assert ds[0]["image"].shape == (2, 12, 10)
 
 
+@needs("nibabel")
 def test_nnunet_v1_json(tmp_path):
     spec = {"modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", "2": "oedema"}}
     cases = load_cases(str(_nnunet(tmp_path / "d", channels=1, spec=spec)), layout="nnunet")
     assert cases[0].meta["modality"] == "CT" and cases[0].image.shape == (1,) + SHAPE
 
 
+@needs("nibabel")
 def test_nnunet_missing_keys_name_dataset_json(tmp_path):
     root = _nnunet(tmp_path / "d", spec={"labels": {"background": 0}})
     with pytest.raises(ValueError, match=r"dataset.json.*channel_names"):
@@ -77,6 +81,7 @@ def test_nnunet_missing_keys_name_dataset_json(tmp_path):
         load_cases(str(root))
 
 
+@needs("nibabel")
 def test_nnunet_shape_and_affine_mismatch_and_label_values(tmp_path):
     root = _nnunet(tmp_path / "d")
     write_nifti(str(root / "imagesTr" / "case_a_0001.nii.gz"), _image((12, 10, 9)), AFFINE)
@@ -102,6 +107,7 @@ def test_nnunet_shape_and_affine_mismatch_and_label_values(tmp_path):
         load_cases(str(root), labels=None)
 
 
+@needs("nibabel")
 def test_empty_and_unknown_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -197,6 +203,7 @@ def test_ddti(tmp_path):
 
 # ---- LiTS ----------------------------------------------------------------------------------
 
+@needs("nibabel")
 def test_lits(tmp_path):
     root = tmp_path / "LiTS"
     for n, sub in ((0, "Training Batch 1"), (1, "Training Batch 1"), (28, "Training Batch 2")):
@@ -224,6 +231,7 @@ def test_lits(tmp_path):
 
 # ---- ATLAS ----------------------------------------------------------------------------------
 
+@needs("nibabel")
 def test_atlas_r12_and_v2(tmp_path):
     root = tmp_path / "ATLAS_R1.2"
     t01 = root / "Site1" / "031768" / "t01"
