@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from unimri.models import ATTENTION_OPTIONS, MODEL_NAMES, create_model
 from unimri.nn import AttentionGate, SelectiveAttention
 from unimri.train.precision import autocast_for, grad_scaler_for, resolve_amp
-from unimri_kernels.dispatch import use_backend
+from unimri_kernels.dispatch import available_backends, use_backend
 from unimri_kernels.ops.attention_gate import attention_gate
 from unimri_kernels.reference.attention_gate import attention_gate_reference
 
@@ -51,7 +51,7 @@ def _gate_params(cx: int, cg: int, ci: int, d: int, dtype=torch.float32) -> list
     return [(0.3 * torch.randn(s, dtype=dtype)).requires_grad_() for s in shapes]
 
 
-@pytest.mark.parametrize("backend", ["cpp", "triton", "reference"])
+@pytest.mark.parametrize("backend", available_backends("cpu"))
 @pytest.mark.parametrize("d", [2, 3])
 def test_gate_fp32_parameters_with_bf16_activations_under_autocast(backend, d):
     shape = SHAPES[d]
