@@ -40,11 +40,20 @@ class NonFiniteLossError(ValueError):
     of that epoch, so no non-finite weights are ever written."""
 
 
-def _check_loss(loss: torch.Tensor, where: str, case_ids: Sequence[str]) -> None:
-    if not bool(torch.isfinite(loss.detach()).all()):
+def _check_loss(loss: torch.Tensor, where: str, case_ids: Sequence[str], ctx: DistContext) -> None:
+    """NonFiniteLossError on every rank as soon as one rank's loss is not finite (a rank that
+    raised alone would leave the others waiting in the gradient all-reduce)."""
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if ctx.distributed:
+        flag = torch.tensor([0.0 if finite else 1.0], device=_reduce_device(ctx))
+        if float(all_reduce_sum(flag, ctx).item()) > 0 and finite:
+            raise NonFiniteLossError(f"training stopped: the {where} is not finite on another rank; "
+                                     f"no weights of this epoch were written")
+    if not finite:
         cases = ", ".join(repr(c) for c in list(case_ids)[:5])
+        cases = f" (cases {cases})" if cases else ""
         raise NonFiniteLossError(
-            f"training stopped: the {where} is {float(loss.detach().float().sum())} (cases {cases}); no "
+            f"training stopped: the {where} is {float(loss.detach().float().sum())}{cases}; no "
             f"weights of this epoch were written. Look for NaN/inf voxels (unimri datasets PATH) or "
             f"lower the learning rate (--lr)")
 
@@ -250,7 +259,7 @@ class FoldTrainer:
             with autocast_for(ctx.device, amp):
                 logits = net(image)
             loss = loss_fn(logits.float(), target)
-            _check_loss(loss, f"training loss ({desc})", batch["case_id"])
+            _check_loss(loss, f"training loss ({desc})", batch["case_id"], ctx)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss * share).backward()
@@ -284,13 +293,16 @@ class FoldTrainer:
                 logits = model(image)
             logits = logits.float()
             loss = loss_fn(logits, batch["target"].to(ctx.device))
-            _check_loss(loss, f"validation loss (fold {self.fold})", batch["case_id"])
+            if not ctx.distributed:  # ranks may see different numbers of batches: checked below
+                _check_loss(loss, f"validation loss (fold {self.fold})", batch["case_id"], ctx)
             total += torch.tensor([loss.item() * image.shape[0], image.shape[0]], dtype=torch.float64)
             for i, label in enumerate(batch["label"]):
                 pred = resize_logits(logits[i:i + 1], label.shape).argmax(1)[0].cpu()
                 counts += class_counts(pred, label, k)
         packed = all_reduce_sum(torch.cat([total, counts.flatten()]).to(_reduce_device(ctx)), ctx).cpu()
         total, counts = packed[:2], packed[2:].view(k, 4)
+        if ctx.distributed:  # the all-reduced sum is non-finite on every rank alike
+            _check_loss(total[0], f"validation loss (fold {self.fold}, all ranks)", [], DistContext())
         dsc = registry.dice_from_counts(counts)[1:]
         val_dsc = float(torch.nanmean(dsc)) if dsc.numel() else float("nan")
         return (float(total[0] / total[1]) if total[1] > 0 else float("nan")), val_dsc
