@@ -93,6 +93,22 @@ def backend_for(tensor: torch.Tensor) -> str:
     return "cpp" if has_cpp() else "reference"
 
 
+def cpu_variant() -> str:
+    """Build of the C++ CPU kernels that runs now: "avx512", "avx2" or "baseline" ("reference"
+    when ``_C`` is missing). ``UNIMRI_CPU_VARIANT`` (auto|baseline|avx2|avx512) or
+    ``UNIMRI_CPU_BASELINE=1`` force one; they are read at every kernel call."""
+    if not has_cpp():
+        return "reference"
+    return str(torch.ops.unimri.cpu_variant())
+
+
+def cpu_variants() -> list[str]:
+    """Every C++ kernel build this machine can run, narrowest first (empty without ``_C``)."""
+    if not has_cpp():
+        return []
+    return list(torch.ops.unimri.cpu_variants())
+
+
 def cpp_ops():
     """The ``torch.ops.unimri`` namespace after loading ``_C`` (raises if it is missing)."""
     if _load_cpp() is None:

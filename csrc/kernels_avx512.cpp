@@ -1,0 +1,35 @@
+// AVX-512 (F, BW, VL, DQ) build of the vectorised CPU kernels (x86-64 with GCC; elsewhere an
+// empty stub that reports the variant as not compiled). Selected at run time by cpu_variant.h.
+// Same scheme as kernels_avx2.cpp (ISA by pragma, ISA macros defined by hand, linked last).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(UNIMRI_NO_X86_VARIANTS)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __FMA__ 1
+#define __F16C__ 1
+#define __BMI__ 1
+#define __BMI2__ 1
+#define __LZCNT__ 1
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+#define CPU_CAPABILITY unimri_avx512
+#define CPU_CAPABILITY_AVX512
+#include "kernels_common.h"
+
+namespace unimri::avx512 {
+extern const bool kCompiled = true;
+#include "unified_focal_loss_kernel.h"
+}  // namespace unimri::avx512
+
+#else
+#include "cpu_variant.h"
+#include "unified_focal_loss.h"
+
+namespace unimri::avx512 {
+extern const bool kCompiled = false;
+void loss_stats(const LossArgs&, void*) {}
+void loss_grad(const LossArgs&, const void*, bool, void*) {}
+}  // namespace unimri::avx512
+#endif
