@@ -21,9 +21,13 @@
 namespace unimri::avx512 {
 extern const bool kCompiled = true;
 #include "unified_focal_loss_kernel.h"
+#include "attention_gate_kernel.h"
 }  // namespace unimri::avx512
 
 #else
+#include <c10/util/Exception.h>
+
+#include "attention_gate.h"
 #include "cpu_variant.h"
 #include "unified_focal_loss.h"
 
@@ -31,5 +35,16 @@ namespace unimri::avx512 {
 extern const bool kCompiled = false;
 void loss_stats(const LossArgs&, void*) {}
 void loss_grad(const LossArgs&, const void*, bool, void*) {}
+std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor&, int64_t, double) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+std::vector<at::Tensor> attention_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                double) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
 }  // namespace unimri::avx512
 #endif

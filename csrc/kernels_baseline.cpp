@@ -7,4 +7,5 @@
 namespace unimri::base {
 extern const bool kCompiled = true;
 #include "unified_focal_loss_kernel.h"
+#include "attention_gate_kernel.h"
 }  // namespace unimri::base

@@ -134,10 +134,11 @@ struct LossProblem {
     const uint64_t classes = static_cast<uint64_t>(C);
     for (int64_t j = 0; j < n; ++j) {  // branch-free: the compiler vectorises it
       const int64_t v = lab[j];
-      const bool in_range = static_cast<uint64_t>(v) < classes;
-      bad += static_cast<int64_t>(!in_range & (v != ignore_index));
-      lf[j] = in_range ? static_cast<acc_t>(v) : acc_t(-1);
-      valid[j] = in_range ? acc_t(1) : acc_t(0);
+      const bool in_range = static_cast<uint64_t>(v) < classes, ignored = v == ignore_index;
+      bad += static_cast<int64_t>(!in_range & !ignored);
+      const bool ok = in_range & !ignored;  // ignore_index wins, even inside [0, C)
+      lf[j] = ok ? static_cast<acc_t>(v) : acc_t(-1);
+      valid[j] = ok ? acc_t(1) : acc_t(0);
     }
     const int64_t padded = (n + Vec::size() - 1) / Vec::size() * Vec::size();
     std::fill(lf + n, lf + padded, acc_t(-1));

@@ -6,8 +6,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
+from test_attention_gate import FIXED as FIXED_GATE
+from test_attention_gate import NAMES, Case, assert_matches_reference, reference_results, run_op
 from test_loss_op import IGNORE, loss_cases, random_params, reference
 from unimri_kernels.dispatch import cpu_variant, cpu_variants, has_cpp, use_backend
+from unimri_kernels.reference.loss import unified_focal_loss_reference
 
 VARIANTS = cpu_variants()
 OP = torch.ops.unimri.unified_focal_loss
@@ -97,6 +100,22 @@ def test_loss_saturated_pixels_keep_the_limit(variant, num_classes):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_loss_ignore_index_inside_the_class_range(variant, num_classes):
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, num_classes, 300, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, num_classes, (2, 300), generator=gen)
+    params = random_params(num_classes, gen)
+    ignore = num_classes - 1
+    loss, grad = OP(logits, target, params, 0.4, 0.6, 1e-6, ignore, False, True, False)
+    z = logits.clone().requires_grad_()
+    ref = unified_focal_loss_reference(z, target, params, 0.4, 0.6, 1e-6, ignore, False)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), z)
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
 @pytest.mark.parametrize("bad", [-1, 2, 7])
 def test_loss_rejects_labels_in_the_kernel(variant, bad):
     logits = torch.randn(2, 2, 600)
@@ -104,3 +123,22 @@ def test_loss_rejects_labels_in_the_kernel(variant, bad):
     target[1, 517] = bad
     with pytest.raises(ValueError, match=rf"target holds label {bad} outside \[0, 2\) \(ignore_index=-100\)"):
         _run(logits, target, random_params(2, torch.Generator().manual_seed(0)), 0.4, False)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("case", FIXED_GATE, ids=[str(c.size) + "-" + str(c.g_size) for c in FIXED_GATE])
+def test_gate_fp64_matches_reference(variant, case):
+    assert_matches_reference(case, "cpp")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 6e-2)])
+def test_gate_low_precision(variant, dtype, tol):
+    """fp32 accumulation: errors within the input rounding, relative to each output's max."""
+    case = Case(2, 16, 8, 8, (21, 19), (6, 5), 2, 1.5)
+    outs, grads, cot = run_op(case, "cpp", dtype)
+    ref_outs, ref_grads = reference_results(case, cot)
+    for name, got, want in zip(NAMES, (*outs, *grads), (*ref_outs, *ref_grads)):
+        assert got.dtype == dtype
+        err = (got.double() - want).abs().max().item()
+        assert err <= tol * (want.abs().max().item() + 1e-3), f"{name}: max error {err} ({dtype})"
