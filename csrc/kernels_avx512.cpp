@@ -3,13 +3,7 @@
 // Same scheme as kernels_avx2.cpp (ISA by pragma, ISA macros defined by hand, linked last).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(UNIMRI_NO_X86_VARIANTS)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __FMA__ 1
-#define __F16C__ 1
-#define __BMI__ 1
-#define __BMI2__ 1
-#define __LZCNT__ 1
+#include "isa_avx2_macros.h"
 #define __AVX512F__ 1
 #define __AVX512BW__ 1
 #define __AVX512VL__ 1
@@ -25,26 +19,6 @@ extern const bool kCompiled = true;
 }  // namespace unimri::avx512
 
 #else
-#include <c10/util/Exception.h>
-
-#include "attention_gate.h"
-#include "cpu_variant.h"
-#include "unified_focal_loss.h"
-
-namespace unimri::avx512 {
-extern const bool kCompiled = false;
-void loss_stats(const LossArgs&, void*) {}
-void loss_grad(const LossArgs&, const void*, bool, void*) {}
-std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&, int64_t, double) {
-  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
-}
-std::vector<at::Tensor> attention_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                double) {
-  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
-}
-}  // namespace unimri::avx512
+#define UNIMRI_STUB_NS avx512
+#include "kernels_stub.h"
 #endif
