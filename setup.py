@@ -23,6 +23,17 @@ def _packages() -> tuple[list[str], dict[str, str]]:
     return py + kernels, package_dir
 
 
+def kernel_sources(root: str) -> list[str]:
+    """csrc/*.cpp relative to ``root``, the ISA variant builds (kernels_avx2/avx512.cpp) last.
+
+    Link order matters: an inline function emitted by both a baseline and a variant object
+    keeps the first copy, which must be the one every CPU runs.
+    """
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, "csrc", "*.cpp")))
+    variants = [n for n in names if n in ("kernels_avx2.cpp", "kernels_avx512.cpp")]
+    return [os.path.join("csrc", n) for n in names if n not in variants] + [os.path.join("csrc", n) for n in variants]
+
+
 def _extensions():
     if os.environ.get("UNIMRI_NO_EXT") == "1":
         return [], {}
@@ -31,15 +42,15 @@ def _extensions():
     except ImportError:  # torch missing at build time: pure-Python install
         print("unimri: torch not importable at build time; skipping the C++ kernels", file=sys.stderr)
         return [], {}
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    # -fno-math-errno -fno-trapping-math let GCC vectorise branch-free exp/log loops with glibc's
-    # libmvec (errno and FP exception flags are never read)
-    extra = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-g0", "-DUNIMRI_PYTHON_MODULE"]
+    # -fno-math-errno -fno-trapping-math: errno and FP exception flags are never read, so GCC may
+    # vectorise math calls; hidden inline copies keep the variant builds' code inside _C.
+    extra = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-g0",
+             "-fvisibility-inlines-hidden", "-DUNIMRI_PYTHON_MODULE"]
     ext = CppExtension(
         "unimri_kernels._C",
-        sources,
+        kernel_sources(ROOT),
         extra_compile_args={"cxx": extra},
-        extra_link_args=["-fopenmp", "-lmvec"],
+        extra_link_args=["-fopenmp"],
         include_dirs=[os.path.join(ROOT, "csrc")],
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -92,7 +92,9 @@ def _forward_backward(forward, params, grad_out):
 
 
 def run(rec: Recorder, quick: bool, device: str) -> None:
-    repeat = 3 if quick else 7
+    """Providers are timed round-robin per mode (load on a shared machine hits all alike);
+    ``ratio`` rows give each provider's median forward+backward time over the fused op's."""
+    repeat = 3 if quick else 9
     for x_shape, g_shape in _sizes(quick):
         size = f"x{tuple(x_shape)} g{tuple(g_shape)}".replace(" ", "")
         x, g, weights = _problem(x_shape, g_shape, device)
@@ -100,24 +102,31 @@ def run(rec: Recorder, quick: bool, device: str) -> None:
         rec.add(OP, "inputs (x, g, weights)", "forward", "memory", "MB", size, input_bytes / MB,
                 note="target: saved for backward <= this")
         grad_out = torch.randn(x_shape, device=device)
-        for name, (forward, params) in _providers(x, g, weights, device).items():
-            note = "gates at full resolution, with BatchNorm" if name.startswith("MONAI") else ""
-            step = _forward_backward(forward, params, grad_out)
-            step()  # compile / warm up outside the timings
+        providers = _providers(x, g, weights, device)
+        steps, forwards, notes = {}, {}, {}
+        for name, (forward, params) in providers.items():
+            notes[name] = "gates at full resolution, with BatchNorm" if name.startswith("MONAI") else ""
+            steps[name] = _forward_backward(forward, params, grad_out)
+            steps[name]()  # compile / warm up outside the timings
 
-            def forward_no_grad():
+            def forward_no_grad(forward=forward):
                 with torch.no_grad():
                     return forward()
 
-            fwd_ms = rec.time(OP, name, "forward", size, forward_no_grad, repeat=repeat, note=note)
-            rec.time(OP, name, "forward+backward", size, step, repeat=repeat, note=note)
+            forwards[name] = forward_no_grad
+        fwd = rec.time_interleaved(OP, "forward", size, forwards, repeat=repeat, notes=notes)
+        fwd_bwd = rec.time_interleaved(OP, "forward+backward", size, steps, repeat=repeat, notes=notes)
+        fused = next(name for name in providers if name.startswith("unimri"))
+        for name, (forward, params) in providers.items():
+            rec.add(OP, name, "forward+backward", "ratio", "x fused", size, fwd_bwd[name] / fwd_bwd[fused],
+                    note="median time / the fused op's, same interleaved run")
             rec.add(OP, name, "forward+backward", "peak_memory", "MB", size,
-                    peak_memory_bytes(step, device) / MB, note=note)
+                    peak_memory_bytes(steps[name], device) / MB, note=notes[name])
             rec.add(OP, name, "forward", "saved_for_backward", "MB", size,
-                    saved_tensor_bytes(forward) / MB, note=note)
+                    saved_tensor_bytes(forward) / MB, note=notes[name])
             if device.startswith("cuda") and name.startswith("unimri"):
                 moved = (2 * x.numel() + g.numel() + x.numel() // x.shape[1]) * x.element_size()
-                achieved = moved / (fwd_ms * 1e-3) / 1e9
+                achieved = moved / (fwd[name] * 1e-3) / 1e9
                 copy = copy_bandwidth_gbs(x.numel() * x.element_size(), device)
                 rec.add(OP, name, "forward", "bandwidth_fraction_of_copy", "ratio", size,
                         achieved / copy, note=f"{achieved:.0f} GB/s vs copy {copy:.0f} GB/s")

@@ -19,7 +19,10 @@ from typing import Callable
 import torch
 
 FIELDS = ["op", "provider", "mode", "metric", "unit", "size", "p50", "p20", "p80",
-          "device", "torch", "triton", "timestamp", "note"]
+          "device", "isa", "kernel_variant", "torch", "triton", "timestamp", "note"]
+
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+              "asimd", "sve", "sve2", "bf16")
 
 
 def device_name(device: str) -> str:
@@ -37,6 +40,31 @@ def device_name(device: str) -> str:
     return f"CPU {cpu} ({torch.get_num_threads()} threads)"
 
 
+def cpu_isa() -> str:
+    """ATen's CPU capability and the vector ISA flags of this CPU, e.g. "AVX512: avx2 fma ... amx_bf16"."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    have = " ".join(f for f in _ISA_FLAGS if f in flags)
+    return f"{torch.backends.cpu.get_cpu_capability()}: {have}" if have else torch.backends.cpu.get_cpu_capability()
+
+
+def kernel_variant(device: str) -> str:
+    """Which unimri kernels run on ``device``: the C++ build (avx512/avx2/baseline) or triton."""
+    from unimri_kernels.dispatch import backend_for, cpu_variant
+
+    backend = backend_for(torch.empty(0, device=device))
+    if backend == "cpp":
+        return f"cpp-{cpu_variant()}"
+    return backend
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -51,21 +79,43 @@ def time_fn(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, repe
     times: list[float] = []
     start_all = time.perf_counter()
     while len(times) < repeat or (time.perf_counter() - start_all) < min_time_s:
-        if device.startswith("cuda"):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append(_elapsed_ms(fn, device))
         if len(times) >= 10 * repeat:
             break
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
     return statistics.median(times), q[1], q[7]
+
+
+def _elapsed_ms(fn: Callable[[], object], device: str) -> float:
+    if device.startswith("cuda"):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        return a.elapsed_time(b)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: str = "cpu", warmup: int = 2,
+                     repeat: int = 10) -> dict[str, tuple[float, float, float]]:
+    """Median, 20th and 80th percentile (ms) per provider, timed round-robin (one call of each
+    per round) so that load from other processes hits every provider alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            times[name].append(_elapsed_ms(fn, device))
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
+        out[name] = (statistics.median(ts), q[1], q[7])
+    return out
 
 
 def _rss_bytes(field_name: str) -> int:
@@ -140,6 +190,8 @@ class Row:
     p20: float = float("nan")
     p80: float = float("nan")
     device: str = ""
+    isa: str = ""
+    kernel_variant: str = ""
     torch: str = field(default_factory=lambda: torch.__version__)
     triton: str = ""
     timestamp: str = ""
@@ -161,6 +213,8 @@ class Recorder:
     def __init__(self, device: str = "cpu"):
         self.device = device
         self.device_label = device_name(device)
+        self.isa = "" if device.startswith("cuda") else cpu_isa()
+        self.kernel_variant = kernel_variant(device)
         self.rows: list[Row] = []
         self._stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self._triton = _triton_version()
@@ -168,8 +222,8 @@ class Recorder:
     def add(self, op: str, provider: str, mode: str, metric: str, unit: str, size: str,
             p50: float, p20: float = float("nan"), p80: float = float("nan"), note: str = "") -> None:
         self.rows.append(Row(op, provider, mode, metric, unit, size, float(p50), float(p20),
-                             float(p80), self.device_label, torch.__version__, self._triton,
-                             self._stamp, note))
+                             float(p80), self.device_label, self.isa, self.kernel_variant,
+                             torch.__version__, self._triton, self._stamp, note))
 
     def time(self, op: str, provider: str, mode: str, size: str, fn: Callable[[], object],
              repeat: int = 10, warmup: int = 2, note: str = "") -> float:
@@ -177,6 +231,15 @@ class Recorder:
         p50, p20, p80 = time_fn(fn, self.device, warmup=warmup, repeat=repeat)
         self.add(op, provider, mode, "time", "ms", size, p50, p20, p80, note)
         return p50
+
+    def time_interleaved(self, op: str, mode: str, size: str, fns: dict[str, Callable[[], object]],
+                         repeat: int = 10, warmup: int = 2, notes: dict[str, str] | None = None) -> dict[str, float]:
+        """Time providers round-robin (see :func:`time_interleaved`); one ``time`` row each.
+        Returns the medians in ms."""
+        stats = time_interleaved(fns, self.device, warmup=warmup, repeat=repeat)
+        for name, (p50, p20, p80) in stats.items():
+            self.add(op, name, mode, "time", "ms", size, p50, p20, p80, (notes or {}).get(name, ""))
+        return {name: st[0] for name, st in stats.items()}
 
     def write(self, out_dir: str, stem: str) -> list[str]:
         os.makedirs(out_dir, exist_ok=True)
@@ -202,7 +265,9 @@ class Recorder:
         return self._atomic(os.path.join(out_dir, f"{stem}.csv"), buf.getvalue())
 
     def table(self) -> str:
-        lines = [f"Device: {self.device_label}; torch {torch.__version__}; triton {self._triton or '-'}", "",
+        isa = f"; ISA {self.isa}" if self.isa else ""
+        lines = [f"Device: {self.device_label}{isa}; unimri kernels {self.kernel_variant}; "
+                 f"torch {torch.__version__}; triton {self._triton or '-'}", "",
                  "| op | size | mode | metric | provider | p50 | unit | note |",
                  "|---|---|---|---|---|---|---|---|"]
         for r in self.rows:

@@ -4,59 +4,134 @@
 // in the logits' dtype, class_params (4, C) float64 rows [fw, g, tw, e] — the maths is
 // in unimri_kernels/reference/loss.py. Pass 1 reduces TP, Σp, Σy per (sample, class),
 // the focal sum and the valid count over tiles of pixels (deterministic: one partial row
-// per tile, reduced in order). Pass 2 recomputes the softmax per tile and writes
-// d loss_b / d logits, so autograd's backward is only a scale by grad_output.
-// The tile loops are branch-free so that GCC vectorises them, exp/log included (libmvec);
-// they are compiled twice (baseline and AVX2+FMA) and picked at run time.
+// per tile, reduced in order) and checks the labels on the way. Pass 2 recomputes the
+// softmax per tile and writes d loss_b / d logits, so autograd's backward is only a scale
+// by grad_output. The tile kernels (unified_focal_loss_kernel.h) are vectorised with
+// at::vec::Vectorized in one build per CPU variant (cpu_variant.h), picked at every call.
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <tuple>
 #include <vector>
 
-// Vector variants of exp/log from glibc's libmvec (linked with -lmvec): glibc declares
-// them only under -ffast-math, which would also drop the inf/NaN semantics relied on here.
-// Every per-element loop below is branch-free so that GCC vectorises it with them.
-extern "C" {
-#pragma omp declare simd notinbranch
-float expf(float);
-#pragma omp declare simd notinbranch
-double exp(double);
-#pragma omp declare simd notinbranch
-float logf(float);
-#pragma omp declare simd notinbranch
-double log(double);
-}
+#include "cpu_variant.h"
+#include "unified_focal_loss.h"
 
 namespace unimri {
 namespace {
 
-namespace base {
-#include "unified_focal_loss_impl.h"
-}  // namespace base
+constexpr double kTiny = 1e-30;
+// What the Python losses pass as ignore_index when the user gave None.
+constexpr int64_t kNoIgnore = -(int64_t(1) << 31);
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "unified_focal_loss_impl.h"
-}  // namespace avx2
-#pragma GCC pop_options
+// base^e for base >= 0, e >= 0, with 0^0 = 1 (per-class values).
+template <typename acc_t>
+acc_t pow_nonneg(acc_t base, acc_t e) {
+  if (e == acc_t(0)) return acc_t(1);
+  if (base <= acc_t(0)) return acc_t(0);
+  return std::exp(e * std::log(base));
+}
 
-// AVX2+FMA build of the kernels when the CPU has them; UNIMRI_CPU_BASELINE=1 forces the
-// baseline build (read once; the tests use it to cover both).
-bool cpu_has_avx2_fma() {
-  static const bool ok = std::getenv("UNIMRI_CPU_BASELINE") == nullptr && __builtin_cpu_supports("avx2") &&
-                         __builtin_cpu_supports("fma");
-  return ok;
+// Raises the ValueError of the Python losses' label check (same wording): the smallest
+// offending label if one is negative, else the largest.
+[[noreturn]] void raise_bad_label(const LossArgs& args) {
+  int64_t lo = std::numeric_limits<int64_t>::max(), hi = std::numeric_limits<int64_t>::min();
+  for (int64_t i = 0; i < args.B * args.N; ++i) {
+    const int64_t v = args.index_target[i];
+    if (v == args.ignore_index) continue;
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  const int64_t bad = lo < 0 ? lo : hi;
+  const std::string ignore = args.ignore_index == kNoIgnore ? "None" : std::to_string(args.ignore_index);
+  TORCH_CHECK_VALUE(false, "target holds label ", bad, " outside [0, ", args.C, ") (ignore_index=", ignore,
+                    "); labels must index the ", args.C, " classes");
+}
+
+LossDtype loss_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble:
+      return LossDtype::kDouble;
+    case at::kFloat:
+      return LossDtype::kFloat;
+    case at::kBFloat16:
+      return LossDtype::kBFloat16;
+    case at::kHalf:
+      return LossDtype::kHalf;
+    default:
+      TORCH_CHECK_TYPE(false, "unified_focal_loss_cpu: logits must be float16, bfloat16, float32 or float64, got ", t);
+  }
+}
+
+void run_stats(CpuVariant v, const LossArgs& args, void* partial) {
+  if (v == CpuVariant::kAvx512) return avx512::loss_stats(args, partial);
+  if (v == CpuVariant::kAvx2) return avx2::loss_stats(args, partial);
+  base::loss_stats(args, partial);
+}
+
+void run_grad(CpuVariant v, const LossArgs& args, const void* coef, bool batch, void* grad) {
+  if (v == CpuVariant::kAvx512) return avx512::loss_grad(args, coef, batch, grad);
+  if (v == CpuVariant::kAvx2) return avx2::loss_grad(args, coef, batch, grad);
+  base::loss_grad(args, coef, batch, grad);
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const LossArgs& args, double fp_weight,
+                                       double fn_weight, double smooth, bool batch, bool compute_grad) {
+  const CpuVariant variant = cpu_variant();
+  const int64_t B = args.B, C = args.C, T = args.tiles(), W = args.row_width();
+  std::vector<acc_t> partial(static_cast<size_t>(std::max<int64_t>(T, 1) * W), acc_t(0));
+  run_stats(variant, args, partial.data());
+  // Reduce in tile order (deterministic), then pool over the batch if asked.
+  const int64_t R = batch ? 1 : B, tps = args.tiles_per_sample();
+  std::vector<acc_t> stats(static_cast<size_t>(R * W), acc_t(0));
+  for (int64_t t = 0; t < T; ++t) {
+    acc_t* dst = &stats[(batch ? 0 : t / tps) * W];
+    for (int64_t k = 0; k < W; ++k) dst[k] += partial[t * W + k];
+  }
+  if (args.index_target) {
+    for (int64_t r = 0; r < R; ++r)
+      if (stats[r * W + 3 * C + 2] > acc_t(0)) raise_bad_label(args);
+  }
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  at::Tensor loss = at::empty({R}, logits.options().dtype(acc_type));
+  acc_t* loss_ptr = loss.mutable_data_ptr<acc_t>();
+  std::vector<acc_t> coef(static_cast<size_t>(R * 3 * C), acc_t(0));
+  const acc_t a = static_cast<acc_t>(fp_weight), be = static_cast<acc_t>(fn_weight);
+  const acc_t eps = static_cast<acc_t>(smooth), tiny = static_cast<acc_t>(kTiny);
+  for (int64_t r = 0; r < R; ++r) {
+    const acc_t* st = &stats[r * W];
+    const acc_t count = st[3 * C + 1];
+    const acc_t inv_n = count > acc_t(0) ? acc_t(1) / count : acc_t(0);
+    acc_t value = st[3 * C] * inv_n;
+    acc_t* cf = &coef[r * 3 * C];
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t fw = static_cast<acc_t>(args.params[c]);
+      const acc_t tw = static_cast<acc_t>(args.params[2 * C + c]);
+      const acc_t e = static_cast<acc_t>(args.params[3 * C + c]);
+      const acc_t tp = st[c], ps = st[C + c], ys = st[2 * C + c];
+      const acc_t num = tp + eps;
+      const acc_t den = tp + be * (ys - tp) + a * (ps - tp) + eps;
+      const acc_t u = acc_t(1) - num / den;
+      const acc_t us = std::max(u, tiny);
+      value += tw * pow_nonneg(us, e);
+      const acc_t dl_dm = u > tiny ? -tw * e * std::pow(us, e - acc_t(1)) : acc_t(0);
+      cf[c] = dl_dm * (den - num * (acc_t(1) - a - be)) / (den * den);
+      cf[C + c] = dl_dm * (-num * a) / (den * den);
+      cf[2 * C + c] = fw * inv_n;
+    }
+    loss_ptr[r] = value;
+  }
+  if (!compute_grad) return {loss, at::empty({0}, logits.options())};
+  at::Tensor grad = at::empty({B, C, args.N}, logits.options());
+  run_grad(variant, args, coef.data(), batch, grad.mutable_data_ptr());
+  return {loss, grad};
 }
 
 std::tuple<at::Tensor, at::Tensor> unified_focal_loss_cpu(const at::Tensor& logits, const at::Tensor& target,
@@ -64,29 +139,29 @@ std::tuple<at::Tensor, at::Tensor> unified_focal_loss_cpu(const at::Tensor& logi
                                                           double fn_weight, double smooth, int64_t ignore_index,
                                                           bool batch, bool compute_grad) {
   TORCH_CHECK(logits.dim() == 3 && logits.is_contiguous(), "unified_focal_loss_cpu: logits must be contiguous (B, C, N)");
-  TORCH_CHECK(logits.is_floating_point(), "unified_focal_loss_cpu: logits must be floating point");
+  const LossDtype dtype = loss_dtype(logits.scalar_type());
   const int64_t B = logits.size(0), C = logits.size(1), N = logits.size(2);
-  if (target.is_floating_point()) {
-    TORCH_CHECK(target.sizes() == logits.sizes() && target.scalar_type() == logits.scalar_type() &&
-                    target.is_contiguous(),
-                "unified_focal_loss_cpu: soft target must be contiguous (B, C, N) in the logits' dtype");
-  } else {
+  const bool index = !target.is_floating_point();
+  if (index) {
     TORCH_CHECK(target.scalar_type() == at::kLong && target.dim() == 2 && target.size(0) == B &&
                     target.size(1) == N && target.is_contiguous(),
                 "unified_focal_loss_cpu: index target must be contiguous int64 (B, N)");
+  } else {
+    TORCH_CHECK(target.sizes() == logits.sizes() && target.scalar_type() == logits.scalar_type() &&
+                    target.is_contiguous(),
+                "unified_focal_loss_cpu: soft target must be contiguous (B, C, N) in the logits' dtype");
   }
   TORCH_CHECK(class_params.scalar_type() == at::kDouble && class_params.dim() == 2 && class_params.size(0) == 4 &&
                   class_params.size(1) == C && class_params.is_contiguous(),
               "unified_focal_loss_cpu: class_params must be contiguous float64 (4, C)");
-  std::tuple<at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "unified_focal_loss_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    out = cpu_has_avx2_fma() ? avx2::run<scalar_t, acc_t>(logits, target, class_params, fp_weight, fn_weight,
-                                                           smooth, ignore_index, batch, compute_grad)
-                             : base::run<scalar_t, acc_t>(logits, target, class_params, fp_weight, fn_weight,
-                                                          smooth, ignore_index, batch, compute_grad);
-  });
-  return out;
+  const LossArgs args{logits.const_data_ptr(),
+                      index ? target.const_data_ptr<int64_t>() : nullptr,
+                      index ? nullptr : target.const_data_ptr(),
+                      class_params.const_data_ptr<double>(),
+                      B, C, N, ignore_index, dtype};
+  if (dtype == LossDtype::kDouble)
+    return run<double>(logits, args, fp_weight, fn_weight, smooth, batch, compute_grad);
+  return run<float>(logits, args, fp_weight, fn_weight, smooth, batch, compute_grad);
 }
 
 }  // namespace

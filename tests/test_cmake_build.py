@@ -25,3 +25,31 @@ def test_cmake_build_and_ctest(tmp_path):
     test = subprocess.run(["ctest", "--test-dir", str(build), "--output-on-failure"], capture_output=True, text=True)
     assert test.returncode == 0, test.stdout[-4000:] + test.stderr[-4000:]
     assert "100% tests passed" in test.stdout
+
+
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+
+
+@pytest.mark.slow
+def test_csrc_compiles_for_aarch64():
+    """Every csrc/*.cpp parses and type-checks for aarch64 (e.g. GH200) against this torch's
+    headers: x86-only variants, target pragmas and __builtin_cpu_supports must stay behind
+    #if. Compile-only (-fsyntax-only), so the x86 torch headers suffice."""
+    if shutil.which(AARCH64_CXX) is None:
+        pytest.skip(f"{AARCH64_CXX} not installed (Debian: apt-get install -y g++-aarch64-linux-gnu)")
+    include = os.path.join(os.path.dirname(torch.__file__), "include")
+    sources = sorted(os.path.join(ROOT, "csrc", f) for f in os.listdir(os.path.join(ROOT, "csrc")) if f.endswith(".cpp"))
+    flags = ["-std=c++20", "-fsyntax-only", "-fopenmp", "-I" + os.path.join(ROOT, "csrc"), "-I" + include,
+             "-I" + os.path.join(include, "torch", "csrc", "api", "include")]
+    procs = {}
+    failures = []
+    for src in sources:  # two at a time: the machine has two cores
+        procs[src] = subprocess.Popen([AARCH64_CXX, *flags, src], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True)
+        if len(procs) == 2 or src == sources[-1]:
+            for name, proc in procs.items():
+                out, _ = proc.communicate(timeout=600)
+                if proc.returncode != 0:
+                    failures.append(f"{os.path.basename(name)}:\n{out[-3000:]}")
+            procs = {}
+    assert not failures, "\n".join(failures)

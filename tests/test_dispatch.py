@@ -68,3 +68,27 @@ def test_missing_extension_falls_back_to_reference_with_one_warning():
     env.pop("UNIMRI_BACKEND", None)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_extension_built_against_another_torch_is_reported_and_skipped(monkeypatch, tmp_path):
+    """An _C compiled against torch 1.0.0 is not loaded; one warning names both versions."""
+    fake = tmp_path / "_C.so"
+    fake.write_bytes(b"\x7fELF...unimri-built-against-torch=1.0.0;...")
+    monkeypatch.setattr(dispatch, "_cpp_checked", False)
+    monkeypatch.setattr(dispatch, "_cpp_module", None)
+    monkeypatch.setattr(dispatch.importlib.util, "find_spec", lambda name: type("Spec", (), {"origin": str(fake)}))
+    with pytest.warns(RuntimeWarning) as caught:
+        assert dispatch._load_cpp() is None
+        assert dispatch._load_cpp() is None  # checked once
+    assert len(caught) == 1
+    msg = str(caught[0].message)
+    assert "built against torch 1.0.0" in msg and f"torch {torch.__version__} is running" in msg
+    assert "--no-build-isolation" in msg
+
+
+def test_built_extension_records_the_running_torch():
+    if not dispatch.has_cpp():
+        pytest.skip("C++ extension not built")
+    import unimri_kernels._C as ext
+
+    assert dispatch.built_torch_version(ext.__file__) == torch.__version__.split("+")[0]

@@ -215,7 +215,7 @@ def test_cpp_rejects_out_of_range_labels():
     logits = torch.randn(1, 3, 10)
     target = torch.full((1, 10), 3)
     params = random_params(3, torch.Generator().manual_seed(0))
-    with use_backend("cpp"), pytest.raises(RuntimeError, match="outside"):
+    with use_backend("cpp"), pytest.raises(ValueError, match=r"target holds label 3 outside \[0, 3\)"):
         OP(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, False, True, False)
 
 
@@ -279,3 +279,49 @@ def test_cpp_baseline_build_matches_reference():
                PYTHONPATH=os.pathsep.join([os.path.join(root, "python"), root, os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+def _available_memory_gib() -> float:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+@pytest.mark.slow
+def test_cpp_more_than_2_31_elements():
+    """bf16 logits (32776, 64, 1024): 2^31 + 2^19 elements, so every b·C·N offset past sample
+    32768 needs 64 bits. Samples are independent (batch=False), so the huge problem is the
+    small one (8 samples) repeated: losses and gradients must repeat exactly (same tiles,
+    same order), and the small one must match the float64 reference."""
+    if "cpp" not in BACKENDS:
+        pytest.skip("C++ extension not built")
+    if _available_memory_gib() < 12:
+        pytest.skip("needs ~9 GiB free memory (4 GiB logits, 4 GiB gradient, 0.3 GiB labels)")
+    gen = torch.Generator().manual_seed(11)
+    small_b, reps, num_classes, n = 8, 4097, 64, 1024
+    assert small_b * reps * num_classes * n > 2**31
+    logits = (torch.randn(small_b, num_classes, n, generator=gen) * 3).to(torch.bfloat16)
+    target = torch.randint(0, num_classes, (small_b, n), generator=gen)
+    target[:, ::7] = IGNORE
+    params = torch.zeros(4, num_classes, dtype=torch.float64)
+    params[0] = 0.6 / num_classes
+    params[0, 0] = 0.4
+    params[1, 0] = 0.5  # focal factor on the common class only, as UnifiedFocalLoss does
+    params[2] = 1.0 / num_classes
+    params[3] = 0.5
+    params[3, 0] = 1.0
+    args = (0.4, 0.6, 1e-6, IGNORE, False, True, False)
+    with use_backend("cpp"):
+        small_loss, small_grad = OP(logits, target, params, *args)
+        ref_loss, _ = reference(logits.double(), target, params, 0.4, 0.6, False)
+        torch.testing.assert_close(small_loss.double(), ref_loss, rtol=1e-2, atol=2e-3)
+        big_logits = logits.repeat(reps, 1, 1)
+        big_loss, big_grad = OP(big_logits, target.repeat(reps, 1), params, *args)
+    del big_logits
+    assert torch.equal(big_loss.view(reps, small_b), small_loss.expand(reps, small_b))
+    grad = big_grad.view(reps, small_b, num_classes, n)
+    for r in range(0, reps, 512):
+        assert torch.equal(grad[r:r + 512], small_grad.expand(min(512, reps - r), -1, -1, -1)), f"repeat {r}"
+    assert torch.equal(grad[-1], small_grad)

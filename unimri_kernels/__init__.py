@@ -2,9 +2,16 @@
 
 Importing registers the ``unimri::*`` custom ops. The C++ CPU kernels live in the
 compiled ``unimri_kernels._C``; if it is missing the PyTorch reference is used and a
-single warning says so.
+single warning says so. :func:`cpu_variant` names the build of the C++ kernels in use
+(AVX-512, AVX2 or the portable baseline, chosen at run time).
 """
-from unimri_kernels.dispatch import available_backends, backend_for, use_backend  # noqa: F401
+from unimri_kernels.dispatch import (  # noqa: F401
+    available_backends,
+    backend_for,
+    cpu_variant,
+    cpu_variants,
+    use_backend,
+)
 from unimri_kernels import ops  # noqa: F401  (registers the custom ops)
 
-__all__ = ["available_backends", "backend_for", "use_backend", "ops"]
+__all__ = ["available_backends", "backend_for", "cpu_variant", "cpu_variants", "use_backend", "ops"]

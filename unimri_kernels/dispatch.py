@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
+import re
 import warnings
 from typing import Iterator
 
@@ -26,21 +28,55 @@ _cpp_checked = False
 _triton_checked: bool | None = None
 
 
+_BUILT_MARKER = re.compile(rb"unimri-built-against-torch=(\d+\.\d+\.\d+);")
+_REBUILD = "Rebuild it against the running torch: `pip install --no-build-isolation -e .`"
+
+
+def _release(version: str) -> str:
+    """"2.13.0+cpu" -> "2.13.0" (the part the C++ ABI follows)."""
+    return version.split("+")[0]
+
+
+def built_torch_version(path: str) -> str | None:
+    """The torch version ``_C`` at ``path`` was compiled against (read from the file, not loaded)."""
+    try:
+        with open(path, "rb") as fh:
+            found = _BUILT_MARKER.search(fh.read())
+    except OSError:
+        return None
+    return found.group(1).decode() if found else None
+
+
+def _warn_reference(reason: str) -> None:
+    warnings.warn(f"unimri: {reason}; CPU tensors use the slower PyTorch reference. {_REBUILD}",
+                  RuntimeWarning, stacklevel=4)
+
+
 def _load_cpp():
-    """Import ``unimri_kernels._C`` once; warn once if it is missing."""
+    """Import ``unimri_kernels._C`` once; say once, clearly, why it is not used if it is not."""
     global _cpp_module, _cpp_checked
-    if not _cpp_checked:
-        _cpp_checked = True
-        try:
-            _cpp_module = importlib.import_module("unimri_kernels._C")
-        except ImportError as exc:  # pragma: no cover - depends on the build
-            warnings.warn(
-                "unimri: the C++ kernels (unimri_kernels._C) are not built "
-                f"({exc}); CPU tensors use the slower PyTorch reference. "
-                "Rebuild with `pip install --no-build-isolation -e .`.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    if _cpp_checked:
+        return _cpp_module
+    _cpp_checked = True
+    try:
+        spec = importlib.util.find_spec("unimri_kernels._C")
+    except ImportError as exc:
+        _warn_reference(f"the C++ kernels (unimri_kernels._C) cannot be imported ({exc})")
+        return None
+    if spec is None or spec.origin is None:
+        _warn_reference("the C++ kernels (unimri_kernels._C) are not built")
+        return None
+    built, running = built_torch_version(spec.origin), _release(torch.__version__)
+    if built is not None and built != running:
+        # loading a library built against another torch can fail or, worse, misbehave
+        _warn_reference(f"the C++ kernels (unimri_kernels._C) were built against torch {built} but torch "
+                        f"{torch.__version__} is running, so they are not loaded")
+        return None
+    try:
+        _cpp_module = importlib.import_module("unimri_kernels._C")
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        _warn_reference(f"the C++ kernels (unimri_kernels._C, built against torch {built or 'unknown'}, "
+                        f"running {torch.__version__}) failed to load ({exc})")
     return _cpp_module
 
 
@@ -91,6 +127,22 @@ def backend_for(tensor: torch.Tensor) -> str:
             )
         return "triton"
     return "cpp" if has_cpp() else "reference"
+
+
+def cpu_variant() -> str:
+    """Build of the C++ CPU kernels that runs now: "avx512", "avx2" or "baseline" ("reference"
+    when ``_C`` is missing). ``UNIMRI_CPU_VARIANT`` (auto|baseline|avx2|avx512) or
+    ``UNIMRI_CPU_BASELINE=1`` force one; they are read at every kernel call."""
+    if not has_cpp():
+        return "reference"
+    return str(torch.ops.unimri.cpu_variant())
+
+
+def cpu_variants() -> list[str]:
+    """Every C++ kernel build this machine can run, narrowest first (empty without ``_C``)."""
+    if not has_cpp():
+        return []
+    return list(torch.ops.unimri.cpu_variants())
 
 
 def cpp_ops():

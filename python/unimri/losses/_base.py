@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 import unimri_kernels  # noqa: F401  (registers torch.ops.unimri.*)
+from unimri_kernels.dispatch import backend_for
 
 REDUCTIONS = ("mean", "sum", "none")
 NO_IGNORE = -(2**31)  # sentinel passed to the op when ignore_index is None
@@ -165,7 +166,8 @@ class FusedSegmentationLoss(nn.Module):
                 raise ValueError("target holds non-integer values but has a class-index shape "
                                  f"{tuple(target.shape)}; pass one-hot/soft targets as (B, C, *S)")
         labels = labels.reshape(labels.shape[0], -1).to(torch.int64).contiguous()
-        if self.validate and not torch.compiler.is_compiling():
+        # the C++ kernel checks labels in its own pass (same ValueError), at no extra cost
+        if self.validate and not torch.compiler.is_compiling() and backend_for(labels) != "cpp":
             _check_label_range(labels, num_classes, self.ignore_index)
         return labels
 

@@ -1,0 +1,31 @@
+// Interface between the attention gate ops (attention_gate.cpp) and their kernels
+// (attention_gate_kernel.h, compiled once per CPU variant by kernels_<variant>.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace unimri {
+
+// Per variant (namespaces base, avx2, avx512). forward: (y, alpha); backward: gradients of
+// x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias. Inputs contiguous, on the CPU.
+#define UNIMRI_DECLARE_GATE_KERNELS(ns)                                                                           \
+  namespace ns {                                                                                                  \
+  std::tuple<at::Tensor, at::Tensor> attention_gate_forward(                                                      \
+      const at::Tensor& x, const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,     \
+      const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,    \
+      double focal);                                                                                              \
+  std::vector<at::Tensor> attention_gate_backward(                                                                \
+      const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x, const at::Tensor& g,           \
+      const at::Tensor& theta_weight, const at::Tensor& phi_weight, const at::Tensor& phi_bias,                   \
+      const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample, double focal);                 \
+  }
+UNIMRI_DECLARE_GATE_KERNELS(base)
+UNIMRI_DECLARE_GATE_KERNELS(avx2)
+UNIMRI_DECLARE_GATE_KERNELS(avx512)
+#undef UNIMRI_DECLARE_GATE_KERNELS
+
+}  // namespace unimri

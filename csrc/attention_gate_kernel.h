@@ -1,0 +1,748 @@
+// Attention gate (SAS) CPU kernels, compiled once per CPU variant by kernels_<variant>.cpp
+// (cpu_variant.h) inside namespace unimri::<variant>; the op entry points are in
+// attention_gate.cpp. No include guard on purpose. Maths: unimri_kernels/reference/attention_gate.py.
+//
+// 2D inputs are handled as 3D with depth 1 (patch depth 1, identity resampling along depth).
+// Forward:
+//   pass 1, per tile of TILE coarse pixels (parallel over batch x tiles): gather the x
+//     patches (K = Cx * s^d rows) and g (resampled to the coarse grid in-tile) into
+//     tile-local buffers, pre = W_theta @ patch + W_phi @ g (BLAS), then
+//     q = psi . relu(pre + b_phi) + b_psi, a = sigmoid(q)^f. Only a (B, Nc) leaves the tile:
+//     the (B, Ci, Nc) inter-channel tensor is never materialised.
+//   pass 2, per fine row (parallel): alpha = resample(a), y = alpha * x for every channel.
+// Backward (autograd saves only the inputs; the forward is recomputed once per tile):
+//   A. per tile: pre, h = relu(pre + b_phi) (kept in a transient (B, tiles, Ci, TILE)
+//      buffer for B), sigmoid, a; d alpha = grad_alpha + sum_c grad_y * x on the tile's
+//      patch pixels, folded straight into d a by the resampling adjoint (per-thread d a,
+//      reduced in thread order). Pixels outside every patch get the same in a row pass.
+//   B. per tile: d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi, b_phi;
+//      d pre = d q * psi * [h > 0]; W grads and patch / g grads by BLAS; grad_x on the
+//      patch pixels = W_theta^T d pre + resample(a) * grad_y, written once.
+// Outputs of >= 2 MiB are huge-page backed (empty_output).
+// All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
+namespace {
+
+// Linear resampling along one axis with F.interpolate(align_corners=False) semantics
+// (ATen's compute_source_index_and_lambda): output index o reads i0, i1 with weights l0, l1.
+template <typename acc_t>
+struct LinearAxis {
+  std::vector<int64_t> i0, i1;
+  std::vector<acc_t> l0, l1;
+  LinearAxis(int64_t in, int64_t out) : i0(out), i1(out), l0(out), l1(out) {
+    const acc_t ratio = static_cast<acc_t>(in) / static_cast<acc_t>(out);
+    for (int64_t o = 0; o < out; ++o) {
+      if (in == out) {
+        i0[o] = i1[o] = o;
+        l0[o] = 1;
+        l1[o] = 0;
+        continue;
+      }
+      acc_t src = ratio * (static_cast<acc_t>(o) + static_cast<acc_t>(0.5)) - static_cast<acc_t>(0.5);
+      if (src < 0) src = 0;
+      const int64_t idx = std::min(static_cast<int64_t>(std::floor(src)), in - 1);
+      const acc_t lam = std::min(std::max(src - static_cast<acc_t>(idx), acc_t(0)), acc_t(1));
+      i0[o] = idx;
+      i1[o] = idx + (idx < in - 1 ? 1 : 0);
+      l1[o] = lam;
+      l0[o] = acc_t(1) - lam;
+    }
+  }
+};
+
+struct Geometry {
+  int64_t B, Cx, Cg, Ci, s, sd;  // sd: patch depth (s in 3D, 1 in 2D)
+  int64_t D, H, W;               // x grid
+  int64_t Dc, Hc, Wc;            // coarse grid (theta x)
+  int64_t Dg, Hg, Wg;            // g grid
+  int64_t N() const { return D * H * W; }
+  int64_t Nc() const { return Dc * Hc * Wc; }
+  int64_t Ng() const { return Dg * Hg * Wg; }
+  int64_t K() const { return Cx * sd * s * s; }
+  bool g_same() const { return Dg == Dc && Hg == Hc && Wg == Wc; }
+  bool a_same() const { return Dc == D && Hc == H && Wc == W; }
+  int64_t tile() const {
+    const int64_t rows = std::max<int64_t>(std::max(K(), Cg), 1);
+    return std::max<int64_t>(64, std::min<int64_t>(1024, 65536 / rows));
+  }
+};
+
+Geometry make_geometry(const at::Tensor& x, const at::Tensor& g, const at::Tensor& theta_weight,
+                       const at::Tensor& phi_weight, int64_t subsample) {
+  TORCH_CHECK(x.dim() == 4 || x.dim() == 5, "attention_gate_cpu: x must be 4D or 5D, got ", x.sizes());
+  TORCH_CHECK(g.dim() == x.dim(), "attention_gate_cpu: g must have x's rank, got ", g.sizes());
+  TORCH_CHECK(subsample >= 1, "attention_gate_cpu: subsample must be >= 1");
+  const bool three = x.dim() == 5;
+  Geometry G{};
+  G.B = x.size(0);
+  G.Cx = x.size(1);
+  G.Cg = g.size(1);
+  G.Ci = theta_weight.size(0);
+  G.s = subsample;
+  G.sd = three ? subsample : 1;
+  G.D = three ? x.size(2) : 1;
+  G.H = x.size(-2);
+  G.W = x.size(-1);
+  G.Dg = three ? g.size(2) : 1;
+  G.Hg = g.size(-2);
+  G.Wg = g.size(-1);
+  G.Dc = G.D / G.sd;
+  G.Hc = G.H / G.s;
+  G.Wc = G.W / G.s;
+  TORCH_CHECK(g.size(0) == G.B, "attention_gate_cpu: batch of g differs from x");
+  TORCH_CHECK(G.Dc >= 1 && G.Hc >= 1 && G.Wc >= 1, "attention_gate_cpu: x smaller than subsample");
+  TORCH_CHECK(theta_weight.numel() == G.Ci * G.K(), "attention_gate_cpu: theta_weight shape ",
+              theta_weight.sizes());
+  TORCH_CHECK(phi_weight.numel() == G.Ci * G.Cg, "attention_gate_cpu: phi_weight shape ",
+              phi_weight.sizes());
+  return G;
+}
+
+// Fresh outputs of tens of MB are dominated by first-touch page faults on 4 KiB pages
+// (measured here: 44 ms to allocate and fill 64 MB, 4 ms to refill it). Outputs at least
+// one huge page large are therefore 2 MiB aligned and advised MADV_HUGEPAGE (the kernel's
+// THP "madvise" mode; ignored where unsupported), as c10's THP_MEM_ALLOC_ENABLE does.
+constexpr size_t kHugePage = size_t(2) << 20;
+
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  int64_t numel = 1;
+  for (int64_t n : sizes) numel *= n;
+  const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+  if (bytes < kHugePage) return at::empty(sizes, options);
+  const size_t padded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* data = std::aligned_alloc(kHugePage, padded);
+  TORCH_CHECK(data != nullptr, "attention_gate_cpu: out of memory allocating ", padded, " bytes");
+#ifdef MADV_HUGEPAGE
+  madvise(data, padded, MADV_HUGEPAGE);
+#endif
+  return at::from_blob(data, sizes, [](void* p) { std::free(p); }, options);
+}
+
+template <typename acc_t>
+at::TensorOptions acc_options() {
+  return at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+}
+
+template <typename acc_t>
+at::Tensor wrap(acc_t* data, int64_t rows, int64_t cols) {
+  return at::from_blob(data, {rows, cols}, acc_options<acc_t>());
+}
+
+// Per-axis resampling tables: g grid -> coarse grid, coarse grid -> x grid.
+template <typename acc_t>
+struct Tables {
+  LinearAxis<acc_t> gz, gy, gx, az, ay, ax;
+  explicit Tables(const Geometry& G)
+      : gz(G.Dg, G.Dc), gy(G.Hg, G.Hc), gx(G.Wg, G.Wc), az(G.Dc, G.D), ay(G.Hc, G.H), ax(G.Wc, G.W) {}
+};
+
+// Model parameters converted to acc_t once.
+template <typename acc_t>
+struct Params {
+  at::Tensor theta, phi;  // (Ci, K), (Ci, Cg) contiguous acc_t
+  std::vector<acc_t> phi_bias, psi;
+  acc_t psi_bias;
+  Params(const at::Tensor& tw, const at::Tensor& pw, const at::Tensor& pb, const at::Tensor& sw,
+         const at::Tensor& sb, const Geometry& G) {
+    theta = tw.reshape({G.Ci, G.K()}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    phi = pw.reshape({G.Ci, G.Cg}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    auto to_vec = [](const at::Tensor& t) {
+      at::Tensor c = t.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      return std::vector<acc_t>(c.data_ptr<acc_t>(), c.data_ptr<acc_t>() + c.numel());
+    };
+    phi_bias = to_vec(pb);
+    psi = to_vec(sw);
+    psi_bias = to_vec(sb)[0];
+  }
+};
+
+// A run of coarse pixels [p, p + len) of a tile that lie on one coarse row; its patches
+// start at x-plane offset `origin` and are s apart along W.
+struct Segment {
+  int64_t p, len, origin;
+  int64_t z, y, x;  // fine coordinates of the first patch's corner
+};
+
+// Tile-local work buffers (one set per parallel chunk).
+template <typename acc_t>
+struct Tile {
+  std::vector<acc_t> patch, gbuf, pre, q;
+  std::vector<Segment> segments;
+  Tile(const Geometry& G, int64_t T) : patch(G.K() * T), gbuf(G.Cg * T), pre(G.Ci * T), q(T) {}
+};
+
+// Splits coarse pixels [p0, p0 + P) into runs along coarse rows (t.segments).
+template <typename acc_t>
+void tile_segments(const Geometry& G, int64_t p0, int64_t P, Tile<acc_t>& t) {
+  const int64_t HW = G.H * G.W;
+  t.segments.clear();
+  for (int64_t p = 0; p < P;) {
+    const int64_t n = p0 + p, row = n / G.Wc, xc = n % G.Wc, len = std::min(G.Wc - xc, P - p);
+    const int64_t zc = row / G.Hc, yc = row % G.Hc;
+    t.segments.push_back({p, len, zc * G.sd * HW + yc * G.s * G.W + xc * G.s, zc * G.sd,
+                          yc * G.s, xc * G.s});
+    p += len;
+  }
+}
+
+// Visits every patch row of a tile: fn(k, dx, x-plane offset of (c, dz, dy)) with
+// k = ((c * sd + dz) * s + dy) * s + dx the patch row for dx = 0.
+template <typename Fn>
+void for_patch_rows(const Geometry& G, Fn&& fn) {
+  const int64_t HW = G.H * G.W;
+  int64_t k = 0;
+  for (int64_t c = 0; c < G.Cx; ++c)
+    for (int64_t dz = 0; dz < G.sd; ++dz)
+      for (int64_t dy = 0; dy < G.s; ++dy, k += G.s) fn(k, c * G.N() + dz * HW + dy * G.W);
+}
+
+// Fills tile.patch (K, P) with the x patches of coarse pixels [p0, p0 + P) of one batch item
+// (call tile_segments first). Reads each x row once, de-interleaving the s columns.
+template <typename scalar_t, typename acc_t>
+void gather_patches(const Geometry& G, const scalar_t* xb, int64_t P, Tile<acc_t>& t) {
+  const int64_t s = G.s;
+  for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
+    acc_t* rows = t.patch.data() + k * P;
+    for (const Segment& seg : t.segments) {
+      const scalar_t* src = xb + plane_off + seg.origin;
+      acc_t* r0 = rows + seg.p;
+      if (s == 2) {
+        acc_t* r1 = r0 + P;
+        for (int64_t j = 0; j < seg.len; ++j) {
+          r0[j] = static_cast<acc_t>(src[2 * j]);
+          r1[j] = static_cast<acc_t>(src[2 * j + 1]);
+        }
+      } else {
+        for (int64_t dx = 0; dx < s; ++dx)
+          for (int64_t j = 0; j < seg.len; ++j) r0[dx * P + j] = static_cast<acc_t>(src[s * j + dx]);
+      }
+    }
+  });
+}
+
+// Writes patch gradients (K, P) into grad_x at the patch positions (each x element belongs
+// to at most one patch, so tiles never collide). Uses the segments of gather_patches.
+template <typename scalar_t, typename acc_t>
+void scatter_patches(const Geometry& G, const acc_t* gpatch, int64_t P, const Tile<acc_t>& t,
+                     scalar_t* gxb) {
+  const int64_t s = G.s;
+  for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
+    const acc_t* rows = gpatch + k * P;
+    for (const Segment& seg : t.segments) {
+      scalar_t* dst = gxb + plane_off + seg.origin;
+      const acc_t* r0 = rows + seg.p;
+      if (s == 2) {
+        const acc_t* r1 = r0 + P;
+        for (int64_t j = 0; j < seg.len; ++j) {
+          dst[2 * j] = static_cast<scalar_t>(r0[j]);
+          dst[2 * j + 1] = static_cast<scalar_t>(r1[j]);
+        }
+      } else {
+        for (int64_t dx = 0; dx < s; ++dx)
+          for (int64_t j = 0; j < seg.len; ++j) dst[s * j + dx] = static_cast<scalar_t>(r0[dx * P + j]);
+      }
+    }
+  });
+}
+
+// Corners and weights of the g grid sampled at coarse pixel n (up to 8; 4 in 2D).
+template <typename acc_t>
+int g_corners(const Geometry& G, const Tables<acc_t>& T, int64_t n, int64_t* off, acc_t* w) {
+  const int64_t HWc = G.Hc * G.Wc, zc = n / HWc, yc = (n / G.Wc) % G.Hc, xc = n % G.Wc;
+  const int64_t zi[2] = {T.gz.i0[zc], T.gz.i1[zc]}, yi[2] = {T.gy.i0[yc], T.gy.i1[yc]},
+                xi[2] = {T.gx.i0[xc], T.gx.i1[xc]};
+  const acc_t zl[2] = {T.gz.l0[zc], T.gz.l1[zc]}, yl[2] = {T.gy.l0[yc], T.gy.l1[yc]},
+              xl[2] = {T.gx.l0[xc], T.gx.l1[xc]};
+  const int nz = G.Dg != G.Dc ? 2 : 1;  // same depth (and 2D): identity along z
+  int m = 0;
+  for (int a = 0; a < nz; ++a)
+    for (int b = 0; b < 2; ++b)
+      for (int c = 0; c < 2; ++c, ++m) {
+        off[m] = (zi[a] * G.Hg + yi[b]) * G.Wg + xi[c];
+        w[m] = (nz == 2 ? zl[a] : acc_t(1)) * yl[b] * xl[c];
+      }
+  return m;
+}
+
+// Fills tile.gbuf (Cg, P) with g resampled to coarse pixels [p0, p0 + P).
+template <typename scalar_t, typename acc_t>
+void gather_gating(const Geometry& G, const Tables<acc_t>& T, const scalar_t* gb, int64_t p0,
+                   int64_t P, Tile<acc_t>& t, std::vector<int64_t>& offs, std::vector<acc_t>& ws) {
+  const int64_t Ng = G.Ng();
+  if (G.g_same()) {
+    for (int64_t c = 0; c < G.Cg; ++c) {
+      const scalar_t* src = gb + c * Ng + p0;
+      acc_t* row = t.gbuf.data() + c * P;
+      for (int64_t p = 0; p < P; ++p) row[p] = static_cast<acc_t>(src[p]);
+    }
+    return;
+  }
+  int m = 0;
+  for (int64_t p = 0; p < P; ++p) m = g_corners(G, T, p0 + p, &offs[8 * p], &ws[8 * p]);
+  for (int64_t c = 0; c < G.Cg; ++c) {
+    const scalar_t* src = gb + c * Ng;
+    acc_t* row = t.gbuf.data() + c * P;
+    for (int64_t p = 0; p < P; ++p) {
+      acc_t v = 0;
+      for (int j = 0; j < m; ++j) v += ws[8 * p + j] * static_cast<acc_t>(src[offs[8 * p + j]]);
+      row[p] = v;
+    }
+  }
+}
+
+// pre (Ci, P) = W_theta @ patch + W_phi @ gbuf (bias added by the caller), by BLAS.
+template <typename acc_t>
+void tile_preactivation(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& t, int64_t P) {
+  at::Tensor pre = wrap(t.pre.data(), G.Ci, P);
+  at::mm_out(pre, W.theta, wrap(t.patch.data(), G.K(), P));
+  pre.addmm_(W.phi, wrap(t.gbuf.data(), G.Cg, P));
+}
+
+// q[p] = psi . relu(pre[:, p] + b_phi) + b_psi; turns t.pre into h = relu(pre + b_phi).
+template <typename acc_t>
+void tile_psi(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& t, int64_t P) {
+  std::fill(t.q.begin(), t.q.begin() + P, W.psi_bias);
+  for (int64_t ci = 0; ci < G.Ci; ++ci) {
+    acc_t* h = t.pre.data() + ci * P;
+    const acc_t b = W.phi_bias[ci], w = W.psi[ci];
+    for (int64_t p = 0; p < P; ++p) {
+      const acc_t v = std::max(h[p] + b, acc_t(0));
+      h[p] = v;
+      t.q[p] += w * v;
+    }
+  }
+}
+
+template <typename acc_t>
+inline acc_t sigmoid(acc_t q) {
+  return acc_t(1) / (acc_t(1) + std::exp(-q));
+}
+
+// Attention on fine row (z, y), columns [x0, x1): alpha[i] = resample(a)[z, y, x0 + i], from
+// one batch item's coarse a (Nc). tmp holds at least Wc values.
+template <typename acc_t>
+void alpha_span(const Geometry& G, const Tables<acc_t>& T, const acc_t* ab, int64_t z, int64_t y,
+                int64_t x0, int64_t x1, acc_t* tmp, acc_t* alpha) {
+  const int64_t lo = T.ax.i0[x0], hi = T.ax.i1[x1 - 1] + 1;  // coarse columns read
+  std::fill(tmp, tmp + (hi - lo), acc_t(0));
+  const int64_t zi[2] = {T.az.i0[z], T.az.i1[z]}, yi[2] = {T.ay.i0[y], T.ay.i1[y]};
+  const acc_t zl[2] = {T.az.l0[z], T.az.l1[z]}, yl[2] = {T.ay.l0[y], T.ay.l1[y]};
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      const acc_t w = zl[a] * yl[b];
+      if (w == acc_t(0)) continue;
+      const acc_t* src = ab + (zi[a] * G.Hc + yi[b]) * G.Wc + lo;
+      for (int64_t i = 0; i < hi - lo; ++i) tmp[i] += w * src[i];
+    }
+  for (int64_t x = x0; x < x1; ++x)
+    alpha[x - x0] = T.ax.l0[x] * tmp[T.ax.i0[x] - lo] + T.ax.l1[x] * tmp[T.ax.i1[x] - lo];
+}
+
+// Adjoint of alpha_span: adds resample^T(dalpha) of fine row (z, y), columns [x0, x1), into
+// one batch item's coarse gradient dab (Nc). tmp holds at least Wc values.
+template <typename acc_t>
+void adjoint_span(const Geometry& G, const Tables<acc_t>& T, const acc_t* dalpha, int64_t z,
+                  int64_t y, int64_t x0, int64_t x1, acc_t* tmp, acc_t* dab) {
+  const int64_t lo = T.ax.i0[x0], hi = T.ax.i1[x1 - 1] + 1;
+  std::fill(tmp, tmp + (hi - lo), acc_t(0));
+  for (int64_t x = x0; x < x1; ++x) {
+    tmp[T.ax.i0[x] - lo] += T.ax.l0[x] * dalpha[x - x0];
+    tmp[T.ax.i1[x] - lo] += T.ax.l1[x] * dalpha[x - x0];
+  }
+  const int64_t zi[2] = {T.az.i0[z], T.az.i1[z]}, yi[2] = {T.ay.i0[y], T.ay.i1[y]};
+  const acc_t zl[2] = {T.az.l0[z], T.az.l1[z]}, yl[2] = {T.ay.l0[y], T.ay.l1[y]};
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      const acc_t w = zl[a] * yl[b];
+      if (w == acc_t(0)) continue;
+      acc_t* dst = dab + (zi[a] * G.Hc + yi[b]) * G.Wc + lo;
+      for (int64_t i = 0; i < hi - lo; ++i) dst[i] += w * tmp[i];
+    }
+}
+
+// Calls fn(z, y, x0, x1) for each run of fine row pixels outside every patch (the remainder
+// rows / columns when a size is not a multiple of s), over fine rows [r0, r1) of (D * H).
+template <typename Fn>
+void for_edge_spans(const Geometry& G, int64_t r0, int64_t r1, Fn&& fn) {
+  const int64_t zin = G.Dc * G.sd, yin = G.Hc * G.s, xin = G.Wc * G.s;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t z = r / G.H, y = r % G.H;
+    const int64_t x0 = (z < zin && y < yin) ? xin : 0;
+    if (x0 < G.W) fn(z, y, x0, G.W);
+  }
+}
+
+// Coarse attention a (B, Nc) = sigmoid(q)^f, tile by tile (forward pass 1).
+template <typename scalar_t, typename acc_t>
+void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<acc_t>& W,
+                      const scalar_t* x, const scalar_t* g, double focal, acc_t* a) {
+  const int64_t TL = G.tile(), Nc = G.Nc(), tiles = (Nc + TL - 1) / TL;
+  at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
+    Tile<acc_t> t(G, TL);
+    std::vector<int64_t> offs(8 * TL);
+    std::vector<acc_t> ws(8 * TL);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
+      tile_segments(G, p0, P, t);
+      gather_patches(G, x + b * G.Cx * G.N(), P, t);
+      gather_gating(G, T, g + b * G.Cg * G.Ng(), p0, P, t, offs, ws);
+      tile_preactivation(G, W, t, P);
+      tile_psi(G, W, t, P);
+      for (int64_t p = 0; p < P; ++p) {
+        const acc_t sg = sigmoid(t.q[p]);
+        a[b * Nc + p0 + p] = focal == 1.0 ? sg : std::pow(sg, static_cast<acc_t>(focal));
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& g,
+                                                const at::Tensor& tw, const at::Tensor& pw,
+                                                const at::Tensor& pb, const at::Tensor& sw,
+                                                const at::Tensor& sb, int64_t subsample,
+                                                double focal) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Geometry G = make_geometry(x, g, tw, pw, subsample);
+  const Tables<acc_t> T(G);
+  const Params<acc_t> W(tw, pw, pb, sw, sb, G);
+  std::vector<acc_t> a(G.B * G.Nc());
+  coarse_attention<scalar_t, acc_t>(G, T, W, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                    focal, a.data());
+
+  std::vector<int64_t> alpha_sizes = x.sizes().vec();
+  alpha_sizes[1] = 1;
+  at::Tensor y = empty_output(x.sizes(), x.options());
+  at::Tensor alpha = empty_output(alpha_sizes, x.options());
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  scalar_t* yp = y.data_ptr<scalar_t>();
+  scalar_t* ap = alpha.data_ptr<scalar_t>();
+  const int64_t rows = G.B * G.D * G.H, N = G.N();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> tmp(G.Wc), arow(G.W);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (G.D * G.H), zy = r % (G.D * G.H), z = zy / G.H, yy = zy % G.H;
+      alpha_span(G, T, a.data() + b * G.Nc(), z, yy, 0, G.W, tmp.data(), arow.data());
+      const int64_t base = zy * G.W;
+      scalar_t* arow_out = ap + b * N + base;
+      for (int64_t i = 0; i < G.W; ++i) arow_out[i] = static_cast<scalar_t>(arow[i]);
+      for (int64_t c = 0; c < G.Cx; ++c) {
+        const int64_t off = (b * G.Cx + c) * N + base;
+        for (int64_t i = 0; i < G.W; ++i)
+          yp[off + i] = static_cast<scalar_t>(arow[i] * static_cast<acc_t>(xp[off + i]));
+      }
+    }
+  });
+  return {y, alpha};
+}
+
+// Weight-gradient accumulators of one thread.
+template <typename acc_t>
+struct WeightGrads {
+  at::Tensor theta, phi;  // (Ci, K), (Ci, Cg) acc_t
+  std::vector<acc_t> phi_bias, psi;
+  acc_t psi_bias = 0;
+  explicit WeightGrads(const Geometry& G)
+      : theta(at::zeros({G.Ci, G.K()}, acc_options<acc_t>())),
+        phi(at::zeros({G.Ci, G.Cg}, acc_options<acc_t>())),
+        phi_bias(G.Ci, acc_t(0)),
+        psi(G.Ci, acc_t(0)) {}
+};
+
+// Visits the patch area rows of a tile: fn(r, dz, dy), r = (dz * s + dy) * s the area row of
+// dx = 0 (an area row is one of the sd * s * s pixel positions inside a patch).
+template <typename Fn>
+void for_area_rows(const Geometry& G, Fn&& fn) {
+  for (int64_t dz = 0; dz < G.sd; ++dz)
+    for (int64_t dy = 0; dy < G.s; ++dy) fn((dz * G.s + dy) * G.s, dz, dy);
+}
+
+template <typename scalar_t>
+std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& galpha,
+                                      const at::Tensor& x, const at::Tensor& g,
+                                      const at::Tensor& tw, const at::Tensor& pw,
+                                      const at::Tensor& pb, const at::Tensor& sw,
+                                      const at::Tensor& sb, int64_t subsample, double focal) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Geometry G = make_geometry(x, g, tw, pw, subsample);
+  const Tables<acc_t> T(G);
+  const Params<acc_t> W(tw, pw, pb, sw, sb, G);
+  const int64_t N = G.N(), Nc = G.Nc(), Ng = G.Ng(), K = G.K(), s = G.s;
+  const int64_t HW = G.H * G.W, area = G.sd * s * s, rows = G.B * G.D * G.H;
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* gp = g.data_ptr<scalar_t>();
+  const scalar_t* gyp = gy.data_ptr<scalar_t>();
+  const scalar_t* gap = galpha.data_ptr<scalar_t>();
+  const int64_t TL = G.tile(), tiles = (Nc + TL - 1) / TL;
+  const acc_t f = static_cast<acc_t>(focal);
+  const int nthreads = at::get_num_threads();
+
+  // Pass A, per tile: the forward (h = relu(pre + b_phi) kept for pass B, sigmoid and a) and
+  // d alpha = grad_alpha + sum_c grad_y * x on the tile's patch pixels, whose resampling
+  // adjoint is added into a per-thread d a (B, Nc) (tiles share coarse neighbours).
+  at::Tensor h_store = empty_output({G.B * tiles * G.Ci * TL}, acc_options<acc_t>());
+  acc_t* hs = h_store.data_ptr<acc_t>();
+  std::vector<acc_t> a(G.B * Nc), sig(G.B * Nc);
+  std::vector<std::vector<acc_t>> da_slots(nthreads);
+  at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t>& da = da_slots[at::get_thread_num()];
+    if (da.empty()) da.assign(G.B * Nc, acc_t(0));
+    Tile<acc_t> t(G, TL);
+    std::vector<acc_t> dal(area * TL), fine(G.W), tmp(G.Wc), ws(8 * TL);
+    std::vector<int64_t> offs(8 * TL);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
+      tile_segments(G, p0, P, t);
+      gather_patches(G, xp + b * G.Cx * N, P, t);
+      gather_gating(G, T, gp + b * G.Cg * Ng, p0, P, t, offs, ws);
+      tile_preactivation(G, W, t, P);
+      tile_psi(G, W, t, P);
+      std::copy(t.pre.begin(), t.pre.begin() + G.Ci * P, hs + job * G.Ci * TL);
+      for (int64_t p = 0; p < P; ++p) {
+        const acc_t sg = sigmoid(t.q[p]);
+        sig[b * Nc + p0 + p] = sg;
+        a[b * Nc + p0 + p] = focal == 1.0 ? sg : std::pow(sg, f);
+      }
+      // d alpha on the patch pixels, in patch layout (area, P).
+      const scalar_t* gab = gap + b * N;
+      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+        for (const Segment& seg : t.segments) {
+          const scalar_t* src = gab + dz * HW + dy * G.W + seg.origin;
+          for (int64_t dx = 0; dx < s; ++dx)
+            for (int64_t j = 0; j < seg.len; ++j)
+              dal[(r + dx) * P + seg.p + j] = static_cast<acc_t>(src[s * j + dx]);
+        }
+      });
+      const scalar_t* gyb = gyp + b * G.Cx * N;
+      for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
+        acc_t* d0 = dal.data() + (k % area) * P;
+        const acc_t* x0 = t.patch.data() + k * P;
+        for (const Segment& seg : t.segments) {
+          const scalar_t* src = gyb + plane_off + seg.origin;
+          if (s == 2) {
+            acc_t *da0 = d0 + seg.p, *da1 = d0 + P + seg.p;
+            const acc_t *xa0 = x0 + seg.p, *xa1 = x0 + P + seg.p;
+            for (int64_t j = 0; j < seg.len; ++j) {
+              da0[j] += static_cast<acc_t>(src[2 * j]) * xa0[j];
+              da1[j] += static_cast<acc_t>(src[2 * j + 1]) * xa1[j];
+            }
+          } else {
+            for (int64_t dx = 0; dx < s; ++dx)
+              for (int64_t j = 0; j < seg.len; ++j)
+                d0[dx * P + seg.p + j] += static_cast<acc_t>(src[s * j + dx]) * x0[dx * P + seg.p + j];
+          }
+        }
+      });
+      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+        for (const Segment& seg : t.segments) {
+          for (int64_t dx = 0; dx < s; ++dx)
+            for (int64_t j = 0; j < seg.len; ++j) fine[s * j + dx] = dal[(r + dx) * P + seg.p + j];
+          adjoint_span(G, T, fine.data(), seg.z + dz, seg.y + dy, seg.x, seg.x + s * seg.len,
+                       tmp.data(), da.data() + b * Nc);
+        }
+      });
+    }
+  });
+  // d alpha on pixels outside every patch (sizes not multiples of s).
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t>& da = da_slots[at::get_thread_num()];
+    if (da.empty()) da.assign(G.B * Nc, acc_t(0));
+    std::vector<acc_t> fine(G.W), tmp(G.Wc);
+    const int64_t DH = G.D * G.H;
+    for (int64_t b = begin / DH; b <= (end - 1) / DH; ++b) {
+      const int64_t r0 = std::max(begin, b * DH) - b * DH, r1 = std::min(end, (b + 1) * DH) - b * DH;
+      for_edge_spans(G, r0, r1, [&](int64_t z, int64_t y, int64_t x0, int64_t x1) {
+        const int64_t base = (z * G.H + y) * G.W;
+        for (int64_t i = x0; i < x1; ++i) fine[i - x0] = static_cast<acc_t>(gap[b * N + base + i]);
+        for (int64_t c = 0; c < G.Cx; ++c) {
+          const int64_t off = (b * G.Cx + c) * N + base;
+          for (int64_t i = x0; i < x1; ++i)
+            fine[i - x0] += static_cast<acc_t>(gyp[off + i]) * static_cast<acc_t>(xp[off + i]);
+        }
+        adjoint_span(G, T, fine.data(), z, y, x0, x1, tmp.data(), da.data() + b * Nc);
+      });
+    }
+  });
+  std::vector<acc_t> da(G.B * Nc, acc_t(0));
+  for (const std::vector<acc_t>& slot : da_slots)  // thread order: deterministic
+    if (!slot.empty())
+      for (int64_t i = 0; i < G.B * Nc; ++i) da[i] += slot[i];
+
+  // Pass B, per tile: d q, d pre, weight gradients, g gradient, and grad_x on the patch
+  // pixels = (W_theta^T d pre) + alpha * grad_y, each written once.
+  at::Tensor grad_x = empty_output(x.sizes(), x.options());
+  at::Tensor grad_g = empty_output(g.sizes(), g.options());
+  scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+  scalar_t* ggp = grad_g.data_ptr<scalar_t>();
+  std::vector<acc_t> dg_coarse(G.g_same() ? 0 : G.B * G.Cg * Nc);
+  std::vector<WeightGrads<acc_t>> slots;
+  slots.reserve(nthreads);
+  for (int i = 0; i < nthreads; ++i) slots.emplace_back(G);
+  at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
+    WeightGrads<acc_t>& acc = slots[at::get_thread_num()];
+    Tile<acc_t> t(G, TL);
+    std::vector<acc_t> gpatch(K * TL), ggate(G.Cg * TL), ws(8 * TL), alpha(area * TL), fine(G.W),
+        tmp(G.Wc);
+    std::vector<int64_t> offs(8 * TL);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
+      tile_segments(G, p0, P, t);
+      gather_patches(G, xp + b * G.Cx * N, P, t);
+      gather_gating(G, T, gp + b * G.Cg * Ng, p0, P, t, offs, ws);
+      std::copy(hs + job * G.Ci * TL, hs + job * G.Ci * TL + G.Ci * P, t.pre.begin());
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t n = b * Nc + p0 + p;
+        const acc_t dq = da[n] * f * a[n] * (acc_t(1) - sig[n]);
+        t.q[p] = dq;
+        acc.psi_bias += dq;
+      }
+      for (int64_t ci = 0; ci < G.Ci; ++ci) {
+        acc_t* h = t.pre.data() + ci * P;
+        const acc_t w = W.psi[ci];
+        acc_t dpsi = 0, dbias = 0;
+        for (int64_t p = 0; p < P; ++p) {
+          dpsi += t.q[p] * h[p];
+          const acc_t dpre = h[p] > acc_t(0) ? t.q[p] * w : acc_t(0);
+          dbias += dpre;
+          h[p] = dpre;  // t.pre now holds d pre
+        }
+        acc.psi[ci] += dpsi;
+        acc.phi_bias[ci] += dbias;
+      }
+      at::Tensor dpre = wrap(t.pre.data(), G.Ci, P);
+      at::Tensor patch = wrap(t.patch.data(), K, P), gate = wrap(t.gbuf.data(), G.Cg, P);
+      acc.theta.addmm_(dpre, patch.t());
+      acc.phi.addmm_(dpre, gate.t());
+      at::Tensor dpatch = wrap(gpatch.data(), K, P), dgate = wrap(ggate.data(), G.Cg, P);
+      at::mm_out(dpatch, W.theta.t(), dpre);
+      at::mm_out(dgate, W.phi.t(), dpre);
+      // alpha on the patch pixels, in patch layout (area, P).
+      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+        for (const Segment& seg : t.segments) {
+          alpha_span(G, T, a.data() + b * Nc, seg.z + dz, seg.y + dy, seg.x, seg.x + s * seg.len,
+                     tmp.data(), fine.data());
+          for (int64_t dx = 0; dx < s; ++dx)
+            for (int64_t j = 0; j < seg.len; ++j) alpha[(r + dx) * P + seg.p + j] = fine[s * j + dx];
+        }
+      });
+      const scalar_t* gyb = gyp + b * G.Cx * N;
+      scalar_t* gxb = gxp + b * G.Cx * N;
+      for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
+        const acc_t* d0 = gpatch.data() + k * P;
+        const acc_t* al0 = alpha.data() + (k % area) * P;
+        for (const Segment& seg : t.segments) {
+          const scalar_t* src = gyb + plane_off + seg.origin;
+          scalar_t* dst = gxb + plane_off + seg.origin;
+          if (s == 2) {
+            const acc_t *p0r = d0 + seg.p, *p1r = d0 + P + seg.p, *a0 = al0 + seg.p, *a1 = al0 + P + seg.p;
+            for (int64_t j = 0; j < seg.len; ++j) {
+              dst[2 * j] = static_cast<scalar_t>(p0r[j] + a0[j] * static_cast<acc_t>(src[2 * j]));
+              dst[2 * j + 1] = static_cast<scalar_t>(p1r[j] + a1[j] * static_cast<acc_t>(src[2 * j + 1]));
+            }
+          } else {
+            for (int64_t dx = 0; dx < s; ++dx)
+              for (int64_t j = 0; j < seg.len; ++j)
+                dst[s * j + dx] = static_cast<scalar_t>(
+                    d0[dx * P + seg.p + j] + al0[dx * P + seg.p + j] * static_cast<acc_t>(src[s * j + dx]));
+          }
+        }
+      });
+      for (int64_t c = 0; c < G.Cg; ++c) {
+        const acc_t* src = ggate.data() + c * P;
+        if (G.g_same()) {
+          scalar_t* dst = ggp + (b * G.Cg + c) * Ng + p0;
+          for (int64_t p = 0; p < P; ++p) dst[p] = static_cast<scalar_t>(src[p]);
+        } else {
+          std::copy(src, src + P, dg_coarse.data() + (b * G.Cg + c) * Nc + p0);
+        }
+      }
+    }
+  });
+
+  // g on another grid: adjoint of its resampling, one (batch, channel) plane per task.
+  if (!G.g_same()) {
+    at::parallel_for(0, G.B * G.Cg, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> plane(Ng);
+      std::vector<int64_t> off(8);
+      std::vector<acc_t> w(8);
+      for (int64_t bc = begin; bc < end; ++bc) {
+        std::fill(plane.begin(), plane.end(), acc_t(0));
+        const acc_t* src = dg_coarse.data() + bc * Nc;
+        for (int64_t n = 0; n < Nc; ++n) {
+          const int m = g_corners(G, T, n, off.data(), w.data());
+          for (int j = 0; j < m; ++j) plane[off[j]] += w[j] * src[n];
+        }
+        scalar_t* dst = ggp + bc * Ng;
+        for (int64_t n = 0; n < Ng; ++n) dst[n] = static_cast<scalar_t>(plane[n]);
+      }
+    });
+  }
+
+  // grad_x = alpha * grad_y on pixels outside every patch.
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> tmp(G.Wc), arow(G.W);
+    const int64_t DH = G.D * G.H;
+    for (int64_t b = begin / DH; b <= (end - 1) / DH; ++b) {
+      const int64_t r0 = std::max(begin, b * DH) - b * DH, r1 = std::min(end, (b + 1) * DH) - b * DH;
+      for_edge_spans(G, r0, r1, [&](int64_t z, int64_t y, int64_t x0, int64_t x1) {
+        alpha_span(G, T, a.data() + b * Nc, z, y, x0, x1, tmp.data(), arow.data());
+        const int64_t base = (z * G.H + y) * G.W;
+        for (int64_t c = 0; c < G.Cx; ++c) {
+          const int64_t off = (b * G.Cx + c) * N + base;
+          for (int64_t i = x0; i < x1; ++i)
+            gxp[off + i] = static_cast<scalar_t>(arow[i - x0] * static_cast<acc_t>(gyp[off + i]));
+        }
+      });
+    }
+  });
+
+  // Reduce the per-thread weight gradients in slot order (deterministic).
+  WeightGrads<acc_t>& total = slots[0];
+  for (int i = 1; i < nthreads; ++i) {
+    total.theta.add_(slots[i].theta);
+    total.phi.add_(slots[i].phi);
+    for (int64_t ci = 0; ci < G.Ci; ++ci) {
+      total.phi_bias[ci] += slots[i].phi_bias[ci];
+      total.psi[ci] += slots[i].psi[ci];
+    }
+    total.psi_bias += slots[i].psi_bias;
+  }
+  auto vec_tensor = [&](const std::vector<acc_t>& v) {
+    at::Tensor out = at::empty({static_cast<int64_t>(v.size())}, acc_options<acc_t>());
+    std::copy(v.begin(), v.end(), out.data_ptr<acc_t>());
+    return out.to(x.scalar_type());
+  };
+  return {grad_x,
+          grad_g,
+          total.theta.to(x.scalar_type()).reshape(tw.sizes()),
+          total.phi.to(x.scalar_type()).reshape(pw.sizes()),
+          vec_tensor(total.phi_bias),
+          vec_tensor(total.psi),
+          vec_tensor(std::vector<acc_t>{total.psi_bias})};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor& x, const at::Tensor& g,
+                                                          const at::Tensor& theta_weight,
+                                                          const at::Tensor& phi_weight, const at::Tensor& phi_bias,
+                                                          const at::Tensor& psi_weight, const at::Tensor& psi_bias,
+                                                          int64_t subsample, double focal) {
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_cpu", [&] {
+    out = forward_impl<scalar_t>(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> attention_gate_backward(const at::Tensor& grad_y, const at::Tensor& grad_alpha,
+                                                const at::Tensor& x, const at::Tensor& g,
+                                                const at::Tensor& theta_weight, const at::Tensor& phi_weight,
+                                                const at::Tensor& phi_bias, const at::Tensor& psi_weight,
+                                                const at::Tensor& psi_bias, int64_t subsample, double focal) {
+  std::vector<at::Tensor> r;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_backward_cpu", [&] {
+    r = backward_impl<scalar_t>(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                                subsample, focal);
+  });
+  return r;
+}

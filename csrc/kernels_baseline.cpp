@@ -1,0 +1,11 @@
+// Portable build of the vectorised CPU kernels (any architecture; the compiler's default ISA:
+// SSE2 on x86-64, NEON on aarch64). Chosen when no wider variant runs (cpu_variant.h).
+#define CPU_CAPABILITY unimri_baseline
+#define CPU_CAPABILITY_DEFAULT
+#include "kernels_common.h"
+
+namespace unimri::base {
+extern const bool kCompiled = true;
+#include "unified_focal_loss_kernel.h"
+#include "attention_gate_kernel.h"
+}  // namespace unimri::base

@@ -1,0 +1,27 @@
+// Stand-in for an ISA variant this architecture or compiler does not build (included by
+// kernels_<variant>.cpp with UNIMRI_STUB_NS set to the variant's namespace): the variant
+// reports itself as not compiled, so cpu_variant.h never selects it.
+#include <c10/util/Exception.h>
+
+#include "attention_gate.h"
+#include "cpu_variant.h"
+#include "unified_focal_loss.h"
+
+namespace unimri::UNIMRI_STUB_NS {
+extern const bool kCompiled = false;
+void loss_stats(const LossArgs&, void*) { TORCH_CHECK(false, "unimri: this CPU variant was not compiled"); }
+void loss_grad(const LossArgs&, const void*, bool, void*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor&, int64_t, double) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+std::vector<at::Tensor> attention_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                double) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+}  // namespace unimri::UNIMRI_STUB_NS
