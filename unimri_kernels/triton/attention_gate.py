@@ -328,7 +328,7 @@ def _adjoint_kernel(v_ptr, u_ptr, iz_ptr, iy_ptr, ix_ptr,
 
 @triton.jit
 def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr, da_ptr,
-                          a_ptr, gx_ptr, dg_ptr, dtw_ptr, dpw_ptr, dpb_ptr, dsw_ptr, dsb_ptr,
+                          a_ptr, gx_ptr, dg_ptr, dtw_ptr, dpw_ptr, dpb_ptr, dsw_ptr, dq_ptr,
                           gz_ptr, gy_ptr, gx_tab_ptr,
                           Ci, K, Cx, Cg, N, Nc, Ng, H, W, Hc, Wc, Hg, Wg, TILES, TOTAL,
                           NPROG,
@@ -338,7 +338,8 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
                           DOT: tl.constexpr, PREC: tl.constexpr, IDX64: tl.constexpr,
                           DETERMINISTIC: tl.constexpr):
     """Tiles pid, pid + NPROG, ... of the B·TILES tiles. Weight gradients go to the slot of
-    this program (DETERMINISTIC; slots summed by torch) or to slot 0 by atomics. dg: the
+    this program (DETERMINISTIC; slots summed by torch) or to slot 0 by atomics; dq (B, Nc)
+    is written for torch to sum into d psi_bias. dg: the
     g-grid gradient (SAME_G), else (B, Cg, Nc) coarse values to gather (DETERMINISTIC),
     else the zeroed g-grid gradient by atomics."""
     pid = tl.program_id(0)
@@ -352,7 +353,6 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
     dpw_s = dpw_ptr + slot * Ci * Cg
     dpb_s = dpb_ptr + slot * Ci
     dsw_s = dsw_ptr + slot * Ci
-    dsb_s = dsb_ptr + slot
     for tile in range(pid, TOTAL, NPROG):
         b, n = _item_tile(tile, TILES, BLOCK_P, IDX64)
         p_mask = n < Nc
@@ -370,8 +370,9 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
         tl.store(a_ptr + b * Nc + n, a, mask=p_mask)
         da = tl.load(da_ptr + b * Nc + n, mask=p_mask, other=0.0)
         dq = tl.where(p_mask, da * focal * a * (1.0 - sig), 0.0)
-        _accumulate(dsb_s + ci * 0, tl.where(ci == 0, tl.sum(dq, axis=0), 0.0), ci == 0,
-                    DETERMINISTIC)
+        # d psi_bias = sum of dq, summed by torch: reducing dq to a scalar here crashes
+        # sm_100's TMEM layout pass (triton 3.7)
+        tl.store(dq_ptr + b * Nc + n, dq, mask=p_mask)
         _accumulate(dsw_s + ci, tl.sum(h * dq[None, :], axis=1), ci_mask, DETERMINISTIC)
         dpre = tl.where(h > 0.0, dq[None, :] * sw[:, None], 0.0)
         _accumulate(dpb_s + ci, tl.sum(dpre, axis=1), ci_mask, DETERMINISTIC)
@@ -736,9 +737,9 @@ def attention_gate_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, 
     dpw = torch.zeros((slots, gs.Ci, gs.Cg), dtype=acc, device=dev)
     dpb = torch.zeros((slots, gs.Ci), dtype=acc, device=dev)
     dsw = torch.zeros((slots, gs.Ci), dtype=acc, device=dev)
-    dsb = torch.zeros((slots, 1), dtype=acc, device=dev)
+    dq = torch.empty((gs.B, gs.Nc), dtype=acc, device=dev)
     _tile_backward_kernel[cfg.grid](x, g, tw, pw, pb, sw, scal, da, a, grad_x, grad_g,
-                                    dtw, dpw, dpb, dsw, dsb, *L.g_tabs, *L.dims(), cfg.tiles,
+                                    dtw, dpw, dpb, dsw, dq, *L.g_tabs, *L.dims(), cfg.tiles,
                                     gs.B * cfg.tiles, cfg.nprog, DETERMINISTIC=det,
                                     **L.tile_meta(cfg))
     if det and not L.same_g:
@@ -749,4 +750,4 @@ def attention_gate_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, 
                               A_SAME=L.same_a, **L.pixel_meta(xcfg))
     dt = x.dtype
     return (grad_x, grad_g.to(dt), dtw.sum(0).reshape(theta_weight.shape).to(dt),
-            dpw.sum(0).to(dt), dpb.sum(0).to(dt), dsw.sum(0).to(dt), dsb.sum(0).to(dt))
+            dpw.sum(0).to(dt), dpb.sum(0).to(dt), dsw.sum(0).to(dt), dq.sum().reshape(1).to(dt))
