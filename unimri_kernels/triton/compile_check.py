@@ -261,6 +261,14 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)}
 
 
+def _error_text(exc: BaseException) -> str:
+    """The innermost cause of a compile error, on one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and ln.strip() != "^"]
+    return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
+
+
 def _compile_here(launch: Launch, arch: int) -> Compiled:
     import triton
 
@@ -275,7 +283,7 @@ def _compile_here(launch: Launch, arch: int) -> Compiled:
         res.shared = int(k.metadata.shared)
         res.atomics = k.asm["ttir"].count("tt.atomic_rmw")
     except Exception as exc:  # noqa: BLE001 - reported per configuration
-        res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+        res.error = _error_text(exc)
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -356,9 +364,10 @@ def smoke_selection(distinct: dict[str, tuple[Launch, list[str]]], arch: int
         if arch == 90 and launch.name not in DOT_KERNELS:
             if dtype in ("float16", "float64") or kw.get("IS_INDEX") is False:
                 continue  # same code as fp32/bf16 but for the load dtype
-        if (arch == 90 and launch.name == "_tile_backward_kernel" and kw.get("DETERMINISTIC")
-                and dtype != "float32"):
-            continue
+        if arch == 90 and launch.name == "_tile_backward_kernel" and (
+                dtype in ("float16", "float64")
+                or kw.get("DETERMINISTIC") and kw.get("PREC") != "tf32"):
+            continue  # the forward kernel covers these dot dtypes
         group = (launch.name, dtype, kw.get("PREC"), kw.get("DETERMINISTIC"),
                  kw.get("SCATTER"))
         best = groups.get(group)
@@ -379,14 +388,21 @@ def dot_below_16_control(arch: int) -> Compiled:
 
 
 def run_matrix(matrix: str, archs: Sequence[int], progress: bool = False) -> list[Compiled]:
-    """Compile the distinct configurations of the loss and gate matrices for ``archs``
-    (``matrix``: "full", "test", or "smoke" = :func:`smoke_selection` of "test")."""
+    """Compile the distinct configurations of the loss and gate matrices for ``archs``.
+
+    ``matrix``: "full" (every config of the large matrix on every arch), "test" (every
+    config of the smaller matrix on sm_90, its ``tl.dot`` kernels on the other archs) or
+    "smoke" (:func:`smoke_selection` of "test", plus the dot-under-16 control)."""
     full = matrix == "full"
     launches = distinct_launches([*loss_matrix(full), *gate_matrix(full)], SETTINGS)
     jobs = []
     for arch in archs:
-        chosen = (smoke_selection(launches, arch) if matrix == "smoke"
-                  else list(launches.values()))
+        if matrix == "smoke":
+            chosen = smoke_selection(launches, arch)
+        elif arch == 90 or matrix == "full":
+            chosen = list(launches.values())
+        else:  # the tensor-core kernels are where architectures differ
+            chosen = [v for v in launches.values() if v[0].name in DOT_KERNELS]
         jobs += [(launch, probs, arch) for launch, probs in chosen]
     if progress:
         from tqdm import tqdm
