@@ -48,7 +48,8 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def render(results: list[dict], matrix: str, archs: list[int], seconds: float) -> str:
+def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
+           total: int) -> str:
     import torch
     import triton
 
@@ -62,7 +63,9 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float) -
         f"`python benchmarks/triton_compile_report.py --matrix {matrix} --arch "
         f"{' '.join(map(str, archs))}` on CPU {_cpu()} ({os.cpu_count()} cores), "
         f"torch {torch.__version__}, triton {triton.__version__}, {_ptxas_version()}; "
-        f"{len(results)} compilations in {seconds:.0f} s.",
+        f"{len(results)} compilations in {seconds:.0f} s"
+        + (f" (PARTIAL: the run was stopped after {len(results)} of {total})."
+           if total > len(results) else "."),
         "",
         "Each row is one distinct launch configuration the CUDA launchers produce for the "
         "shape/dtype matrix of `unimri_kernels/triton/compile_check.py` (launchers run on "
@@ -119,7 +122,7 @@ def _dtype(result: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--matrix", choices=("smoke", "test", "full"), default="test")
-    ap.add_argument("--arch", type=int, nargs="+", default=[80, 90, 100])
+    ap.add_argument("--arch", type=int, nargs="+", default=[90, 80, 100])
     ap.add_argument("--out", type=Path, default=RESULTS / "triton_compile.md")
     ap.add_argument("--from-json", type=Path, help="render existing results instead")
     args = ap.parse_args()
@@ -133,9 +136,10 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "unimri_kernels.triton.compile_check",
                         "--matrix", args.matrix, "--arch", *map(str, args.arch),
                         "--json", str(json_path), "--progress"], env=env, check=True)
-    results = json.loads((args.from_json or json_path).read_text())
+    data = json.loads((args.from_json or json_path).read_text())
+    results = data["results"]
     seconds = sum(r["seconds"] for r in results)
-    _write(args.out, render(results, args.matrix, args.arch, seconds))
+    _write(args.out, render(results, args.matrix, args.arch, seconds, data["total"]))
     print(f"wrote {args.out} ({len(results)} compilations, "
           f"{(dt.datetime.now() - start).total_seconds():.0f} s)")
     return 0

@@ -41,7 +41,7 @@ def compiled(tmp_path_factory) -> list[dict]:
          "--arch", *map(str, ARCHS), "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return json.loads(out.read_text())["results"]
 
 
 def _regular(results):

@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import requires_cuda
 from unimri_kernels.dispatch import available_backends, use_backend
 
 pytest.importorskip("triton")
@@ -340,3 +341,30 @@ def test_deterministic_loss_repeats_bitwise(monkeypatch):
         torch.use_deterministic_algorithms(old)
     assert counter.calls == 0
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+# ------------------------------------------------------------------ on a GPU, when present
+@requires_cuda
+def test_cuda_deterministic_gate_repeats_bitwise():
+    from test_attention_gate import run_op
+
+    case = _gate_case(32, 16, 24, (40, 36), (9, 11))
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = run_op(case, "triton", torch.float32, "cuda")
+        second = run_op(case, "triton", torch.float32, "cuda")
+    finally:
+        torch.use_deterministic_algorithms(old)
+    for a, b in zip((*first[0], *first[1]), (*second[0], *second[1])):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_cuda_rejects_out_of_range_labels():
+    logits = torch.randn(2, 3, 50, device="cuda")
+    target = torch.randint(0, 3, (2, 50), device="cuda")
+    target[1, 17] = 3
+    params = torch.rand(4, 3, dtype=torch.float64, device="cuda")
+    with pytest.raises(ValueError, match=r"target holds 1 label"):
+        OP_LOSS(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, False, True, False)

@@ -387,7 +387,8 @@ def dot_below_16_control(arch: int) -> Compiled:
     return res
 
 
-def run_matrix(matrix: str, archs: Sequence[int], progress: bool = False) -> list[Compiled]:
+def run_matrix(matrix: str, archs: Sequence[int], progress: bool = False,
+               on_result=None) -> list[Compiled]:
     """Compile the distinct configurations of the loss and gate matrices for ``archs``.
 
     ``matrix``: "full" (every config of the large matrix on every arch), "test" (every
@@ -413,6 +414,8 @@ def run_matrix(matrix: str, archs: Sequence[int], progress: bool = False) -> lis
         res = compile_launch(launch, arch)
         res.problems = probs[:3] + ([f"... {len(probs) - 3} more"] if len(probs) > 3 else [])
         out.append(res)
+        if on_result is not None:
+            on_result(out, len(jobs))
     if matrix == "smoke":
         out.append(dot_below_16_control(archs[0]))
     return out
@@ -429,11 +432,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("compile_check: unset TRITON_INTERPRET (compiling needs the real JIT)",
               file=sys.stderr)
         return 2
-    results = run_matrix(args.matrix, args.arch, args.progress)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump([asdict(r) for r in results], f, indent=1)
-    os.replace(tmp, args.json)
+    def save(results: list[Compiled], total: int | None = None) -> None:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"total": total or len(results), "results": [asdict(r) for r in results]},
+                      f, indent=1)
+        os.replace(tmp, args.json)
+
+    def checkpoint(results: list[Compiled], total: int) -> None:
+        if len(results) % 10 == 0:  # partial results survive an interrupted long run
+            save(results, total)
+
+    save(run_matrix(args.matrix, args.arch, args.progress, checkpoint))
     return 0
 
 
