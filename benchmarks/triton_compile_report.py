@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
 
 
 def _cpu() -> str:
@@ -46,6 +47,9 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+from unimri_kernels.triton.compile_check import MAX_SHARED  # noqa: E402
 
 
 def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
@@ -74,7 +78,8 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         "reports as n_spills), `shared` = shared memory in bytes (kernel metadata), "
         "`atomics` = `tt.atomic_rmw` ops in the TTIR.",
         "",
-        f"Compiled: {len(ok)}; failed: {len(failed)}; "
+        f"Compiled: {len(ok)}; failed: {len(failed)}; over the shared-memory limit: "
+        f"{sum(1 for r in ok if r['shared'] > MAX_SHARED.get(r['arch'], 1 << 30))}; "
         f"configs with spills: {sum(1 for r in ok if r['n_spills'])} "
         f"(fp32/bf16/fp16: "
         f"{sum(1 for r in ok if r['n_spills'] and _dtype(r) in ('fp32', 'bf16', 'fp16'))}).",
@@ -82,8 +87,8 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         "## Summary per kernel and architecture",
         "",
         "| kernel | arch | configs | max regs | max spills (fp64) | max spills (other) "
-        "| max shared B |",
-        "|---|---|---|---|---|---|---|",
+        "| max shared B | arch limit B |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in ok:
@@ -92,7 +97,8 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         sp64 = max((r["n_spills"] for r in rs if _dtype(r) == "fp64"), default=0)
         sp = max((r["n_spills"] for r in rs if _dtype(r) != "fp64"), default=0)
         lines.append(f"| {kernel} | sm_{arch} | {len(rs)} | {max(r['n_regs'] for r in rs)} | "
-                     f"{sp64} | {sp} | {max(r['shared'] for r in rs)} |")
+                     f"{sp64} | {sp} | {max(r['shared'] for r in rs)} | "
+                     f"{MAX_SHARED.get(arch, '?')} |")
     if control:
         c = control[0]
         lines += ["", "Control: the forward tile kernel with a `tl.dot` K edge of 8 "

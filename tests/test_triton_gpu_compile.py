@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 
 import unimri_kernels  # noqa: E402
 from unimri_kernels.triton.compile_check import (ARCHS, DOT_KERNELS,  # noqa: E402
-                                                 kernel_objects)
+                                                 MAX_SHARED, kernel_objects)
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,12 @@ def test_no_register_spills_in_fp32_and_half_configs(compiled):
     spills = [(r["kernel"], r["arch"], r["config"], r["n_spills"]) for r in _regular(compiled)
               if _dtype(r) in ("fp32", "bf16", "fp16") and r["n_spills"] != 0]
     assert not spills, spills
+
+
+def test_shared_memory_fits_every_arch(compiled):
+    over = [(r["kernel"], r["arch"], r["config"], r["shared"]) for r in _regular(compiled)
+            if r["shared"] > MAX_SHARED[r["arch"]]]
+    assert not over, over
 
 
 def test_deterministic_configs_use_no_atomics(compiled):

@@ -551,11 +551,13 @@ class PixelConfig:
 def _tile_blocks(gs: GateShape, dtype: torch.dtype, target: Target, backward: bool
                  ) -> tuple[int, int, int, int]:
     """(CI_PAD, BLOCK_K, BLOCK_P, num_warps): every dot edge >= 16, and on GPUs a
-    (CI_PAD, BLOCK_P) tile of <= 4096 (fp64: 2048; backward: half) fp32 elements."""
+    (CI_PAD, BLOCK_P) tile of <= 4096 (fp64: 1024; backward: half) elements. The fp64
+    bound keeps the pipelined (BLOCK_K, BLOCK_P) operand tiles within an A100's shared
+    memory (at 2048 the forward needed 264 KiB)."""
     ci_pad = max(MIN_DOT, next_pow2(gs.Ci))
     if not target.gpu:
         return ci_pad, MIN_DOT, MIN_DOT, 4
-    budget = 4096 if dtype != torch.float64 else 2048
+    budget = 4096 if dtype != torch.float64 else 1024
     if backward:
         budget //= 2
     block_p = max(MIN_DOT, min(128, budget // ci_pad, next_pow2(gs.Nc)))

@@ -34,6 +34,8 @@ import torch
 KERNEL_MODULES = ("unimri_kernels.triton.unified_focal_loss",
                   "unimri_kernels.triton.attention_gate")
 ARCHS = (80, 90, 100)
+#: Shared memory one block may use (bytes, opt-in maximum) per architecture.
+MAX_SHARED = {80: 166912, 90: 232448, 100: 232448}
 
 
 def kernel_objects() -> dict[str, object]:
@@ -340,10 +342,11 @@ DOT_KERNELS = ("_coarse_kernel", "_tile_backward_kernel")
 
 
 def _tile_size(launch: Launch) -> tuple[int, int]:
-    """(tile elements, channel block): the larger, the more registers a config needs."""
+    """(tile size, tie-break): the larger, the more registers or shared memory a config
+    needs. Dot kernels: the pipelined (BLOCK_K, BLOCK_P) operand tile in bytes."""
     kw = launch.kwargs
     if "CI_PAD" in kw:
-        return kw["CI_PAD"] * kw["BLOCK_P"], kw["CI_PAD"]
+        return kw["BLOCK_K"] * kw["BLOCK_P"] * launch.args[0].element_size(), kw["CI_PAD"]
     if "BLOCK_C" in kw:
         return kw["BLOCK_C"] * kw["BLOCK_N"], kw["BLOCK_C"]
     return kw.get("BLOCK", 0), 0
