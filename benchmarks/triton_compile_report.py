@@ -35,6 +35,16 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def _isa() -> str:
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown ISA"
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    return isa + (" + AMX" if "amx_tile" in flags else "")
+
+
 def _ptxas_version() -> str:
     from triton import knobs
 
@@ -52,6 +62,18 @@ def _write(path: Path, text: str) -> None:
 from unimri_kernels.triton.compile_check import MAX_SHARED  # noqa: E402
 
 
+NOTES = [
+    "Findings that shaped the launchers (triton 3.7.1):",
+    "- sm_100: reducing the tile's dq to a scalar inside the backward tile kernel crashed "
+    "the compiler (`TritonNvidiaGPUOptimizeTMemLayoutsPass`: parent layout must have rank "
+    ">= 2) for bf16/fp16 with CI_PAD >= 64; the kernel now writes dq and torch sums it.",
+    "- fp64 forward tiles of 16 x 128 needed 264 KiB of shared memory (3 pipeline "
+    "stages): fp64 tiles are capped at 1024 elements (backward 512).",
+    "- the forward tile kernel with a `tl.dot` K edge of 8 fails to compile (sm_90), as "
+    "on a GPU, while the interpreter accepts it: launchers keep every dot edge >= 16.",
+]
+
+
 def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
            total: int) -> str:
     import torch
@@ -65,9 +87,10 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         "",
         f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
         f"`python benchmarks/triton_compile_report.py --matrix {matrix} --arch "
-        f"{' '.join(map(str, archs))}` on CPU {_cpu()} ({os.cpu_count()} cores), "
+        f"{' '.join(map(str, archs))}` on CPU {_cpu()} ({_isa()}, {os.cpu_count()} cores), "
         f"torch {torch.__version__}, triton {triton.__version__}, {_ptxas_version()}; "
-        f"{len(results)} compilations in {seconds:.0f} s"
+        f"{len(results)} compilations, {seconds:.0f} s in compile calls (triton's on-disk "
+        f"cache serves configurations compiled by an earlier run)"
         + (f" (PARTIAL: the run was stopped after {len(results)} of {total})."
            if total > len(results) else "."),
         "",
@@ -76,7 +99,12 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         "meta tensors, launches recorded, specialised as the JIT does, compiled by ptxas). "
         "`regs` = registers per thread, `spills` = local memory / 4 (what the driver "
         "reports as n_spills), `shared` = shared memory in bytes (kernel metadata), "
-        "`atomics` = `tt.atomic_rmw` ops in the TTIR.",
+        "`atomics` = `tt.atomic_rmw` ops in the TTIR. Matrix `test`: every distinct "
+        "configuration on sm_90, the `tl.dot` kernels' on sm_80 and sm_100; `full`: the "
+        "larger matrix on every arch; `smoke`: what `tests/test_triton_gpu_compile.py` "
+        "compiles.",
+        "",
+        *NOTES,
         "",
         f"Compiled: {len(ok)}; failed: {len(failed)}; over the shared-memory limit: "
         f"{sum(1 for r in ok if r['shared'] > MAX_SHARED.get(r['arch'], 1 << 30))}; "

@@ -5,7 +5,8 @@ The launchers run on meta tensors with their kernels' ``run`` recorded; each rec
 launch is specialised as the JIT would and compiled by triton's bundled ptxas in a
 subprocess (the test process runs the kernels in the interpreter). The test compiles a
 pointed subset (``compile_check --matrix smoke``: the largest tiles of every kernel,
-dtype, dot precision and deterministic mode on sm_90, the dot kernels on sm_80/sm_100);
+dtype, dot precision and deterministic mode on sm_90, the bf16 dot kernels on
+sm_80/sm_100);
 ``benchmarks/triton_compile_report.py`` compiles the whole matrix and writes
 ``benchmarks/results/triton_compile.md``.
 """
@@ -60,7 +61,8 @@ def test_every_kernel_compiles_for_sm90_and_the_dot_kernels_for_every_arch(compi
     for arch in ARCHS:
         built = {(r["kernel"], _dtype(r)) for r in results if r["arch"] == arch}
         for kernel in DOT_KERNELS:
-            assert {(kernel, "bf16"), (kernel, "fp32")} <= built, arch
+            assert (kernel, "bf16") in built, arch
+            assert arch != 90 or (kernel, "fp32") in built
     for r in results:
         assert r["n_regs"] > 0 and r["shared"] >= 0
 
