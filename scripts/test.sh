@@ -8,5 +8,10 @@ if command -v apt-get >/dev/null && [ ! -f /usr/share/mricron/templates/ch2.nii.
   (apt-get update -qq && apt-get install -y -qq mricron-data) >/dev/null 2>&1 \
     || echo "warning: could not install mricron-data; its test will report the missing package"
 fi
+if command -v apt-get >/dev/null && ! command -v aarch64-linux-gnu-g++ >/dev/null; then
+  # compile-only check that the C++ kernels build for aarch64 (tests/test_cpu_variants.py)
+  (apt-get install -y -qq g++-aarch64-linux-gnu || (apt-get update -qq && apt-get install -y -qq g++-aarch64-linux-gnu)) \
+    >/dev/null 2>&1 || echo "warning: could not install g++-aarch64-linux-gnu; the aarch64 compile test will skip"
+fi
 PY=${PYTHON:-python3}
 exec $PY -m pytest -q -p no:cacheprovider -n 2 --benchmark-disable "$@"
