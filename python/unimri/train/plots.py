@@ -175,7 +175,8 @@ def plot_time_to_quality(histories: Mapping[str, Sequence[Mapping[str, Any]]], p
     ax.set_ylabel("validation DSC (foreground)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
