@@ -140,6 +140,20 @@ def test_ablate_cli_with_seeds_writes_paired_stats(tmp_path, capsys):
     for name in ("bars_unet.png", "time_to_quality_unet.png", "unet-single_stage-seed1/metrics.csv"):
         assert os.path.isfile(out / name), name
     assert "p (DSC vs baseline)" in capsys.readouterr().out
+    # finished runs read back: the same folds, and the time-to-quality report from them
+    from unimri.train.ablation import time_to_quality_report
+    from unimri.train.experiment import load_result
+
+    back = load_result(str(out / "unet-progressive_resizing-seed1"))
+    assert [round(f["DSC"], 6) for f in back.folds] == [
+        round(float(r["DSC"]), 6) for r in rows if r["variant"] == "progressive resizing" and r["seed"] == "1"]
+    png = time_to_quality_report({"one stage": [str(out / f"unet-single_stage-seed{s}") for s in (0, 1)],
+                                  "resizing": [str(out / f"unet-progressive_resizing-seed{s}") for s in (0, 1)]},
+                                 str(tmp_path / "ttq"))
+    ttq = list(csv.DictReader(open(tmp_path / "ttq" / "time_to_quality.csv")))
+    assert open(png, "rb").read(8) == PNG and [r["epoch"] for r in ttq] == ["1", "2", "1", "2"]
+    with pytest.raises(ValueError, match="not a unimri run folder"):
+        load_result(str(tmp_path))
     assert main(["ablate", "--study", "unified", "--seeds", "0", *TINY, "--out", str(tmp_path / "x")]) == 2
 
 

@@ -497,3 +497,31 @@ def polarity_overlays(cells: Sequence[Cell], path: str, fold: int = 0, n_dark: i
                      "predictions": preds})
     return plot_overlays(rows, path, title=f"{MODEL_TITLES.get(cells[0].model, cells[0].model)}, fold {fold} "
                                            "validation cases: ground truth (green) vs prediction (red)")
+
+
+def time_to_quality_report(runs: dict[str, Sequence[str]], out_dir: str, name: str = "time_to_quality",
+                           title: str = "") -> str:
+    """Time-to-quality plot and CSV from finished run folders, without training again.
+
+    ``runs[label]`` lists run folders (one per seed) of that schedule, e.g. the
+    components study's "SAS + unified loss" (one stage) and "all" (progressive resizing)
+    runs. Writes ``<name>.png`` (validation DSC against cumulative training wall time,
+    mean over seeds × folds) and ``<name>.csv`` (label, epoch, seconds, val_dsc) to
+    ``out_dir``; returns the PNG path.
+    """
+    from unimri.train.experiment import load_result
+    from unimri.train.plots import plot_time_to_quality, time_to_quality_curve
+
+    histories = {}
+    for label, dirs in runs.items():
+        histories[label] = [{**h, "seed": i} for i, d in enumerate(dirs) for h in load_result(d).histories]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["schedule", "epoch", "seconds_mean", "val_dsc_mean"])
+    for label, records in histories.items():
+        t, dsc = time_to_quality_curve(records)
+        for e, (ti, di) in enumerate(zip(t, dsc)):
+            w.writerow([label, e + 1, f"{ti:.3f}", f"{di:.6f}"])
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, f"{name}.csv"), buf.getvalue())
+    return plot_time_to_quality(histories, os.path.join(out_dir, f"{name}.png"), title=title)

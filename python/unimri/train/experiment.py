@@ -179,6 +179,24 @@ def run_experiment(cfg: TrainConfig, out_dir: str, *, resume: bool = False, over
             shutdown(ctx)
 
 
+def load_result(out_dir: str) -> ExperimentResult:
+    """A finished run folder read back (config, per-fold metrics, histories, examples)."""
+    if not os.path.isfile(os.path.join(out_dir, "config.json")):
+        raise ValueError(f"out_dir: {out_dir!r} is not a unimri run folder (no config.json)")
+    cfg = TrainConfig.from_dict(json.load(open(os.path.join(out_dir, "config.json"))))
+    result = ExperimentResult(out_dir, cfg, [])
+    folds = sorted((int(name[4:]), name) for name in os.listdir(out_dir)
+                   if name.startswith("fold") and name[4:].isdigit()
+                   and os.path.isfile(os.path.join(out_dir, name, "result.json")))
+    for _, name in folds:
+        done = json.load(open(os.path.join(out_dir, name, "result.json")))
+        result.folds.append(done["metrics"])
+        result.histories.extend(done["history"])
+        if not result.examples:
+            result.examples = _load_examples(os.path.join(out_dir, name))
+    return result
+
+
 def _drop_unsaved_epochs(log: JsonlLog, fold: int, last_path: str) -> None:
     """Remove epoch records this fold logged after its last checkpoint (they will be rerun)."""
     done = load_checkpoint(last_path)["global_epoch"] if os.path.exists(last_path) else 0
