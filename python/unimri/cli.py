@@ -264,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # the README demo (see docs/experiments.md for why each value was chosen)
 DEMO_CONFIG: dict[str, Any] = {
-    "model": "unet", "features": 16, "dataset": "phantom",
+    "model": "unet", "features": 8, "dataset": "phantom",
     "dataset_kwargs": {"num_cases": 120, "size": 64},
     "stages": [32, 64], "batch_size": 4, "epochs": [8, 16], "patience": 10,
     "lr": 0.1, "schedule": "cosine", "folds": 3, "seed": 0,
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="baseline vs unified approach on the built-in phantom (a few minutes on CPU)",
-                       description="UNet (width 16) on the built-in 2D phantom (120 cases of 64x64, 1-5 % "
+                       description="UNet (width 8) on the built-in 2D phantom (120 cases of 64x64, 1-5 % "
                                    "lesion, bright and dark lesions): cross-entropy baseline (no attention, 24 "
                                    "epochs at 64x64) vs the unified approach (SAS + unified focal loss + "
                                    "progressive resizing: 8 epochs at 32x32, then 16 at 64x64, weights carried "
