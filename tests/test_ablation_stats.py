@@ -188,6 +188,10 @@ def test_monai_peer_gets_the_same_folds_and_wall_time(tmp_path):
     import json
 
     assert json.load(open(tmp_path / "peer" / "folds.json")) == json.load(open(tmp_path / "peer" / "folds.json"))
+    cpu = run_monai_peer(cfg.replace(fold_indices=[1]), str(tmp_path / "peer_cpu"), {1: 0.3}, clock="cpu")
+    assert cpu.folds[0]["seconds"] >= 0.3 and cpu.folds[0]["epochs"] >= 1
+    with pytest.raises(ValueError, match="clock"):
+        run_monai_peer(cfg, str(tmp_path / "peer3"), {0: 1.0, 1: 1.0}, clock="sundial")
     with pytest.raises(ValueError, match="no wall-time budget"):
         run_monai_peer(cfg, str(tmp_path / "peer2"), {0: 1.0})
     assert PEER_LABEL.startswith("MONAI")

@@ -57,7 +57,7 @@ def fold_budgets(reference: ExperimentResult) -> dict[int, float]:
 
 def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *, lr: float = 1e-3,
                    overwrite: bool = False, cases: Sequence[Any] | None = None,
-                   max_epochs: int = 10_000) -> ExperimentResult:
+                   max_epochs: int = 10_000, clock: str = "wall") -> ExperimentResult:
     """Train and evaluate the MONAI peer on ``cfg.selected_folds()`` of ``cfg``'s k-fold split.
 
     Args:
@@ -67,11 +67,17 @@ def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *,
         budgets: {fold: seconds} of training wall time per fold (:func:`fold_budgets`).
         lr: Adam learning rate (MONAI tutorials: 1e-3 for 2D, 1e-4 for 3D).
         max_epochs: safety cap on epochs per fold.
+        clock: "wall" (``time.perf_counter``) or "cpu" (``time.process_time``: this
+            process's CPU time, which other load on a shared machine does not inflate;
+            use it with budgets in CPU seconds, e.g. from :func:`cpu_seconds_of_run`).
 
     Returns:
         ExperimentResult whose ``config`` is ``cfg`` with ``model="monai-unet"`` and
         ``loss="monai-dicece"`` (labels only; it is not a valid unimri config).
     """
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock: expected 'wall' or 'cpu', got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.process_time
     if not monai_available():
         raise ValueError("peer: the MONAI peer needs the optional package monai (pip install monai)")
     from monai.losses import DiceCELoss
@@ -90,7 +96,8 @@ def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *,
     features = int(cfg.features or 16)
     label_cfg = cfg.replace(model="monai-unet", loss="monai-dicece", attention=None, stages=[list(size)])
     atomic_write_json(os.path.join(out_dir, "config.json"), {**label_cfg.to_dict(), "peer": PEER_LABEL,
-                                                             "adam_lr": lr, "budgets_s": budgets})
+                                                             "adam_lr": lr, "budgets_s": budgets,
+                                                             "clock": clock})
     result = ExperimentResult(out_dir, label_cfg, [])
     for fold in cfg.selected_folds():
         train_ids, val_ids = splits[fold]
@@ -107,7 +114,7 @@ def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *,
         history: list[dict[str, Any]] = []
         best, best_state, spent, epoch = math.inf, None, 0.0, 0
         while spent < budgets[fold] and epoch < max_epochs:
-            t0 = time.perf_counter()
+            t0 = now()
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
             model.train()
@@ -119,7 +126,7 @@ def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *,
                 optimizer.step()
                 total, n = total + loss.item() * len(b["image"]), n + len(b["image"])
             val_loss, val_dsc = _validate(model, loss_fn, val_loader, num_classes)
-            seconds = time.perf_counter() - t0
+            seconds = now() - t0
             spent += seconds
             improved = val_loss < best
             if improved:
@@ -147,6 +154,20 @@ def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *,
             result.examples = evaluation.examples
     write_reports(result)
     return result
+
+
+def cpu_seconds_of_run(cfg: TrainConfig, out_dir: str, fold: int) -> tuple[float, ExperimentResult]:
+    """Train ``cfg``'s fold ``fold`` with unimri and return (CPU seconds it took, result).
+
+    The CPU time of this process (``time.process_time``) over the run: a budget that
+    other load on a shared machine does not inflate, for :func:`run_monai_peer` with
+    ``clock="cpu"``. Run it with one intra-op thread so that CPU time ≈ quiet wall time.
+    """
+    from unimri.train.experiment import run_experiment
+
+    t0 = time.process_time()
+    result = run_experiment(cfg.replace(fold_indices=[fold]), out_dir, overwrite=True)
+    return time.process_time() - t0, result
 
 
 @torch.no_grad()
