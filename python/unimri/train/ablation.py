@@ -1,17 +1,28 @@
-"""The paper's studies: every variant x backbone as a k-fold run, then tables and figures.
+"""The paper's studies: every variant x backbone x seed as a k-fold run, then tables,
+paired statistics and figures.
 
-Studies (``STUDIES``), each a list of (label, config changes) applied to a base config:
+Studies (``STUDIES``), each a list of (label, config changes) applied to a base config;
+the first variant is the baseline the others are tested against:
 
 * ``unified``: the cross-entropy baseline vs the whole unified approach (the demo);
 * ``components`` (tables 1-4): baseline (cross-entropy, no attention, one stage at the
-  final size) vs + SAS vs + unified loss vs + progressive resizing vs all three;
-* ``loss`` (table 3, figure 3): cross-entropy, focal, Tversky, combo, unified;
-* ``attention`` (table 5): spatial, channel, CBAM, SAS.
+  final size with the epochs of all stages) and every combination of SAS, unified loss
+  and progressive resizing;
+* ``loss`` (table 3, figure 3): cross-entropy, focal, Dice, Tversky, focal Tversky,
+  combo, unified;
+* ``attention`` (table 5): none, spatial, channel, CBAM, SAS;
+* ``resizing``: one stage at the final size vs progressive resizing, same total epochs
+  (time to quality).
 
-Outputs in ``out_dir``: one run folder per (model, variant), ``<study>.md`` (markdown
-tables in the paper's layout, mean ± std over folds), ``<study>.csv`` (one row per fold)
-and ``<study>_summary.csv``, ``curves_<model>.png`` (loss/DSC per epoch per variant) and
-``overlays_<model>.png`` (ground truth vs each variant's prediction).
+:func:`run_imbalance_sweep` runs ``unified`` over phantom lesion fractions;
+:func:`monai_peer_cells` adds the MONAI peer (:mod:`unimri.train.peer`).
+
+Outputs in ``out_dir``: one run folder per (model, variant[, seed]), ``<study>.md``
+(markdown tables in the paper's layout, mean ± std over seeds × folds, optionally the
+Wilcoxon p against the baseline), ``<study>.csv`` (one row per seed and fold),
+``<study>_summary.csv`` (mean, std, median difference and p per metric),
+``bars_<model>.png``, ``curves_<model>.png``, ``overlays_<model>.png`` and, for
+``resizing``, ``time_to_quality_<model>.png``.
 """
 from __future__ import annotations
 
