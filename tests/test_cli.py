@@ -109,11 +109,12 @@ def test_ablate_writes_paper_tables(tmp_path, capsys):
     out = str(tmp_path / "abl")
     assert main(["ablate", "--study", "components", "--models", "unet", *FAST, "--out", out]) == 0
     md = open(os.path.join(out, "components.md")).read()
-    for variant in ("baseline", "+ SAS", "+ unified loss", "+ progressive resizing", "all (unified approach)"):
+    for variant in ("baseline", "+ SAS", "+ unified loss", "+ progressive resizing", "SAS + unified loss",
+                    "SAS + resizing", "unified loss + resizing", "all (unified approach)"):
         assert f"| {variant} |" in md
-    assert "| Model | Strategy | IoU | DSC | Precision | Recall | Dataset |" in md and "±" in md
+    assert "| Model | Strategy | IoU | DSC | Precision | Recall | p (DSC vs baseline) | Dataset |" in md and "±" in md
     rows = list(csv.DictReader(open(os.path.join(out, "components.csv"))))
-    assert len(rows) == 5 and {r["fold"] for r in rows} == {"0"}
+    assert len(rows) == 8 and {r["fold"] for r in rows} == {"0"}
     assert os.path.isfile(os.path.join(out, "curves_unet.png"))
     # the baseline and "+ SAS" really ran one stage at the final size; the others two stages
     cfg = json.load(open(os.path.join(out, "unet-baseline", "config.json")))

@@ -257,49 +257,75 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from unimri.train.ablation import run_study
+    from unimri.train import registry
+    from unimri.train.ablation import monai_peer_cells, run_imbalance_sweep, run_study
 
     cfg = _config_from_args(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    from unimri.train import registry
-
     for m in models:
         registry.check_model_name(m)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds: expected >= 1, got {args.seeds}")
+    seeds = list(range(cfg.seed, cfg.seed + args.seeds))
+    if args.peer == "monai":
+        from unimri.train.peer import monai_available
+
+        if not monai_available():
+            print("unimri ablate: monai is not installed; running without the MONAI peer", file=sys.stderr)
+            args.peer = "none"
+    if args.study == "imbalance":
+        fractions = [float(v) for v in args.fg_fractions.split(",") if v.strip()]
+        run_imbalance_sweep(cfg, fractions, models, args.out, seeds=seeds, resume=args.resume,
+                            overwrite=args.overwrite, jobs=args.jobs)
+        print(open(os.path.join(args.out, "imbalance.csv")).read())
+        return 0
     studies = ["components", "loss", "attention"] if args.study == "all" else [args.study]
-    for i, study in enumerate(studies):
+    cache: dict = {}
+    for study in studies:
         out = args.out if len(studies) == 1 else os.path.join(args.out, study)
-        run_study(cfg, study, models, out, resume=args.resume, overwrite=args.overwrite)
+        extra = None
+        if args.peer == "monai":
+            def extra(cells, study=study, out=out):
+                return monai_peer_cells(cells, study, out)
+        run_study(cfg, study, models, out, resume=args.resume, overwrite=args.overwrite, seeds=seeds,
+                  stats=True, cache=cache, extra_cells=extra, jobs=args.jobs)
         print(open(os.path.join(out, f"{study}.md")).read())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from unimri.train.ablation import DEMO_VARIANTS, run_variants, study_table
+    from unimri.train.ablation import DEMO_VARIANTS, polarity_overlays, run_variants, study_table
     from unimri.train.config import TrainConfig
 
     import torch
 
-    torch.set_num_threads(args.threads or 1)  # a tiny model: one thread is fastest and robust on shared CPUs
-    cfg = TrainConfig.from_dict({**DEMO_CONFIG, "progress": not args.no_progress}).validate()
+    torch.set_num_threads(args.threads or 1)  # a small model: one thread per run is fastest on a shared CPU
+    jobs = args.jobs if args.jobs is not None else max(1, min(2, os.cpu_count() or 1))
+    cfg = TrainConfig.from_dict({**DEMO_CONFIG, "progress": not args.no_progress and jobs == 1}).validate()
     t0 = time.perf_counter()
-    print(f"unimri demo: UNet on the built-in phantom, baseline (cross-entropy, no attention, one stage "
-          f"at 64) vs the unified approach (SAS + unified focal loss + progressive resizing 32 -> 64); "
-          f"{cfg.folds}-fold CV, folds {cfg.selected_folds()}; output -> {args.out}", flush=True)
+    print(f"unimri demo: UNet (width {cfg.features}) on the built-in phantom "
+          f"({cfg.dataset_kwargs['num_cases']} cases of {cfg.dataset_kwargs['size']}x{cfg.dataset_kwargs['size']}), "
+          f"baseline (cross-entropy, no attention, {sum(cfg.stage_epochs)} epochs at {cfg.stage_sizes[-1][0]}) vs "
+          f"the unified approach (SAS + unified focal loss + progressive resizing "
+          f"{' -> '.join(str(s[0]) for s in cfg.stage_sizes)}, {'+'.join(map(str, cfg.stage_epochs))} epochs); "
+          f"{cfg.folds}-fold CV; {jobs} run(s) at once; output -> {args.out}", flush=True)
     cells = run_variants(cfg, DEMO_VARIANTS, ["unet"], args.out, overwrite=args.overwrite,
-                         study="demo", column="Method")
+                         study="demo", column="Method", jobs=jobs)
+    overlays = os.path.join(args.out, "overlays_unet.png")
+    polarity_overlays(cells, overlays)
     print()
     print(study_table(cells, "Method", cfg.dataset))
-    print(f"plots: {os.path.join(args.out, 'curves_unet.png')}, {os.path.join(args.out, 'overlays_unet.png')}")
+    print(f"plots: {os.path.join(args.out, 'curves_unet.png')}, {overlays}")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
-# the README demo: small 2D phantom, UNet, 64 -> 128 progressive resizing (see docs/experiments.md)
+# the README demo (see docs/experiments.md for why each value was chosen)
 DEMO_CONFIG: dict[str, Any] = {
     "model": "unet", "features": 8, "dataset": "phantom",
-    "dataset_kwargs": {"num_cases": 40, "size": 64},
-    "stages": [32, 64], "batch_size": 4, "epochs": [8, 16], "patience": 6,
-    "lr": 0.05, "folds": 3, "seed": 0,
+    "dataset_kwargs": {"num_cases": 120, "size": 64},
+    "stages": [32, 64], "batch_size": 4, "epochs": [8, 16], "patience": 10,
+    "lr": 0.1, "schedule": "cosine", "folds": 3, "seed": 0,
 }
 
 
@@ -360,15 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="baseline vs unified approach on the built-in phantom (a few minutes on CPU)",
-                       description="UNet (width 8) on the built-in 2D phantom (40 cases of 64x64, 1-5 %% lesion): "
-                                   "cross-entropy baseline (no attention, 16 epochs at 64x64) vs the unified "
-                                   "approach (SAS + unified focal loss + progressive resizing: 8 epochs at 32x32, "
-                                   "then 16 at 64x64, weights carried over); SGD lr 0.05, batch 4, early stopping "
-                                   "(patience 6), 3-fold cross-validation. Prints the metric table (mean ± std "
+                       description="UNet (width 8) on the built-in 2D phantom (120 cases of 64x64, 1-5 % "
+                                   "lesion, bright and dark lesions): cross-entropy baseline (no attention, 24 "
+                                   "epochs at 64x64) vs the unified approach (SAS + unified focal loss + "
+                                   "progressive resizing: 8 epochs at 32x32, then 16 at 64x64, weights carried "
+                                   "over); SGD lr 0.1 with a cosine schedule per stage, batch 4, early stopping "
+                                   "(patience 10), 3-fold cross-validation. Prints the metric table (mean ± std "
                                    "over folds) and writes curves_unet.png and overlays_unet.png.")
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at once, one process and one thread each (default: 2 if the machine "
+                        "has 2 or more CPUs; the results do not depend on it)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="k-fold training with progressive resizing",
@@ -431,12 +461,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ablate", help="the paper's ablation studies as k-fold tables",
-                       description="unified: cross-entropy baseline vs the unified approach; components: baseline / +SAS / +unified loss / +progressive resizing / "
-                                   "all (tables 1-4); loss: ce, focal, tversky, combo, unified (table 3, "
-                                   "figure 3); attention: spatial, channel, CBAM, SAS (table 5). Writes "
-                                   "<study>.md (mean ± std over folds), <study>.csv and plots.")
-    p.add_argument("--study", default="components", choices=["unified", "components", "loss", "attention", "all"])
+                       description="unified: cross-entropy baseline vs the unified approach; components: "
+                                   "baseline and every combination of SAS, unified loss and progressive "
+                                   "resizing (tables 1-4); loss: ce, focal, Dice, Tversky, focal Tversky, "
+                                   "combo, unified (table 3, figure 3); attention: none, spatial, channel, "
+                                   "CBAM, SAS (table 5); resizing: progressive resizing vs one stage at the "
+                                   "final size with the same total epochs (time to quality); imbalance: "
+                                   "baseline vs unified as the phantom's lesion fraction falls. Writes "
+                                   "<study>.md (mean ± std over seeds × folds, Wilcoxon p vs the first "
+                                   "variant), <study>.csv, <study>_summary.csv and PNG plots.")
+    p.add_argument("--study", default="components",
+                   choices=["unified", "components", "loss", "attention", "resizing", "imbalance", "all"])
     p.add_argument("--models", default="unet", help="comma-separated backbones (default unet)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat every run with seeds SEED..SEED+N-1 (default 1); tables give mean ± std over "
+                        "seeds × folds and a paired Wilcoxon test against the baseline")
+    p.add_argument("--peer", default="none", choices=["none", "monai"],
+                   help="also train MONAI UNet + DiceCELoss + Adam for the unified approach's wall time on the "
+                        "same folds (studies unified and components; skipped when monai is missing)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each a process with one thread (default 1; same results)")
+    p.add_argument("--fg-fractions", default="0.05,0.01,0.003,0.001",
+                   help="--study imbalance: phantom lesion fractions (default 0.05,0.01,0.003,0.001)")
     _add_train_options(p)
     _add_out_options(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted ablation in --out")

@@ -84,7 +84,9 @@ def make_phantom(index: int, seed: int = 0, spatial_dims: int = 2,
 
     Returns:
         Volume with image float32 (1, *S), label int64 (*S), 1 mm spacing, meta
-        {"modality": "MR", "dataset": "phantom", "classes": [...]}.
+        {"modality": "MR", "dataset": "phantom", "classes": [...], "target_fg_fraction": float,
+        "lesions": [{"class": int, "contrast": float}, ...]} (contrast < 0: a dark,
+        hypo-intense lesion; a lesion may be overwritten by a later one).
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
@@ -138,6 +140,7 @@ def make_phantom(index: int, seed: int = 0, spatial_dims: int = 2,
     grid_area = 2.0 ** spatial_dims  # coords span [-1, 1] per axis
     px = 2.0 / min(shape)             # one pixel in normalised units
     inside = np.argwhere(r_brain < 0.7)
+    lesions = []
     for i in range(n_lesions):
         kind = types[i % len(types)]
         ring = kind == 1 and num_classes >= 3
@@ -158,6 +161,7 @@ def make_phantom(index: int, seed: int = 0, spatial_dims: int = 2,
             label[(outer < 1) & brain & (label == 0)] = 2
         image += contrast * np.clip((1 - d) / edge + 0.5, 0, 1) * brain
         label[(d < 1) & brain] = kind
+        lesions.append({"class": int(kind), "contrast": round(float(contrast), 4)})
 
     if bias > 0:
         image *= np.exp(bias * _smooth_field(rng, shape, 3))
@@ -171,7 +175,7 @@ def make_phantom(index: int, seed: int = 0, spatial_dims: int = 2,
                   affine=affine_from_spacing((1.0,) * spatial_dims), spacing=(1.0,) * spatial_dims,
                   case_id=f"phantom{spatial_dims}d_{seed}_{index:04d}",
                   meta={"modality": "MR", "dataset": "phantom", "classes": names,
-                        "target_fg_fraction": float(target)})
+                        "target_fg_fraction": float(target), "lesions": lesions})
 
 
 def phantom_cases(num_cases: int = 40, spatial_dims: int = 2, seed: int = 0, **kwargs) -> list[Volume]:

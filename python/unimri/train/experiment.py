@@ -75,8 +75,24 @@ def prepare_out_dir(out_dir: str, overwrite: bool = False, resume: bool = False)
     os.makedirs(out_dir, exist_ok=True)
 
 
+_CASES_CACHE: dict[str, list] = {}
+_CASES_CACHE_SIZE = 4
+
+
 def load_experiment_cases(cfg: TrainConfig) -> list:
-    cases = registry.load_cases(cfg.dataset, **cfg.dataset_kwargs)
+    """The dataset's cases, checked for training; built-in datasets are kept in memory for
+    the next run in this process (an ablation loads the same data dozens of times)."""
+    key = json.dumps([cfg.dataset, cfg.dataset_kwargs], sort_keys=True, default=str)
+    builtin = not os.path.exists(cfg.dataset)  # a folder's files may change between runs
+    if builtin and key in _CASES_CACHE:
+        cases = _CASES_CACHE[key]
+    else:
+        cases = registry.load_cases(cfg.dataset, **cfg.dataset_kwargs)
+        if builtin:
+            while len(_CASES_CACHE) >= _CASES_CACHE_SIZE:
+                _CASES_CACHE.pop(next(iter(_CASES_CACHE)))
+            _CASES_CACHE[key] = cases
+    cases = list(cases)
     if len(cases) < cfg.folds:
         raise ValueError(f"folds: {cfg.folds}-fold cross-validation needs at least {cfg.folds} cases, "
                          f"dataset {cfg.dataset!r} has {len(cases)}")
@@ -161,6 +177,24 @@ def run_experiment(cfg: TrainConfig, out_dir: str, *, resume: bool = False, over
             from unimri.train.distributed import shutdown
 
             shutdown(ctx)
+
+
+def load_result(out_dir: str) -> ExperimentResult:
+    """A finished run folder read back (config, per-fold metrics, histories, examples)."""
+    if not os.path.isfile(os.path.join(out_dir, "config.json")):
+        raise ValueError(f"out_dir: {out_dir!r} is not a unimri run folder (no config.json)")
+    cfg = TrainConfig.from_dict(json.load(open(os.path.join(out_dir, "config.json"))))
+    result = ExperimentResult(out_dir, cfg, [])
+    folds = sorted((int(name[4:]), name) for name in os.listdir(out_dir)
+                   if name.startswith("fold") and name[4:].isdigit()
+                   and os.path.isfile(os.path.join(out_dir, name, "result.json")))
+    for _, name in folds:
+        done = json.load(open(os.path.join(out_dir, name, "result.json")))
+        result.folds.append(done["metrics"])
+        result.histories.extend(done["history"])
+        if not result.examples:
+            result.examples = _load_examples(os.path.join(out_dir, name))
+    return result
 
 
 def _drop_unsaved_epochs(log: JsonlLog, fold: int, last_path: str) -> None:

@@ -103,3 +103,108 @@ def plot_overlays(cases: Sequence[Mapping[str, Any]], path: str, title: str = ""
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_bars(bars: Sequence[tuple[str, float, float, Any]], path: str, title: str = "",
+              ylabel: str = "DSC") -> str:
+    """Bar chart with error bars: one bar per variant.
+
+    ``bars[i]`` = (label, mean, std, test) where ``test`` is a
+    :class:`unimri.train.stats.PairedTest` against the baseline (printed above the bar as
+    its p-value) or None for the baseline itself.
+    """
+    plt = _plt()
+    if not bars:
+        raise ValueError("plot_bars: bars is empty")
+    labels = [b[0] for b in bars]
+    means = np.array([b[1] for b in bars], dtype=np.float64)
+    stds = np.array([b[2] for b in bars], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(bars) + 1.5), 4.2))
+    xs = np.arange(len(bars))
+    colors = ["0.6"] + [f"C{i % 10}" for i in range(len(bars) - 1)]
+    ax.bar(xs, np.nan_to_num(means), yerr=np.nan_to_num(stds), capsize=4, color=colors, alpha=0.85)
+    for x, (mean, std, bar) in enumerate(zip(means, stds, bars)):
+        test = bar[3]
+        text = "baseline" if test is None else (
+            f"p={test.p_value:.2g}" if np.isfinite(test.p_value) else "p: n/a")
+        ax.text(x, min(1.02, np.nan_to_num(mean) + np.nan_to_num(std) + 0.02), text, ha="center",
+                va="bottom", fontsize=7)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.1)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def time_to_quality_curve(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(cumulative training seconds, validation DSC) per epoch, averaged over runs.
+
+    ``records``: epoch records of one or more runs (``fold``, ``epoch``, ``seconds``,
+    ``val_dsc``; a ``seed`` key, when present, separates runs with equal fold numbers).
+    Runs are aligned by epoch; an epoch only some runs reached is averaged over those.
+    """
+    runs: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
+    for r in records:
+        runs.setdefault((r.get("seed"), r.get("fold")), []).append(r)
+    times: dict[int, list[float]] = {}
+    dscs: dict[int, list[float]] = {}
+    for recs in runs.values():
+        elapsed = 0.0
+        for r in sorted(recs, key=lambda r: int(r["epoch"])):
+            elapsed += float(r["seconds"])
+            times.setdefault(int(r["epoch"]), []).append(elapsed)
+            dscs.setdefault(int(r["epoch"]), []).append(float(r["val_dsc"]))
+    epochs = sorted(times)
+    return (np.array([np.mean(times[e]) for e in epochs]), np.array([np.nanmean(dscs[e]) for e in epochs]))
+
+
+def plot_time_to_quality(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
+                         title: str = "") -> str:
+    """Validation DSC against cumulative training wall time, one line per label."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, records) in enumerate(histories.items()):
+        t, dsc = time_to_quality_curve(records)
+        if t.size:
+            ax.plot(t, dsc, "-o", ms=3, color=f"C{i % 10}", label=label)
+    ax.set_xlabel("training wall time (s, mean over runs; includes per-epoch validation)")
+    ax.set_ylabel("validation DSC (foreground)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_imbalance(series: Mapping[str, Sequence[tuple[float, float, float]]], path: str,
+                   title: str = "") -> str:
+    """DSC against the foreground fraction (log x axis), one line with error bars per method.
+
+    ``series[method]`` = [(fraction, mean, std), ...].
+    """
+    plt = _plt()
+    if not series:
+        raise ValueError("plot_imbalance: series is empty")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, points) in enumerate(series.items()):
+        pts = sorted(points)
+        xs = [100 * p[0] for p in pts]
+        ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="-o", ms=4, capsize=4,
+                    color=f"C{i % 10}", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("lesion area (% of the image, per case)")
+    ax.set_ylabel("DSC (mean ± std over seeds × folds)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,231 @@
+"""Ablation statistics: paired Wilcoxon over (seed, fold), tables, CSV and plots; a tiny
+multi-seed ablation through the CLI; the MONAI peer (when monai is installed)."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from unimri.train import TrainConfig
+from unimri.train.ablation import Cell, imbalance_csv, study_csv, study_table, study_tests, write_study_reports
+from unimri.train.experiment import ExperimentResult
+from unimri.train.plots import plot_bars, plot_imbalance, plot_time_to_quality, time_to_quality_curve
+from unimri.train.stats import format_p, mean_std, paired_wilcoxon
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _values(xs, seeds=(0, 1, 2), folds=3):
+    keys = [(s, f) for s in seeds for f in range(folds)]
+    return dict(zip(keys, xs))
+
+
+def test_wilcoxon_matches_the_exact_distribution():
+    # five positive differences: exact two-sided p = 2 / 2**5
+    t = paired_wilcoxon({(0, i): 1.0 + i for i in range(5)}, {(0, i): 0.0 for i in range(5)})
+    assert t.n_pairs == 5 and t.p_value == pytest.approx(2 / 32) and t.median_diff == pytest.approx(3.0)
+    assert "cannot go below" in t.note  # 0.0625 > 0.05: said, not hidden
+    # symmetric differences: no evidence either way
+    base = _values([0.5] * 9)
+    var = _values([0.5 + d for d in (-0.4, -0.3, -0.2, -0.1, 0.1, 0.2, 0.3, 0.4, 0.05)])
+    t = paired_wilcoxon(var, base)
+    assert t.n_pairs == 9 and 0.5 < t.p_value <= 1.0
+    from scipy.stats import wilcoxon
+
+    a, b = np.array(list(var.values())), np.array(list(base.values()))
+    assert t.p_value == pytest.approx(wilcoxon(a, b).pvalue)
+
+
+def test_wilcoxon_degenerate_cases_are_explicit():
+    same = _values([0.3] * 9)
+    t = paired_wilcoxon(same, dict(same))
+    assert (t.p_value, t.note, t.n_pairs) == (1.0, "all pairs equal", 9)
+    t = paired_wilcoxon({(0, 0): 0.9}, {(0, 0): 0.1})
+    assert math.isnan(t.p_value) and "too few pairs (1)" in t.note
+    t = paired_wilcoxon({}, {})
+    assert t.n_pairs == 0 and math.isnan(t.p_value) and math.isnan(t.median_diff)
+    # unmatched keys and NaNs are left out of the pairs; a zero difference is a dropped tie
+    var = {(0, 0): 0.9, (0, 1): 0.8, (0, 2): float("nan"), (1, 0): 0.7, (1, 1): 0.5, (2, 0): 0.9}
+    base = {(0, 0): 0.1, (0, 1): 0.2, (0, 2): 0.3, (1, 0): 0.1, (1, 1): 0.5}
+    t = paired_wilcoxon(var, base)
+    assert t.n_pairs == 4 and "1 tie(s) dropped" in t.note
+    assert "n = 4" in format_p(t) and format_p(paired_wilcoxon({}, {})).startswith("—")
+    with pytest.raises(TypeError, match="mappings"):
+        paired_wilcoxon([0.1, 0.2], [0.1, 0.3])
+
+
+def test_mean_std_ignores_nan():
+    assert mean_std([1.0, 3.0, float("nan")]) == (2.0, 1.0)
+    assert all(math.isnan(v) for v in mean_std([float("nan")]))
+
+
+def _fake_cell(model, variant, dsc_by_seed, cfg):
+    runs = {}
+    for seed, values in dsc_by_seed.items():
+        folds = [{"fold": f, "IoU": v / (2 - v), "DSC": v, "Precision": v, "Recall": v} for f, v in enumerate(values)]
+        hist = [{"event": "epoch", "fold": f, "epoch": e, "seconds": 1.0 + seed, "train_loss": 1.0 / (e + 1),
+                 "val_loss": 1.0 / (e + 1), "val_dsc": v * e / 2} for f, v in enumerate(values) for e in range(3)]
+        runs[seed] = ExperimentResult(f"/nowhere/{variant}-{seed}", cfg, folds, hist, [])
+    return Cell(model, variant, runs)
+
+
+def test_tables_csv_and_plots_from_runs(tmp_path):
+    cfg = TrainConfig(folds=3)
+    cells = [_fake_cell("unet", "baseline", {0: [0.1, 0.2, 0.3], 1: [0.2, 0.2, 0.1]}, cfg),
+             _fake_cell("unet", "better", {0: [0.6, 0.7, 0.8], 1: [0.5, 0.9, 0.6]}, cfg),
+             _fake_cell("unet", "same", {0: [0.1, 0.2, 0.3], 1: [0.2, 0.2, 0.1]}, cfg)]
+    tests = study_tests(cells)
+    assert set(tests) == {("unet", "better"), ("unet", "same")}
+    assert tests[("unet", "better")].p_value == pytest.approx(2 / 64) and tests[("unet", "same")].p_value == 1.0
+    table = study_table(cells, "Strategy", "phantom", stats=True)
+    assert "| UNet | baseline | " in table and "(baseline)" in table and "0.0312 (n = 6)" in table
+    assert "6 run(s): 2 seed(s) × 3 fold(s)" in table
+    assert cells[1].summary("DSC") == pytest.approx((np.mean([0.6, 0.7, 0.8, 0.5, 0.9, 0.6]),
+                                                     np.std([0.6, 0.7, 0.8, 0.5, 0.9, 0.6])))
+    per_run, summary = study_csv(cells, "components", "phantom")
+    rows = list(csv.DictReader(io.StringIO(per_run)))
+    assert len(rows) == 18 and {r["seed"] for r in rows} == {"0", "1"}
+    srows = {r["variant"]: r for r in csv.DictReader(io.StringIO(summary))}
+    assert srows["baseline"]["note"] == "baseline" and srows["baseline"]["DSC_wilcoxon_p"] == ""
+    assert float(srows["better"]["DSC_wilcoxon_p"]) == pytest.approx(2 / 64)
+    assert srows["same"]["note"] == "all pairs equal" and srows["better"]["n_pairs"] == "6"
+    write_study_reports(cells, str(tmp_path), "resizing", "Schedule", "phantom", stats=True)
+    for name in ("resizing.md", "resizing.csv", "resizing_summary.csv", "bars_unet.png", "curves_unet.png",
+                 "time_to_quality_unet.png"):
+        assert os.path.isfile(tmp_path / name), name
+    assert (tmp_path / "bars_unet.png").read_bytes()[:8] == PNG
+    # seeds are kept apart when aligning epochs: seed 1's epochs take 2 s, seed 0's 1 s
+    t, dsc = time_to_quality_curve(cells[1].histories)
+    assert t == pytest.approx([1.5, 3.0, 4.5]) and dsc[0] == 0.0
+    assert imbalance_csv({0.01: cells[:2]}).splitlines()[2].startswith("unet,better,0.01,6,")
+
+
+def test_plot_inputs_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="bars is empty"):
+        plot_bars([], str(tmp_path / "b.png"))
+    with pytest.raises(ValueError, match="series is empty"):
+        plot_imbalance({}, str(tmp_path / "i.png"))
+    plot_imbalance({"a": [(0.05, 0.5, 0.1), (0.001, 0.1, 0.05)]}, str(tmp_path / "i.png"))
+    plot_time_to_quality({"a": []}, str(tmp_path / "t.png"))
+    assert (tmp_path / "i.png").read_bytes()[:8] == PNG and (tmp_path / "t.png").read_bytes()[:8] == PNG
+
+
+TINY = ["--dataset", "phantom", "--dataset-kwargs", '{"num_cases": 6, "size": 32, "fg_fraction": [0.08, 0.15]}',
+        "--features", "4", "--stages", "16,32", "--batch-size", "2", "--epochs", "1,1", "--lr", "0.05",
+        "--folds", "2", "--device", "cpu", "--no-progress"]
+
+
+def test_ablate_cli_with_seeds_writes_paired_stats(tmp_path, capsys):
+    from unimri.cli import main
+
+    out = tmp_path / "abl"
+    assert main(["ablate", "--study", "resizing", "--seeds", "2", *TINY, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "resizing.csv")))
+    assert len(rows) == 8 and {(r["seed"], r["fold"]) for r in rows} == {("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")}
+    summary = {r["variant"]: r for r in csv.DictReader(open(out / "resizing_summary.csv"))}
+    assert summary["single stage"]["note"] == "baseline" and summary["progressive resizing"]["n_pairs"] == "4"
+    for name in ("bars_unet.png", "time_to_quality_unet.png", "unet-single_stage-seed1/metrics.csv"):
+        assert os.path.isfile(out / name), name
+    assert "p (DSC vs baseline)" in capsys.readouterr().out
+    # finished runs read back: the same folds, and the time-to-quality report from them
+    from unimri.train.ablation import time_to_quality_report
+    from unimri.train.experiment import load_result
+
+    back = load_result(str(out / "unet-progressive_resizing-seed1"))
+    assert [round(f["DSC"], 6) for f in back.folds] == [
+        round(float(r["DSC"]), 6) for r in rows if r["variant"] == "progressive resizing" and r["seed"] == "1"]
+    png = time_to_quality_report({"one stage": [str(out / f"unet-single_stage-seed{s}") for s in (0, 1)],
+                                  "resizing": [str(out / f"unet-progressive_resizing-seed{s}") for s in (0, 1)]},
+                                 str(tmp_path / "ttq"))
+    ttq = list(csv.DictReader(open(tmp_path / "ttq" / "time_to_quality.csv")))
+    assert open(png, "rb").read(8) == PNG and [r["epoch"] for r in ttq] == ["1", "2", "1", "2"]
+    with pytest.raises(ValueError, match="not a unimri run folder"):
+        load_result(str(tmp_path))
+    assert main(["ablate", "--study", "unified", "--seeds", "0", *TINY, "--out", str(tmp_path / "x")]) == 2
+
+
+def test_imbalance_sweep_cli(tmp_path):
+    from unimri.cli import main
+
+    out = tmp_path / "imb"
+    args = [*TINY[:2], "--dataset-kwargs", '{"num_cases": 6, "size": 32}', *TINY[4:]]
+    assert main(["ablate", "--study", "imbalance", "--fg-fractions", "0.1,0.02", *args, "--epochs", "1",
+                 "--stages", "32", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "imbalance.csv")))
+    assert [(r["fg_fraction"], r["method"]) for r in rows] == [
+        ("0.1", "baseline (CE)"), ("0.1", "unified approach"), ("0.02", "baseline (CE)"), ("0.02", "unified approach")]
+    assert (out / "imbalance_unet.png").read_bytes()[:8] == PNG
+    assert main(["ablate", "--study", "imbalance", "--fg-fractions", "0.5", *args, "--out", str(tmp_path / "y")]) == 2
+
+
+def test_monai_peer_gets_the_same_folds_and_wall_time(tmp_path):
+    pytest.importorskip("monai")
+    from unimri.train.peer import PEER_LABEL, fold_budgets, run_monai_peer
+
+    cfg = TrainConfig(dataset="phantom", dataset_kwargs={"num_cases": 6, "size": 32, "fg_fraction": [0.08, 0.15]},
+                      features=4, stages=[32], batch_size=2, epochs=1, folds=2, device="cpu", progress=False)
+    ref = ExperimentResult("ref", cfg, [], [{"fold": 0, "seconds": 0.5}, {"fold": 0, "seconds": 0.5},
+                                            {"fold": 1, "seconds": 0.2}])
+    assert fold_budgets(ref) == {0: 1.0, 1: 0.2}
+    result = run_monai_peer(cfg, str(tmp_path / "peer"), fold_budgets(ref))
+    assert [f["fold"] for f in result.folds] == [0, 1]
+    for f in result.folds:  # whole epochs until the budget is spent: at least one, at most one past it
+        assert f["epochs"] >= 1 and f["seconds"] >= f["budget_s"]
+        assert 0.0 <= f["DSC"] <= 1.0
+    import json
+
+    assert json.load(open(tmp_path / "peer" / "folds.json")) == json.load(open(tmp_path / "peer" / "folds.json"))
+    cpu = run_monai_peer(cfg.replace(fold_indices=[1]), str(tmp_path / "peer_cpu"), {1: 0.3}, clock="cpu")
+    assert cpu.folds[0]["seconds"] >= 0.3 and cpu.folds[0]["epochs"] >= 1
+    with pytest.raises(ValueError, match="clock"):
+        run_monai_peer(cfg, str(tmp_path / "peer3"), {0: 1.0, 1: 1.0}, clock="sundial")
+    with pytest.raises(ValueError, match="no wall-time budget"):
+        run_monai_peer(cfg, str(tmp_path / "peer2"), {0: 1.0})
+    assert PEER_LABEL.startswith("MONAI")
+
+
+def test_demo_variants_run_in_two_processes_and_overlay_both_polarities(tmp_path):
+    from unimri.data.phantom import make_phantom
+    from unimri.train.ablation import DEMO_VARIANTS, _has_polarity, polarity_overlays, run_variants
+
+    cfg = TrainConfig(dataset="phantom", dataset_kwargs={"num_cases": 8, "size": 32, "fg_fraction": [0.08, 0.15]},
+                      features=4, stages=[16, 32], batch_size=2, epochs=[1, 1], folds=2, fold_indices=[0],
+                      device="cpu", progress=False)
+    one = run_variants(cfg, DEMO_VARIANTS, ["unet"], str(tmp_path / "seq"))
+    two = run_variants(cfg, DEMO_VARIANTS, ["unet"], str(tmp_path / "par"), jobs=2)
+    for a, b in zip(one, two):  # one thread per run: the same numbers whichever process ran it
+        assert a.variant == b.variant and a.result.folds == b.result.folds
+    assert json_load(tmp_path / "par" / "unet-baseline_ce" / "config.json")["epochs"] == 2  # 1 + 1 epochs
+    path = polarity_overlays(two, str(tmp_path / "overlays.png"), n_dark=1, n_bright=1)
+    assert path and open(path, "rb").read(8) == PNG
+    # the recorded polarity is what the image shows: a dark lesion is darker than its surroundings
+    from scipy.ndimage import binary_dilation
+
+    cases = [make_phantom(i, size=64, num_lesions=1) for i in range(12)]
+    assert {_has_polarity(c, True) for c in cases} == {True, False}
+    for c in cases:
+        inside = c.label == 1
+        ring = binary_dilation(inside, iterations=3) & ~binary_dilation(inside, iterations=1)
+        darker = c.image[0][inside].mean() < c.image[0][ring].mean()
+        assert darker == _has_polarity(c, True) != _has_polarity(c, False), (c.case_id, c.meta["lesions"])
+    with pytest.raises(ValueError, match="jobs"):
+        run_variants(cfg, DEMO_VARIANTS, ["unet"], str(tmp_path / "bad"), jobs=0)
+
+
+def json_load(path):
+    import json
+
+    return json.load(open(path))
