@@ -23,6 +23,8 @@ for activations whose mean is not many standard deviations from zero.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -41,6 +43,13 @@ def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = yc.sum(dim=(0, 2)) / n
     gram = torch.bmm(yc, yc.transpose(1, 2)).sum(0) / n
     return m, gram
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off for ``device_type`` (a no-op where autocast does not exist, e.g. meta)."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def fold_affine(w: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
@@ -62,7 +71,7 @@ class FoldedMergeFn(torch.autograd.Function):
     def forward(ctx, eps: float, w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                 merge: torch.Tensor, *ys: torch.Tensor):
         # explicit dtypes inside: autocast would run the moments' products in bf16
-        with torch.autocast(ys[0].device.type, enabled=False):
+        with _no_autocast(ys[0].device.type):
             return FoldedMergeFn._forward(ctx, eps, w, gamma, beta, merge, ys)
 
     @staticmethod
@@ -96,7 +105,7 @@ class FoldedMergeFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor, _gm, _gv):
-        with torch.autocast(grad_p.device.type, enabled=False):
+        with _no_autocast(grad_p.device.type):
             return FoldedMergeFn._backward(ctx, grad_p)
 
     @staticmethod
@@ -132,11 +141,21 @@ class FoldedMergeFn(torch.autograd.Function):
             gbeta.append(dtk)
             gmerge.append(dmk)
             a = (mk * s) @ wk
-            bsz = y.shape[0]
-            gy = torch.baddbmm((dm / n).to(y.dtype)[:, None], a.T.to(y.dtype).expand(bsz, -1, -1), gp)
-            gys.append(gy.baddbmm_(((2.0 / n) * dgram).to(y.dtype).expand(bsz, -1, -1), y))
+            gys.append(_grad_y(a, dgram, dm, n, gp, y))
         grads = (torch.stack(gw), torch.stack(ggamma), torch.stack(gbeta), torch.stack(gmerge, dim=1))
         return (None, *(gr.to(d) for gr, d in zip(grads, ctx.param_dtypes)), *gys)
+
+
+def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad_p: torch.Tensor,
+            y: torch.Tensor) -> torch.Tensor:
+    """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms nearly cancel (the norm's
+    projection), so half/bf16 inputs are combined in float32 and rounded once."""
+    cdt, out_dtype = a.dtype, y.dtype
+    if y.dtype != cdt:
+        grad_p, y = grad_p.to(cdt), y.to(cdt)
+    bsz = y.shape[0]
+    gy = torch.baddbmm((dm / n)[:, None], a.T.expand(bsz, -1, -1), grad_p)
+    return gy.baddbmm_(((2.0 / n) * dgram).expand(bsz, -1, -1), y).to(out_dtype)
 
 
 def foldable(sas: nn.Module) -> bool:
@@ -172,7 +191,8 @@ def _update_running_stats(norms: list[_BatchNorm], mean: torch.Tensor, var: torc
     unbiased = var * (n / (n - 1))
     for k, bn in enumerate(norms):
         bn.num_batches_tracked.add_(1)
-        f = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
+        f = bn.momentum if bn.momentum is not None else \
+            1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
         bn.running_mean.lerp_(mean[k].to(bn.running_mean.dtype), f)
         bn.running_var.lerp_(unbiased[k].to(bn.running_var.dtype), f)
 
