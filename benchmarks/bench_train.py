@@ -48,7 +48,7 @@ def _models() -> list[str]:
 
 def run(rec, quick: bool, device: str) -> None:
     features, batch, spatial = (8, 2, (64, 64)) if quick else (16, 4, (128, 128))
-    repeat = 2 if quick else 5
+    repeat = 2 if quick else 4
     with_compile = os.environ.get("UNIMRI_BENCH_COMPILE", "1") != "0"
     variants = [v for v in VARIANTS if with_compile or not v.compile]
     size = f"2d b{batch} 1x" + "x".join(map(str, spatial)) + f" width {features}"

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from unimri.nn.layers import check_channels, check_input, check_spatial_dims, conv_nd, create_norm
 from unimri.nn.sas_head import foldable, merge_folded
-from unimri_kernels.ops.attention_gate import attention_gate
+from unimri_kernels.ops.attention_gate import attention_gate, autocast_inputs
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
@@ -131,6 +131,10 @@ class SelectiveAttention(nn.Module):
         return len(self.gates)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(x, torch.Tensor) and isinstance(g, torch.Tensor):
+            x, g = autocast_inputs(x, g)  # once for all gates (each would cast x again)
+        elif isinstance(x, torch.Tensor) and g is None:
+            (x,) = autocast_inputs(x)
         ys, alphas = zip(*(gate.gate(x, g) for gate in self.gates))
         alpha = torch.cat(alphas, dim=1)
         if self.fold and foldable(self):
