@@ -18,8 +18,9 @@ dm_k / n`` as two batched matrix products.
 
 Same maths as the modules it replaces (tests check forward, gradients and running
 statistics against them); the rounding differs: variances come from ``E[z^2] - E[z]^2``
-accumulated in float32 (float64 for float64 inputs), which is exact to ~1e-6 relative
-for activations whose mean is not many standard deviations from zero.
+accumulated in float32 (float64 for float64 inputs), whose relative error grows like
+``eps * E[z]^2 / var(z)``: negligible unless a channel's mean is many standard deviations
+from zero. Half/bf16 inputs get their moments and input gradients in float32.
 """
 from __future__ import annotations
 
