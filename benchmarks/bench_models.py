@@ -1,6 +1,7 @@
 """Backbone training-step benchmark: images/s (forward + backward + SGD step with the unified
 loss) and peak memory for every unimri backbone with and without SAS, on the fused ops
-(C++ on CPU, Triton on CUDA) against the same models on the PyTorch reference ops, with
+(C++ on CPU, Triton on CUDA) against the same network as a user would build it from plain
+PyTorch modules (Oktay's attention block, the loss in plain PyTorch: ``eager``), with
 MONAI's UNet and AttentionUnet of the same widths as the external anchor.
 
 Sizes: 2D batch 8 of 1 x 256 x 256, 3D batch 2 of 1 x 64^3 (``quick``: 2D batch 2 of
@@ -11,17 +12,17 @@ from __future__ import annotations
 
 import os
 
-import statistics
-import time
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from harness import Recorder, peak_memory_bytes, saved_tensor_bytes
+from trainsteps import PlainUnifiedFocalLoss, interleaved_times, record_times
 from unimri.losses import create_loss
 from unimri.models import MODEL_NAMES, create_model
-from unimri_kernels.dispatch import backend_for, use_backend
+from unimri.nn.eager import with_eager_attention
+from unimri_kernels.dispatch import backend_for
 
 MODE = "train_step"
 
@@ -55,34 +56,6 @@ def _memory(rec: Recorder, op: str, provider: str, size: str,
     rec.add(op, provider, MODE, "saved_activations", "MiB", size, saved_tensor_bytes(forward) / 2**20, note=note)
 
 
-def _interleaved_times(steps: dict[str, tuple[str, Callable[[], None]]], repeat: int,
-                       device: str) -> dict[str, list[float]]:
-    """Step times (ms) per provider, alternating providers step by step so that load from
-    other processes on a shared machine falls on both sides of a comparison alike."""
-    times: dict[str, list[float]] = {p: [] for p in steps}
-    for _ in range(repeat):
-        for provider, (backend, step) in steps.items():
-            with use_backend(backend):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times[provider].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def _record_times(rec: Recorder, op: str, provider: str, size: str, times: list[float], batch: int,
-                  note: str) -> float:
-    """Time and throughput rows from step times; returns images/s at the median."""
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    p50 = statistics.median(times)
-    rec.add(op, provider, MODE, "time", "ms", size, p50, q[1], q[7], note=note)
-    rec.add(op, provider, MODE, "throughput", "img/s", size, batch / (p50 * 1e-3), note=note)
-    return batch / (p50 * 1e-3)
-
-
 def _monai_anchors(spatial_dims: int, features: int) -> dict[str, torch.nn.Module]:
     try:
         from monai.networks.nets import AttentionUnet, UNet
@@ -114,17 +87,18 @@ def run(rec: Recorder, quick: bool, device: str) -> None:
         rec.add(op, "unimri", MODE, "params", "count", size, sum(p.numel() for p in model.parameters()),
                 note=f"features={features}")
         steps, notes = {}, {}
-        for provider, backend in (("fused", "auto"), ("reference", "reference")):
-            with use_backend(backend):
-                notes[provider] = f"ops={backend_for(x)}"
-                fns = _train_step(model, loss_fn, x, y)
-                _memory(rec, op, provider, size, fns, device, notes[provider])
-            steps[provider] = (backend, fns[0])
-        times = _interleaved_times(steps, repeat, device)
-        rates = {p: _record_times(rec, op, p, size, times[p], batch, notes[p]) for p in steps}
-        rec.add(op, "fused/reference", MODE, "speedup", "x", size, rates["fused"] / rates["reference"],
+        eager_model = with_eager_attention(model)
+        for provider, net, loss in (("fused", model, loss_fn),
+                                    ("eager", eager_model, PlainUnifiedFocalLoss(loss_fn))):
+            notes[provider] = f"ops={backend_for(x)}" if provider == "fused" else "plain PyTorch modules"
+            fns = _train_step(net, loss, x, y)
+            _memory(rec, op, provider, size, fns, device, notes[provider])
+            steps[provider] = fns[0]
+        times = interleaved_times(steps, repeat, device, warmup=0, desc=op)
+        ms = {p: record_times(rec, op, p, size, times[p], batch, notes[p]) for p in steps}
+        rec.add(op, "fused/eager", MODE, "speedup", "x", size, ms["eager"] / ms["fused"],
                 note="throughput ratio")
-        del model
+        del model, eager_model
     for dims, batch, shape in cases:
         size = f"{dims}d b{batch} 1x" + "x".join(map(str, shape))
         torch.manual_seed(0)
@@ -137,5 +111,5 @@ def run(rec: Recorder, quick: bool, device: str) -> None:
             note = f"unified loss ops={backend_for(x)}"
             fns = _train_step(model, loss_fn, x, y)
             _memory(rec, op, "monai", size, fns, device, note)
-            times = _interleaved_times({"monai": ("auto", fns[0])}, repeat, device)
-            _record_times(rec, op, "monai", size, times["monai"], batch, note)
+            times = interleaved_times({"monai": fns[0]}, repeat, device, warmup=0, desc=op)
+            record_times(rec, op, "monai", size, times["monai"], batch, note)

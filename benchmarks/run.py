@@ -1,7 +1,12 @@
 """Runs the benchmark suite and writes CSV + markdown table + PNG bars per op.
 
     python benchmarks/run.py                 # every bench_*.py, full sizes
+    python benchmarks/run.py --ops summary   # the headline table (loss, gate, training steps)
     python benchmarks/run.py --ops loss --quick
+
+Each markdown file starts with the machine (CPU model, ISA ATen uses, threads) and the
+load average before and after the benchmark: on a shared machine, figures of one run are
+comparable with each other (providers are interleaved), less so across runs.
 """
 from __future__ import annotations
 
@@ -32,6 +37,27 @@ def _fixed_mmap_threshold() -> None:
         os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
 
 
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def _prepend_machine(md_path: str, load_before: float, load_after: float) -> None:
+    """Start the markdown table with the machine and how busy it was during the run."""
+    from unimri._atomic import atomic_write_text
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    capability = torch.backends.cpu.get_cpu_capability()
+    head = (f"Machine: {cores} cores, PyTorch threads {torch.get_num_threads()}, ATen CPU capability "
+            f"{capability}; 1-min load average {load_before:.1f} before and {load_after:.1f} after "
+            f"this benchmark{' (shared with other jobs: compare rows within this file)' if max(load_before, load_after) > cores else ''}.\n\n")
+    with open(md_path) as fh:
+        text = fh.read()
+    atomic_write_text(md_path, head + text)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _fixed_mmap_threshold()
@@ -53,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         rec = Recorder(args.device)
+        before = _load()
         mod.run(rec, quick=args.quick, device=args.device)
         stem = f"{name}_{tag}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
         for path in rec.write(args.out, stem):
             print("wrote", path)
+        _prepend_machine(os.path.join(args.out, f"{stem}.md"), before, _load())
         print(rec.table())
     return 0
 

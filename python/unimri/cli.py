@@ -81,6 +81,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="no progress bars")
     g.add_argument("--replace-nonfinite", dest="replace_nonfinite", type=float, default=S, metavar="VALUE",
                    help="replace NaN/inf image voxels by VALUE (default: refuse such files)")
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", default=S,
+                   help="channels-last memory format for the model and its inputs (see README, Performance)")
+    g.add_argument("--compile", dest="compile", action="store_true", default=S,
+                   help="torch.compile the model (first steps slower while it compiles; see README)")
 
 
 def _add_out_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -122,7 +126,7 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
                 values[key] = parse(raw)
             except (ValueError, json.JSONDecodeError) as exc:
                 raise ValueError(f"--{key.replace('_', '-')}: could not parse {raw!r} ({exc})") from None
-    for key in ("augment", "progress"):
+    for key in ("augment", "progress", "channels_last", "compile"):
         if hasattr(args, key):
             values[key] = getattr(args, key)
     if hasattr(args, "replace_nonfinite"):  # a loader option, kept with the dataset's arguments
@@ -154,7 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--resume: {args.resume!r} is not a unimri run folder (no config.json)")
         base = json.load(open(saved))
         # only machinery may change on resume; the protocol comes from the saved config
-        overrides = {k: getattr(args, k) for k in ("device", "num_workers", "progress", "stop_after_epochs")
+        overrides = {k: getattr(args, k) for k in ("device", "num_workers", "progress", "stop_after_epochs",
+                                                       "channels_last", "compile")
                      if hasattr(args, k)}
         cfg = TrainConfig.from_dict({**base, **overrides})
         if "num_workers" in overrides:

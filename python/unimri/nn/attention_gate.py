@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from unimri.nn.layers import check_channels, check_input, check_spatial_dims, conv_nd, create_norm
-from unimri_kernels.ops.attention_gate import attention_gate
+from unimri.nn.sas_head import foldable, merge_folded
+from unimri_kernels.ops.attention_gate import attention_gate, autocast_inputs
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
@@ -101,6 +102,12 @@ class SelectiveAttention(nn.Module):
 
     ``forward(x, g=None) -> (out (B, Cx, *S), alphas (B, num_gates, *S))``; the other
     arguments are those of :class:`AttentionGate`.
+
+    With batch norm (the default) or no norm, the gates' output convolutions and norms and
+    the merge convolution are evaluated folded into one (Cx, Cx) matrix per gate
+    (:mod:`unimri.nn.sas_head`): the same maths and parameters (state-dict keys unchanged),
+    without the full-resolution intermediates. ``fold=False`` (attribute, settable) runs the
+    modules one by one; instance and group norm always do.
     """
 
     def __init__(self, in_channels: int, gating_channels: int | None = None,
@@ -108,6 +115,7 @@ class SelectiveAttention(nn.Module):
                  subsample: int = 2, focal: float = 1.0, norm: str | None = "batch"):
         super().__init__()
         check_channels("num_gates", num_gates)
+        self.in_channels = in_channels
         self.gates = nn.ModuleList(
             AttentionGate(in_channels, gating_channels, inter_channels, spatial_dims, subsample,
                           focal, norm) for _ in range(num_gates))
@@ -116,11 +124,21 @@ class SelectiveAttention(nn.Module):
             create_norm(norm, in_channels, spatial_dims),
             nn.ReLU(inplace=True),
         )
+        self.fold = True
 
     @property
     def num_gates(self) -> int:
         return len(self.gates)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        outs, alphas = zip(*(gate(x, g) for gate in self.gates))
-        return self.merge(torch.cat(outs, dim=1)), torch.cat(alphas, dim=1)
+        if isinstance(x, torch.Tensor) and isinstance(g, torch.Tensor):
+            x, g = autocast_inputs(x, g)  # once for all gates (each would cast x again)
+        elif isinstance(x, torch.Tensor) and g is None:
+            (x,) = autocast_inputs(x)
+        ys, alphas = zip(*(gate.gate(x, g) for gate in self.gates))
+        alpha = torch.cat(alphas, dim=1)
+        if self.fold and foldable(self):
+            pre = merge_folded(self, ys)
+            return self.merge[2](self.merge[1](pre)), alpha
+        outs = [gate.out_norm(gate.out_conv(y)) for gate, y in zip(self.gates, ys)]
+        return self.merge(torch.cat(outs, dim=1)), alpha

@@ -115,6 +115,8 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     progress: bool = True
+    channels_last: bool = False  # model and inputs in channels-last memory format
+    compile: bool = False  # torch.compile the model for training and validation
     stop_after_epochs: int | None = None
 
     # ------------------------------------------------------------------ derived
@@ -205,6 +207,9 @@ class TrainConfig:
             raise ValueError(f"grad_clip: expected a positive max norm or None, got {self.grad_clip!r}")
         if not 0 <= float(self.fg_fraction) <= 1:
             raise ValueError(f"fg_fraction: expected in [0, 1], got {self.fg_fraction!r}")
+        for name in ("channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers: expected >= 0, got {self.num_workers!r}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:

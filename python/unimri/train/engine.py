@@ -145,6 +145,13 @@ class FoldTrainer:
                 "config": self.cfg.to_dict(), "fold": self.fold, "model": _unwrap(model).state_dict(),
                 **extra}
 
+    def _to_input(self, image: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+        """A batch of images on the device, channels-last when the run asks for it."""
+        image = image.to(self.ctx.device, non_blocking=non_blocking)
+        if self.cfg.channels_last:
+            image = image.contiguous(memory_format=memory_format_for(self.cfg.spatial_dims))
+        return image
+
     # ------------------------------------------------------------------ loop
     def run(self, resume: bool = False, epochs_done_in_run: list[int] | None = None) -> nn.Module:
         """Train all stages; returns the final (best of the last stage) unwrapped model.
@@ -167,10 +174,14 @@ class FoldTrainer:
             check_model_spec(state["model_spec"], self.spec, self.paths["last"])
             load_weights(model, state["model"], self.paths["last"])
             self.history = list(state["history"])
+        if cfg.channels_last:
+            model = model.to(memory_format=memory_format_for(cfg.spatial_dims))
         net: nn.Module = model
         if ctx.distributed:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        if cfg.compile:
+            net = torch.compile(net)  # the unimri ops are opaque custom ops: no graph breaks
         start_stage = state["stage"] if state else 0
         global_epoch = state["global_epoch"] if state else 0
         sizes, batches, max_epochs = cfg.stage_sizes, cfg.stage_batch_sizes, cfg.stage_epochs
@@ -205,7 +216,8 @@ class FoldTrainer:
                 train_loss = self._train_epoch(net, model, loss_fn, optimizer, scaler, train_loader,
                                                amp, f"fold {self.fold} stage {stage} {'x'.join(map(str, size))} "
                                                     f"epoch {epoch + 1}/{n_epochs}")
-                val_loss, val_dsc = self._validate(model, loss_fn, val_loader, amp)
+                val_loss, val_dsc = self._validate(net if cfg.compile and not ctx.distributed else model,
+                                                   loss_fn, val_loader, amp)
                 if scheduler is not None:
                     scheduler.step(val_loss) if cfg.schedule == "plateau" else scheduler.step()
                 improved = val_loss < best - cfg.min_delta
@@ -249,7 +261,7 @@ class FoldTrainer:
         total = torch.zeros(2, dtype=torch.float64)
         bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and ctx.is_main))
         for batch in bar:
-            image = batch["image"].to(ctx.device, non_blocking=True)
+            image = self._to_input(batch["image"], non_blocking=True)
             target = batch["target"].to(ctx.device, non_blocking=True)
             n_local = image.shape[0]
             share = 1.0
@@ -288,7 +300,7 @@ class FoldTrainer:
         total = torch.zeros(2, dtype=torch.float64)
         counts = torch.zeros((k, 4), dtype=torch.float64)
         for batch in loader:
-            image = batch["image"].to(ctx.device)
+            image = self._to_input(batch["image"])
             with autocast_for(ctx.device, amp):
                 logits = model(image)
             logits = logits.float()
@@ -306,6 +318,11 @@ class FoldTrainer:
         dsc = registry.dice_from_counts(counts)[1:]
         val_dsc = float(torch.nanmean(dsc)) if dsc.numel() else float("nan")
         return (float(total[0] / total[1]) if total[1] > 0 else float("nan")), val_dsc
+
+
+def memory_format_for(spatial_dims: int) -> torch.memory_format:
+    """channels_last for 2D models, channels_last_3d for 3D ones."""
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
 def class_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,0 +1,236 @@
+"""The output side of selective attention, folded: K gated inputs -> merged pre-norm features.
+
+Per gate ``k`` the official block is ``u_k = BN_k(W_k y_k)`` with ``y_k = alpha_k * x`` and a
+1x1 convolution ``W_k``; the gates are merged by ``M [u_1; ...; u_K]`` (1x1 convolution),
+then norm + ReLU. Batch norm is an affine map per channel, ``BN_k(z) = s_k z + t_k``, with
+``s_k = gamma_k / sqrt(var_k + eps)`` and ``t_k = beta_k - mean_k s_k``, so
+
+    M [u_1; ...; u_K] = sum_k A_k y_k + c,   A_k = M_k diag(s_k) W_k,   c = sum_k M_k t_k
+
+with ``M_k`` the columns of M that read gate k. ``A_k`` and ``c`` are (C, C) and (C,): the
+K convolutions, K norms and the concatenation at full resolution become one batched
+matrix product per gate. In training, the batch statistics of ``z_k = W_k y_k`` follow from
+the first and second moments of ``y_k`` (``mean_k = W_k m_k``,
+``E[z_k^2]_i = w_i^T G_k w_i`` with ``m_k = E[y_k]``, ``G_k = E[y_k y_k^T]``), so ``z_k`` is
+never materialised either. The backward pass is written out (:class:`FoldedMergeFn`): the
+small (C, C) chain rule in closed form, then ``grad y_k = A_k^T grad P + 2 dG_k y_k / n +
+dm_k / n`` as two batched matrix products.
+
+Same maths as the modules it replaces (tests check forward, gradients and running
+statistics against them); the rounding differs: variances come from ``E[z^2] - E[z]^2``
+accumulated in float32 (float64 for float64 inputs), whose relative error grows like
+``eps * E[z]^2 / var(z)``: negligible unless a channel's mean is many standard deviations
+from zero. Half/bf16 inputs get their moments and input gradients in float32.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``m`` (C,) and second moment ``G = E[y y^T]`` (C, C) of y (B, C, N) over B and N,
+    in float32 (float64 for float64 y)."""
+    dt = _compute_dtype(y)
+    yc = y.to(dt)
+    n = y.shape[0] * y.shape[2]
+    m = yc.sum(dim=(0, 2)) / n
+    gram = torch.bmm(yc, yc.transpose(1, 2)).sum(0) / n
+    return m, gram
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off for ``device_type`` (a no-op where autocast does not exist, e.g. meta)."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def fold_affine(w: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
+                m_cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A = M_k diag(s) W`` (C_out, C) and ``M_k t`` (C_out,)."""
+    return (m_cols * s) @ w, m_cols @ t
+
+
+class FoldedMergeFn(torch.autograd.Function):
+    """``P = sum_k A_k y_k + c`` with batch-norm statistics from the moments of ``y_k``.
+
+    Inputs: ``eps`` (float), ``ys`` stacked as a tuple of K tensors (B, C, N), ``w``
+    (K, C, C) the gates' 1x1 weights, ``gamma``/``beta`` (K, C), ``merge`` (C_out, K, C).
+    Returns ``P`` (B, C_out, N) in the dtype of ``y`` and the batch mean and biased variance
+    of ``z_k = W_k y_k`` (K, C) (no gradient; for the running statistics).
+    """
+
+    @staticmethod
+    def forward(ctx, eps: float, w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                merge: torch.Tensor, *ys: torch.Tensor):
+        # explicit dtypes inside: autocast would run the moments' products in bf16
+        with _no_autocast(ys[0].device.type):
+            return FoldedMergeFn._forward(ctx, eps, w, gamma, beta, merge, ys)
+
+    @staticmethod
+    def _forward(ctx, eps, w, gamma, beta, merge, ys):
+        cdt = _compute_dtype(ys[0])
+        ctx.param_dtypes = [t.dtype for t in (w, gamma, beta, merge)]
+        w, gamma, beta, merge = (t.to(cdt) for t in (w, gamma, beta, merge))
+        n = ys[0].shape[0] * ys[0].shape[2]
+        stats, saved, folded = [], [], []
+        for k, y in enumerate(ys):
+            m, gram = moments(y)
+            mu = w[k] @ m
+            var = (((w[k] @ gram) * w[k]).sum(1) - mu * mu).clamp_min(0)
+            r = torch.rsqrt(var + eps)
+            s = gamma[k] * r
+            folded.append(fold_affine(w[k], s, beta[k] - mu * s, merge[:, k]))
+            stats.append((mu, var))
+            saved += [m, gram, r]
+        c = sum(ct for _, ct in folded)
+        out = None
+        for (a, _), y in zip(folded, ys):
+            a = a.to(y.dtype).expand(y.shape[0], -1, -1)
+            out = (torch.baddbmm(c.to(y.dtype)[:, None], a, y) if out is None
+                   else out.baddbmm_(a, y))
+        ctx.save_for_backward(w, gamma, beta, merge, *saved, *ys)
+        ctx.k, ctx.n = len(ys), n
+        mean = torch.stack([s[0] for s in stats])
+        var = torch.stack([s[1] for s in stats])
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_p: torch.Tensor, _gm, _gv):
+        with _no_autocast(grad_p.device.type):
+            return FoldedMergeFn._backward(ctx, grad_p)
+
+    @staticmethod
+    def _backward(ctx, grad_p):
+        w, gamma, beta, merge, *rest = ctx.saved_tensors
+        kk, n = ctx.k, ctx.n
+        saved, ys = rest[:3 * kk], rest[3 * kk:]
+        gp = grad_p.to(ys[0].dtype)
+        dc = grad_p.sum(dim=(0, 2), dtype=w.dtype)
+        gw, ggamma, gbeta, gmerge, gys = [], [], [], [], []
+        for k, y in enumerate(ys):
+            m, gram, r = saved[3 * k:3 * k + 3]
+            wk, mk = w[k], merge[:, k]
+            mu = wk @ m
+            s = gamma[k] * r
+            t = beta[k] - mu * s
+            da = torch.bmm(gp, y.transpose(1, 2)).sum(0).to(w.dtype)  # d A_k = sum grad_P y_k^T
+            ws = wk * s[:, None]                          # diag(s) W
+            dmk = da @ ws.T + torch.outer(dc, t)          # A = M_k diag(s) W, c += M_k t
+            mta = mk.T @ da
+            ds = (mta * wk).sum(1)
+            dtk = mk.T @ dc
+            dwk = s[:, None] * mta
+            ds = ds - mu * dtk
+            dmu = -s * dtk
+            dvar = -0.5 * r ** 3 * gamma[k] * ds
+            dmu = dmu - 2 * mu * dvar
+            dwk = dwk + dvar[:, None] * (wk @ (gram + gram.T)) + torch.outer(dmu, m)
+            dgram = wk.T @ (dvar[:, None] * wk)
+            dm = wk.T @ dmu
+            gw.append(dwk)
+            ggamma.append(r * ds)
+            gbeta.append(dtk)
+            gmerge.append(dmk)
+            a = (mk * s) @ wk
+            gys.append(_grad_y(a, dgram, dm, n, gp, y))
+        grads = (torch.stack(gw), torch.stack(ggamma), torch.stack(gbeta), torch.stack(gmerge, dim=1))
+        return (None, *(gr.to(d) for gr, d in zip(grads, ctx.param_dtypes)), *gys)
+
+
+def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad_p: torch.Tensor,
+            y: torch.Tensor) -> torch.Tensor:
+    """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms nearly cancel (the norm's
+    projection), so half/bf16 inputs are combined in float32 and rounded once."""
+    cdt, out_dtype = a.dtype, y.dtype
+    if y.dtype != cdt:
+        grad_p, y = grad_p.to(cdt), y.to(cdt)
+    bsz = y.shape[0]
+    gy = torch.baddbmm((dm / n)[:, None], a.T.expand(bsz, -1, -1), grad_p)
+    return gy.baddbmm_(((2.0 / n) * dgram).expand(bsz, -1, -1), y).to(out_dtype)
+
+
+def foldable(sas: nn.Module) -> bool:
+    """Whether :func:`merge_folded` applies to a SelectiveAttention: every gate has batch
+    norm (affine, the same eps/momentum/mode, no conv bias) or every gate has no norm."""
+    norms = [gate.out_norm for gate in sas.gates]
+    if all(isinstance(n, nn.Identity) for n in norms):
+        return all(gate.out_conv.bias is not None for gate in sas.gates) and sas.merge[0].bias is not None
+    first = norms[0]
+    if not isinstance(first, _BatchNorm) or first.weight is None:
+        return False
+    same = all(type(n) is type(first) and n.weight is not None and n.eps == first.eps
+               and n.momentum == first.momentum and n.training == first.training
+               and n.track_running_stats == first.track_running_stats for n in norms)
+    return same and all(gate.out_conv.bias is None for gate in sas.gates)
+
+
+def _apply(flat: list[torch.Tensor], a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``c + sum_k a[:, k] @ flat[k]``: (B, C_out, N) from K (B, C, N), a (C_out, K, C)."""
+    dtype, bsz = flat[0].dtype, flat[0].shape[0]
+    a, c = a.to(dtype), c.to(dtype)
+    out = torch.baddbmm(c[:, None], a[:, 0].expand(bsz, -1, -1), flat[0])
+    for k in range(1, len(flat)):
+        out = out.baddbmm_(a[:, k].expand(bsz, -1, -1), flat[k])
+    return out
+
+
+@torch.no_grad()
+def _update_running_stats(norms: list[_BatchNorm], mean: torch.Tensor, var: torch.Tensor,
+                          n: int) -> None:
+    """What ``nn.BatchNorm`` does in training: count the batch and move the running
+    statistics towards the batch mean and the unbiased batch variance."""
+    unbiased = var * (n / (n - 1))
+    for k, bn in enumerate(norms):
+        bn.num_batches_tracked.add_(1)
+        f = bn.momentum if bn.momentum is not None else \
+            1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
+        bn.running_mean.lerp_(mean[k].to(bn.running_mean.dtype), f)
+        bn.running_var.lerp_(unbiased[k].to(bn.running_var.dtype), f)
+
+
+def merge_folded(sas: nn.Module, ys: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The merge convolution's output (before its norm and ReLU) from the gated inputs
+    ``ys`` (K tensors (B, C, *S)) of a SelectiveAttention for which :func:`foldable` holds,
+    equal to ``merge[0](cat([gate.out_norm(gate.out_conv(y)) for ...]))``; updates the
+    gates' batch-norm running statistics in training as the norms themselves would."""
+    gates = list(sas.gates)
+    k, c = len(gates), sas.in_channels
+    conv = sas.merge[0]
+    bsz, spatial = ys[0].shape[0], ys[0].shape[2:]
+    flat = [y.reshape(bsz, c, -1) for y in ys]
+    w = torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates])      # (K, C, C)
+    m = conv.weight.reshape(-1, k, c)                                              # (C_out, K, C)
+    norms = [gate.out_norm for gate in gates]
+    if isinstance(norms[0], nn.Identity):
+        bias = torch.stack([gate.out_conv.bias for gate in gates])                # (K, C)
+        a = torch.einsum("okc,kcd->okd", m, w)
+        out = _apply(flat, a, conv.bias + torch.einsum("okc,kc->o", m, bias))
+        return out.view(bsz, -1, *spatial)
+    first = norms[0]
+    gamma = torch.stack([n.weight for n in norms])
+    beta = torch.stack([n.bias for n in norms])
+    n = flat[0].shape[0] * flat[0].shape[2]
+    if first.training or first.running_mean is None:
+        if first.training and n < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                             f"size {tuple(ys[0].shape)}")
+        out, mean, var = FoldedMergeFn.apply(first.eps, w, gamma, beta, m, *flat)
+        if first.training and first.track_running_stats:
+            _update_running_stats(norms, mean, var, n)
+        return out.view(bsz, -1, *spatial)
+    rm = torch.stack([n.running_mean for n in norms])
+    rv = torch.stack([n.running_var for n in norms])
+    s = gamma * torch.rsqrt(rv + first.eps)
+    t = beta - rm * s
+    a = torch.einsum("okc,kc,kcd->okd", m, s, w)
+    return _apply(flat, a, torch.einsum("okc,kc->o", m, t)).view(bsz, -1, *spatial)
