@@ -29,7 +29,7 @@ REQUIRED=("numpy<2.4|numpy" "setuptools>=64|setuptools" "wheel|wheel" "ninja|nin
           "matplotlib|matplotlib" "pyyaml|yaml" "scipy|scipy" "pytest|pytest" "pytest-xdist|xdist"
           "hypothesis|hypothesis" "pytest-benchmark|pytest_benchmark")
 OPTIONAL=("nibabel|nibabel" "SimpleITK|SimpleITK" "pillow|PIL" "monai|monai" "expecttest|expecttest")
-if ! $PY -c "import triton" 2>/dev/null && $PY -c "import torch, sys; sys.exit(torch.__version__ != '2.13.0')"; then
+if ! $PY -c "import triton" 2>/dev/null && $PY -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')"; then
   REQUIRED+=("triton==3.7.1|triton")
 fi
 
