@@ -18,6 +18,16 @@ CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: deterministic reductions, and no oversubscription when tiny
+    convolutions run under ``-n 2`` on shared CPUs (``pytestmark = usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

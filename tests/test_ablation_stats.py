@@ -20,12 +20,7 @@ from unimri.train.stats import format_p, mean_std, paired_wilcoxon
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _values(xs, seeds=(0, 1, 2), folds=3):

@@ -34,12 +34,7 @@ SHAPES = {2: (21, 18), 3: (11, 9, 10)}
 COMBOS = list(itertools.product(MODEL_NAMES, (2, 3), ATTENTION_OPTIONS))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -20,12 +20,7 @@ FAST = ["--model", "unet", "--features", "4", *DATA, "--stages", "16,32", "--bat
         "--epochs", "1", "--lr", "0.05", "--folds", "2", "--fold", "0", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

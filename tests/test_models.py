@@ -29,13 +29,7 @@ def _loss(logits: torch.Tensor) -> torch.Tensor:
 COMBOS = list(itertools.product(MODEL_NAMES, (2, 3), ATTENTION_OPTIONS))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions gain nothing from threads; under ``-n 2`` they only oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name,spatial_dims,attention", COMBOS,

@@ -19,13 +19,7 @@ from unimri.train.runlog import read_jsonl
 PHANTOM = {"num_cases": 6, "size": 32, "fg_fraction": [0.08, 0.15]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: deterministic reductions and no oversubscription on shared CPUs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**changes) -> TrainConfig:

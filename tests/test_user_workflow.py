@@ -24,12 +24,7 @@ SPACING = (0.7, 0.9, 2.5)
 ORIGIN = (-12.5, 30.25, 4.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sitk():
