@@ -113,7 +113,7 @@ def test_ablate_writes_paper_tables(tmp_path, capsys):
     assert os.path.isfile(os.path.join(out, "curves_unet.png"))
     # the baseline and "+ SAS" really ran one stage at the final size; the others two stages
     cfg = json.load(open(os.path.join(out, "unet-baseline", "config.json")))
-    assert cfg["stages"] == [[32, 32]] and cfg["loss"] == "ce" and cfg["attention"] is None
+    assert cfg["stages"] == [32] and cfg["loss"] == "ce" and cfg["attention"] is None
     cfg = json.load(open(os.path.join(out, "unet-all_unified_approach", "config.json")))
     assert cfg["stages"] == [16, 32] and cfg["loss"] == "unified" and cfg["attention"] == "sas"
 

@@ -45,7 +45,10 @@ MODEL_TITLES = {"unet": "UNet", "fcn": "FCN", "rcnn": "RCNN", "segnet": "SegNet"
 def _final_stage_only(cfg: TrainConfig) -> dict[str, Any]:
     """One stage at the final size with that stage's batch size and the epochs of all stages
     together (no resizing, same epoch budget: each epoch then costs the most)."""
-    return {"stages": [list(cfg.stage_sizes[-1])], "batch_size": cfg.stage_batch_sizes[-1],
+    final = cfg.stage_sizes[-1]
+    # a long-side stage stays one: an exact list would squash non-square images
+    stage = final[0] if final.keep_aspect else list(final)
+    return {"stages": [stage], "batch_size": cfg.stage_batch_sizes[-1],
             "epochs": sum(cfg.stage_epochs)}
 
 
