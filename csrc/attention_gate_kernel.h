@@ -317,6 +317,20 @@ inline acc_t sigmoid(acc_t q) {
   return acc_t(1) / (acc_t(1) + std::exp(-q));
 }
 
+// Calls f(w, offset) for each coarse row (z', y') that fine row (z, y) interpolates from with
+// a nonzero weight w; offset is where that row's column lo starts in one item's coarse grid.
+template <typename acc_t, typename F>
+void for_each_coarse_row(const Geometry& G, const Tables<acc_t>& T, int64_t z, int64_t y,
+                         int64_t lo, F&& f) {
+  const int64_t zi[2] = {T.az.i0[z], T.az.i1[z]}, yi[2] = {T.ay.i0[y], T.ay.i1[y]};
+  const acc_t zl[2] = {T.az.l0[z], T.az.l1[z]}, yl[2] = {T.ay.l0[y], T.ay.l1[y]};
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      const acc_t w = zl[a] * yl[b];
+      if (w != acc_t(0)) f(w, (zi[a] * G.Hc + yi[b]) * G.Wc + lo);
+    }
+}
+
 // Attention on fine row (z, y), columns [x0, x1): alpha[i] = resample(a)[z, y, x0 + i], from
 // one batch item's coarse a (Nc). tmp holds at least Wc values.
 template <typename acc_t>
@@ -324,15 +338,10 @@ void alpha_span(const Geometry& G, const Tables<acc_t>& T, const acc_t* ab, int6
                 int64_t x0, int64_t x1, acc_t* tmp, acc_t* alpha) {
   const int64_t lo = T.ax.i0[x0], hi = T.ax.i1[x1 - 1] + 1;  // coarse columns read
   std::fill(tmp, tmp + (hi - lo), acc_t(0));
-  const int64_t zi[2] = {T.az.i0[z], T.az.i1[z]}, yi[2] = {T.ay.i0[y], T.ay.i1[y]};
-  const acc_t zl[2] = {T.az.l0[z], T.az.l1[z]}, yl[2] = {T.ay.l0[y], T.ay.l1[y]};
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) {
-      const acc_t w = zl[a] * yl[b];
-      if (w == acc_t(0)) continue;
-      const acc_t* src = ab + (zi[a] * G.Hc + yi[b]) * G.Wc + lo;
-      for (int64_t i = 0; i < hi - lo; ++i) tmp[i] += w * src[i];
-    }
+  for_each_coarse_row(G, T, z, y, lo, [&](acc_t w, int64_t offset) {
+    const acc_t* src = ab + offset;
+    for (int64_t i = 0; i < hi - lo; ++i) tmp[i] += w * src[i];
+  });
   for (int64_t x = x0; x < x1; ++x)
     alpha[x - x0] = T.ax.l0[x] * tmp[T.ax.i0[x] - lo] + T.ax.l1[x] * tmp[T.ax.i1[x] - lo];
 }
@@ -348,15 +357,10 @@ void adjoint_span(const Geometry& G, const Tables<acc_t>& T, const acc_t* dalpha
     tmp[T.ax.i0[x] - lo] += T.ax.l0[x] * dalpha[x - x0];
     tmp[T.ax.i1[x] - lo] += T.ax.l1[x] * dalpha[x - x0];
   }
-  const int64_t zi[2] = {T.az.i0[z], T.az.i1[z]}, yi[2] = {T.ay.i0[y], T.ay.i1[y]};
-  const acc_t zl[2] = {T.az.l0[z], T.az.l1[z]}, yl[2] = {T.ay.l0[y], T.ay.l1[y]};
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) {
-      const acc_t w = zl[a] * yl[b];
-      if (w == acc_t(0)) continue;
-      acc_t* dst = dab + (zi[a] * G.Hc + yi[b]) * G.Wc + lo;
-      for (int64_t i = 0; i < hi - lo; ++i) dst[i] += w * tmp[i];
-    }
+  for_each_coarse_row(G, T, z, y, lo, [&](acc_t w, int64_t offset) {
+    acc_t* dst = dab + offset;
+    for (int64_t i = 0; i < hi - lo; ++i) dst[i] += w * tmp[i];
+  });
 }
 
 // Calls fn(z, y, x0, x1) for each run of fine row pixels outside every patch (the remainder

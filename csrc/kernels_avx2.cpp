@@ -10,13 +10,8 @@
 #include "isa_avx2_macros.h"
 #define CPU_CAPABILITY unimri_avx2
 #define CPU_CAPABILITY_AVX2
-#include "kernels_common.h"
-
-namespace unimri::avx2 {
-extern const bool kCompiled = true;
-#include "unified_focal_loss_kernel.h"
-#include "attention_gate_kernel.h"
-}  // namespace unimri::avx2
+#define UNIMRI_VARIANT_NS avx2
+#include "kernels_variant.h"
 
 #else
 #define UNIMRI_STUB_NS avx2

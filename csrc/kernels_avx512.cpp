@@ -10,13 +10,8 @@
 #define __AVX512DQ__ 1
 #define CPU_CAPABILITY unimri_avx512
 #define CPU_CAPABILITY_AVX512
-#include "kernels_common.h"
-
-namespace unimri::avx512 {
-extern const bool kCompiled = true;
-#include "unified_focal_loss_kernel.h"
-#include "attention_gate_kernel.h"
-}  // namespace unimri::avx512
+#define UNIMRI_VARIANT_NS avx512
+#include "kernels_variant.h"
 
 #else
 #define UNIMRI_STUB_NS avx512

@@ -2,10 +2,5 @@
 // SSE2 on x86-64, NEON on aarch64). Chosen when no wider variant runs (cpu_variant.h).
 #define CPU_CAPABILITY unimri_baseline
 #define CPU_CAPABILITY_DEFAULT
-#include "kernels_common.h"
-
-namespace unimri::base {
-extern const bool kCompiled = true;
-#include "unified_focal_loss_kernel.h"
-#include "attention_gate_kernel.h"
-}  // namespace unimri::base
+#define UNIMRI_VARIANT_NS base
+#include "kernels_variant.h"
