@@ -98,3 +98,39 @@ def test_backbones_with_sas_compile_fullgraph_channels_last(name):
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
     for got, ref in zip(grads, (p.grad for p in model.parameters())):
         torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_bench_runs_with_amp_channels_last_and_compile(capsys, monkeypatch):
+    """``unimri bench`` takes the train flags: the model it times is channels-last, its
+    forward runs under bf16 autocast, and --compile wraps it in torch.compile."""
+    from unimri.cli import main
+    from unimri.train import registry
+
+    built, dtypes, compiled = [], [], []
+    create = registry.create_model
+
+    def spy_create(spec):
+        net = create(spec)
+        net.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+        built.append(net)
+        return net
+
+    real_compile = torch.compile
+    monkeypatch.setattr(registry, "create_model", spy_create)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or real_compile(m, backend="eager"))
+    assert main(["bench", "--model", "unet", "--size", "32", "--batch-size", "2", "--features", "4",
+                 "--steps", "1", "--device", "cpu", "--backends", "auto", "--amp", "bf16",
+                 "--channels-last", "--compile"]) == 0
+    out = capsys.readouterr().out
+    assert "amp bf16" in out and "channels-last on" in out and "compile on" in out
+    assert len(built) == 1 and compiled == built
+    conv = next(m for m in built[0].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+
+
+def test_bench_refuses_an_unknown_amp_mode():
+    from unimri.train.throughput import measure_training_throughput
+
+    with pytest.raises(ValueError, match="amp"):
+        measure_training_throughput(size=16, batch_size=1, features=4, steps=1, device="cpu", amp="int8")

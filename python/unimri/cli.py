@@ -366,7 +366,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = measure_training_throughput(model=args.model, attention=args.attention, loss=args.loss,
                                        size=args.size, batch_size=args.batch_size, steps=args.steps,
                                        features=args.features, device=args.device,
-                                       backends=[b.strip() for b in args.backends.split(",")])
+                                       backends=[b.strip() for b in args.backends.split(",")],
+                                       amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    r0 = rows[0]
+    print(f"{args.model}, batch {args.batch_size} x {args.size}^2, device {r0['device']}, amp {r0['amp']}, "
+          f"channels-last {'on' if args.channels_last else 'off'}, compile {'on' if args.compile else 'off'}")
     print("| backend | images/s | ms/step |")
     print("|---|---|---|")
     for r in rows:
@@ -508,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--backends", default="auto,reference", help="comma list of auto, cpp, triton, reference")
+    p.add_argument("--amp", default="auto", help="mixed precision as in `unimri train`: auto, bf16, fp16, none")
+    p.add_argument("--channels-last", action="store_true", help="channels-last model and inputs")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the warm-up step includes the compilation)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("datasets", help="list built-in datasets and folder layouts, or the cases of a folder",
