@@ -108,6 +108,29 @@ def test_tables_csv_and_plots_from_runs(tmp_path):
     assert imbalance_csv({0.01: cells[:2]}).splitlines()[2].startswith("unet,better,0.01,6,")
 
 
+def test_time_to_quality_uses_cpu_time_when_every_run_logged_it():
+    from unimri.train.plots import epoch_clock
+
+    wall = [{"fold": 0, "epoch": e, "seconds": 10.0, "val_dsc": 0.5} for e in range(3)]
+    both = [{**r, "cpu_seconds": 2.0} for r in wall]
+    assert epoch_clock(both) == "cpu_seconds" and epoch_clock(wall) == "seconds"
+    assert epoch_clock(both + wall[:1]) == "seconds"  # one run without CPU time: all on wall time
+    assert time_to_quality_curve(both)[0] == pytest.approx([2.0, 4.0, 6.0])
+    assert time_to_quality_curve(both, "seconds")[0] == pytest.approx([10.0, 20.0, 30.0])
+
+
+def test_training_logs_wall_and_cpu_time_per_epoch(tmp_path):
+    from unimri.train import run_experiment
+
+    cfg = TrainConfig(dataset="phantom", dataset_kwargs={"num_cases": 4, "size": 32, "fg_fraction": [0.08, 0.15]},
+                      features=4, stages=[32], batch_size=2, epochs=2, folds=2, fold_indices=[0],
+                      device="cpu", progress=False)
+    result = run_experiment(cfg, str(tmp_path / "run"))
+    assert len(result.histories) == 2
+    for h in result.histories:
+        assert h["seconds"] > 0 and h["cpu_seconds"] > 0
+
+
 def test_plot_inputs_are_checked(tmp_path):
     with pytest.raises(ValueError, match="bars is empty"):
         plot_bars([], str(tmp_path / "b.png"))
@@ -175,6 +198,10 @@ def test_monai_peer_gets_the_same_folds_and_wall_time(tmp_path):
     ref = ExperimentResult("ref", cfg, [], [{"fold": 0, "seconds": 0.5}, {"fold": 0, "seconds": 0.5},
                                             {"fold": 1, "seconds": 0.2}])
     assert fold_budgets(ref) == {0: 1.0, 1: 0.2}
+    with pytest.raises(KeyError):  # these records hold no CPU time: no silent zero budget
+        fold_budgets(ref, "cpu_seconds")
+    with pytest.raises(ValueError, match="clock"):
+        fold_budgets(ref, "minutes")
     result = run_monai_peer(cfg, str(tmp_path / "peer"), fold_budgets(ref))
     assert [f["fold"] for f in result.folds] == [0, 1]
     for f in result.folds:  # whole epochs until the budget is spent: at least one, at most one past it

@@ -449,11 +449,14 @@ PEER_REFERENCE = {"unified": "unified approach", "components": "all (unified app
 def monai_peer_cells(cells: Sequence[Cell], study: str, out_dir: str) -> list[Cell]:
     """The MONAI peer (:mod:`unimri.train.peer`) for each UNet seed of a finished study.
 
-    It trains on the same folds as the study's unified-approach runs, for the same wall
-    time per fold, in ``out_dir/unet-monai_peer[-seed<s>]``. Returns [] when the study has
-    no UNet unified-approach cell.
+    It trains on the same folds as the study's unified-approach runs, for the same training
+    time per fold — CPU time when those runs logged it (one thread per run, so other load
+    on the machine does not shift the budget), else wall time — in
+    ``out_dir/unet-monai_peer[-seed<s>]``. Returns [] when the study has no UNet
+    unified-approach cell.
     """
     from unimri.train.peer import PEER_LABEL, fold_budgets, run_monai_peer
+    from unimri.train.plots import epoch_clock
 
     label = PEER_REFERENCE.get(study)
     ref = [c for c in cells if c.model == "unet" and c.variant == label]
@@ -462,9 +465,10 @@ def monai_peer_cells(cells: Sequence[Cell], study: str, out_dir: str) -> list[Ce
     peer = Cell("unet", PEER_LABEL, {})
     for seed, result in sorted(ref[0].runs.items()):
         name = "unet-monai_peer" + (f"-seed{seed}" if len(ref[0].runs) > 1 else "")
-        print(f"== {study}: unet / {PEER_LABEL} / seed {seed} (wall time of {result.out_dir})", flush=True)
-        peer.runs[seed] = run_monai_peer(result.config, os.path.join(out_dir, name), fold_budgets(result),
-                                         overwrite=True)
+        clock = epoch_clock(result.histories)
+        print(f"== {study}: unet / {PEER_LABEL} / seed {seed} ({clock} of {result.out_dir})", flush=True)
+        peer.runs[seed] = run_monai_peer(result.config, os.path.join(out_dir, name), fold_budgets(result, clock),
+                                         overwrite=True, clock="cpu" if clock == "cpu_seconds" else "wall")
     return [peer]
 
 
@@ -519,21 +523,23 @@ def time_to_quality_report(runs: dict[str, Sequence[str]], out_dir: str, name: s
 
     ``runs[label]`` lists run folders (one per seed) of that schedule, e.g. the
     components study's "SAS + unified loss" (one stage) and "all" (progressive resizing)
-    runs. Writes ``<name>.png`` (validation DSC against cumulative training wall time,
-    mean over seeds × folds) and ``<name>.csv`` (label, epoch, seconds, val_dsc) to
+    runs. Writes ``<name>.png`` (validation DSC against cumulative training time — CPU time
+    when the runs logged it, see :func:`unimri.train.plots.epoch_clock` — mean over seeds ×
+    folds) and ``<name>.csv`` (label, epoch, seconds, val_dsc) to
     ``out_dir``; returns the PNG path.
     """
     from unimri.train.experiment import load_result
-    from unimri.train.plots import plot_time_to_quality, time_to_quality_curve
+    from unimri.train.plots import epoch_clock, plot_time_to_quality, time_to_quality_curve
 
     histories = {}
     for label, dirs in runs.items():
         histories[label] = [{**h, "seed": i} for i, d in enumerate(dirs) for h in load_result(d).histories]
+    clock = epoch_clock([r for records in histories.values() for r in records])
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["schedule", "epoch", "seconds_mean", "val_dsc_mean"])
+    w.writerow(["schedule", "epoch", f"{clock}_mean", "val_dsc_mean"])
     for label, records in histories.items():
-        t, dsc = time_to_quality_curve(records)
+        t, dsc = time_to_quality_curve(records, clock)
         for e, (ti, di) in enumerate(zip(t, dsc)):
             w.writerow([label, e + 1, f"{ti:.3f}", f"{di:.6f}"])
     os.makedirs(out_dir, exist_ok=True)

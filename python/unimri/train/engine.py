@@ -210,7 +210,7 @@ class FoldTrainer:
                                                        cfg.seed + 1000 * self.fold + stage)
             val_loader, _ = self._loader(self.val_set, size, batch_size, False, 0)
             for epoch in range(start_epoch, n_epochs):
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 train_sampler.set_epoch(epoch)
                 _set_dataset_epoch(self.train_set, global_epoch)
                 train_loss = self._train_epoch(net, model, loss_fn, optimizer, scaler, train_loader,
@@ -229,7 +229,9 @@ class FoldTrainer:
                 record = {"event": "epoch", "fold": self.fold, "stage": stage, "size": list(size),
                           "epoch": global_epoch, "stage_epoch": epoch, "train_loss": train_loss,
                           "val_loss": val_loss, "val_dsc": val_dsc, "lr": optimizer.param_groups[0]["lr"],
-                          "best": improved, "seconds": round(time.perf_counter() - t0, 3)}
+                          "best": improved, "seconds": round(time.perf_counter() - t0, 3),
+                          # this process's CPU time: what the epoch costs whatever else loads the machine
+                          "cpu_seconds": round(time.process_time() - cpu0, 3)}
                 self.history.append(record)
                 global_epoch += 1
                 counter[0] += 1

@@ -47,11 +47,14 @@ def monai_unet(spatial_dims: int, in_channels: int, num_classes: int, features: 
                 channels=tuple(features * 2 ** i for i in range(5)), strides=(2, 2, 2, 2), num_res_units=2)
 
 
-def fold_budgets(reference: ExperimentResult) -> dict[int, float]:
-    """{fold: training wall seconds} of a finished unimri run (sum of its epoch ``seconds``)."""
+def fold_budgets(reference: ExperimentResult, clock: str = "seconds") -> dict[int, float]:
+    """{fold: training seconds} of a finished unimri run: the sum of its epochs' ``clock``
+    (``"seconds"``: wall time, ``"cpu_seconds"``: the training process's CPU time)."""
+    if clock not in ("seconds", "cpu_seconds"):
+        raise ValueError(f"clock: expected 'seconds' or 'cpu_seconds', got {clock!r}")
     out: dict[int, float] = {}
     for h in reference.histories:
-        out[int(h["fold"])] = out.get(int(h["fold"]), 0.0) + float(h["seconds"])
+        out[int(h["fold"])] = out.get(int(h["fold"]), 0.0) + float(h[clock])
     return out
 
 

@@ -140,13 +140,27 @@ def plot_bars(bars: Sequence[tuple[str, float, float, Any]], path: str, title: s
     return _save(fig, path)
 
 
-def time_to_quality_curve(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+def epoch_clock(records: Sequence[Mapping[str, Any]]) -> str:
+    """The epoch-time key to plot: ``"cpu_seconds"`` (the training process's CPU time, which
+    other load on a shared machine does not inflate) when every record has it, else
+    ``"seconds"`` (wall time; records of runs made before CPU time was logged)."""
+    return "cpu_seconds" if records and all("cpu_seconds" in r for r in records) else "seconds"
+
+
+CLOCK_LABELS = {"cpu_seconds": "training CPU time (s, one thread per run",
+                "seconds": "training wall time (s"}
+
+
+def time_to_quality_curve(records: Sequence[Mapping[str, Any]], clock: str | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """(cumulative training seconds, validation DSC) per epoch, averaged over runs.
 
-    ``records``: epoch records of one or more runs (``fold``, ``epoch``, ``seconds``,
-    ``val_dsc``; a ``seed`` key, when present, separates runs with equal fold numbers).
+    ``records``: epoch records of one or more runs (``fold``, ``epoch``, ``seconds`` and/or
+    ``cpu_seconds``, ``val_dsc``; a ``seed`` key, when present, separates runs with equal
+    fold numbers). ``clock``: the time key (default :func:`epoch_clock`).
     Runs are aligned by epoch; an epoch only some runs reached is averaged over those.
     """
+    clock = clock or epoch_clock(records)
     runs: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
     for r in records:
         runs.setdefault((r.get("seed"), r.get("fold")), []).append(r)
@@ -155,7 +169,7 @@ def time_to_quality_curve(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndar
     for recs in runs.values():
         elapsed = 0.0
         for r in sorted(recs, key=lambda r: int(r["epoch"])):
-            elapsed += float(r["seconds"])
+            elapsed += float(r[clock])
             times.setdefault(int(r["epoch"]), []).append(elapsed)
             dscs.setdefault(int(r["epoch"]), []).append(float(r["val_dsc"]))
     epochs = sorted(times)
@@ -164,14 +178,16 @@ def time_to_quality_curve(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndar
 
 def plot_time_to_quality(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
                          title: str = "") -> str:
-    """Validation DSC against cumulative training wall time, one line per label."""
+    """Validation DSC against cumulative training time (CPU time when every run logged it,
+    else wall time: :func:`epoch_clock`), one line per label."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
+    clock = epoch_clock([r for records in histories.values() for r in records])
     for i, (label, records) in enumerate(histories.items()):
-        t, dsc = time_to_quality_curve(records)
+        t, dsc = time_to_quality_curve(records, clock)
         if t.size:
             ax.plot(t, dsc, "-o", ms=3, color=f"C{i % 10}", label=label)
-    ax.set_xlabel("training wall time (s, mean over runs; includes per-epoch validation)")
+    ax.set_xlabel(f"{CLOCK_LABELS[clock]}, mean over runs; includes per-epoch validation)")
     ax.set_ylabel("validation DSC (foreground)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
