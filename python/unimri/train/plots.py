@@ -147,8 +147,8 @@ def epoch_clock(records: Sequence[Mapping[str, Any]]) -> str:
     return "cpu_seconds" if records and all("cpu_seconds" in r for r in records) else "seconds"
 
 
-CLOCK_LABELS = {"cpu_seconds": "training CPU time (s, one thread per run",
-                "seconds": "training wall time (s"}
+CLOCK_LABELS = {"cpu_seconds": "training CPU time, s (1 thread per run; mean over runs; incl. validation)",
+                "seconds": "training wall time, s (mean over runs; incl. validation)"}
 
 
 def time_to_quality_curve(records: Sequence[Mapping[str, Any]], clock: str | None = None
@@ -187,7 +187,7 @@ def plot_time_to_quality(histories: Mapping[str, Sequence[Mapping[str, Any]]], p
         t, dsc = time_to_quality_curve(records, clock)
         if t.size:
             ax.plot(t, dsc, "-o", ms=3, color=f"C{i % 10}", label=label)
-    ax.set_xlabel(f"{CLOCK_LABELS[clock]}, mean over runs; includes per-epoch validation)")
+    ax.set_xlabel(CLOCK_LABELS[clock])
     ax.set_ylabel("validation DSC (foreground)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
