@@ -17,6 +17,7 @@ from test_cpu_variants import VARIANTS, needs_cpp, variant  # noqa: F401  (fixtu
 from test_loss_op import IGNORE, loss_cases, random_params, reference
 from unimri_kernels.dispatch import cpp_ops, use_backend
 from unimri_kernels.ops.unified_focal_loss import ONE_SWEEP_MAX_CLASSES, unified_focal_loss_autograd
+from unimri_kernels.reference.loss import unified_focal_loss_reference
 
 TOL = {torch.float32: (2e-5, 2e-6), torch.float16: (2e-3, 2e-4), torch.bfloat16: (1e-2, 2e-3)}
 
@@ -95,8 +96,6 @@ def test_ignore_index_in_range_and_fully_ignored_samples(variant, num_classes):
     z = logits.float().requires_grad_()
     loss = unified_focal_loss_autograd(z, target, params, 0.4, 0.6, 1e-6, ignore, False, True, True)
     loss.sum().backward()
-    from unimri_kernels.reference.loss import unified_focal_loss_reference
-
     zr = logits.clone().requires_grad_()
     ref = unified_focal_loss_reference(zr, target, params, 0.4, 0.6, 1e-6, ignore, False)
     ref.sum().backward()
