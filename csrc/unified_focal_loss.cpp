@@ -188,7 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_one_sweep(const at::Tensor& l
 
 LossDtype out_dtype_of(at::ScalarType t) {
   const LossDtype d = loss_dtype(t);
-  TORCH_CHECK_TYPE(d != LossDtype::kDouble, "unified_focal_loss_cpu_finish: dtype must be float32, bfloat16 or float16");
+  TORCH_CHECK_TYPE(d != LossDtype::kDouble,
+                   "unified_focal_loss_cpu_finish: dtype must be float32, bfloat16 or float16");
   return d;
 }
 

@@ -549,7 +549,8 @@ void binary_state_tile(const LossProblem<scalar_t, float>& pr, int64_t b, int64_
       const Vec qg = Vec::blendv(pw, one, g == zero);  // (1 − p_L)^γ; 1 for γ = 0, even at p_L = 1
       fc = fc - fw_l * lp_l * qg;
       if (st != nullptr) {
-        // s_L = −log p_L / (1 − p_L): larger log1p(u) (1 + u) / u = 2 h (1 + u)^2 r, smaller (|d| + log1p(u)) (1 + u)
+        // s_L = −log p_L / (1 − p_L): for the larger class log1p(u) (1 + u) / u = 2 h (1 + u)^2 r,
+        // for the smaller (|d| + log1p(u)) (1 + u)
         const Vec s_l = Vec::blendv((ad + sp) * one_u, two * h * one_u * one_u * r, m);
         f = qg * (zero - one - g * Vec::blendv(small, large, m) * s_l);
       }
