@@ -13,6 +13,10 @@ void loss_stats(const LossArgs&, void*) { TORCH_CHECK(false, "unimri: this CPU v
 void loss_grad(const LossArgs&, const void*, bool, void*) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
+void loss_stats_state(const LossArgs&, float*, void*, LossDtype) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void loss_finish(const LossFinishArgs&) { TORCH_CHECK(false, "unimri: this CPU variant was not compiled"); }
 std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                           const at::Tensor&, int64_t, double) {

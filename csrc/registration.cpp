@@ -14,6 +14,14 @@ TORCH_LIBRARY(unimri, m) {
       "unified_focal_loss_cpu(Tensor logits, Tensor target, Tensor class_params, "
       "float fp_weight, float fn_weight, float smooth, int ignore_index, bool batch, "
       "bool compute_grad) -> (Tensor, Tensor)");
+  // Its one-sweep halves (index targets, fp32/bf16/fp16): forward -> (loss, state, coef), and
+  // the gradient from them with grad_output folded in.
+  m.def(
+      "unified_focal_loss_cpu_state(Tensor logits, Tensor target, Tensor class_params, "
+      "float fp_weight, float fn_weight, float smooth, int ignore_index, bool batch) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "unified_focal_loss_cpu_finish(Tensor(a!) state, Tensor coef, Tensor grad_output, ScalarType dtype, "
+      "bool inplace) -> Tensor");
   // Attention gate (SAS), forward and backward (see csrc/attention_gate.cpp).
   m.def(
       "attention_gate_cpu(Tensor x, Tensor g, Tensor theta_weight, Tensor phi_weight, "

@@ -4,10 +4,16 @@
 // in the logits' dtype, class_params (4, C) float64 rows [fw, g, tw, e] — the maths is
 // in unimri_kernels/reference/loss.py. Pass 1 reduces TP, Σp, Σy per (sample, class),
 // the focal sum and the valid count over tiles of pixels (deterministic: one partial row
-// per tile, reduced in order) and checks the labels on the way. Pass 2 recomputes the
-// softmax per tile and writes d loss_b / d logits, so autograd's backward is only a scale
-// by grad_output. The tile kernels (unified_focal_loss_kernel.h) are vectorised with
-// at::vec::Vectorized in one build per CPU variant (cpu_variant.h), picked at every call.
+// per tile, reduced in order) and checks the labels on the way. Then:
+// * index targets, fp32/bf16/fp16 logits, C <= kStateMaxClasses (one sweep): pass 1 also
+//   writes a per-pixel state and a light pass (no transcendental, no label read) turns it
+//   into d loss_b / d logits. unified_focal_loss_cpu runs both; the loss modules call
+//   unified_focal_loss_cpu_state in the forward and unified_focal_loss_cpu_finish in the
+//   backward, with grad_output folded into the coefficients (no scaling pass).
+// * otherwise pass 2 recomputes the softmax per tile and writes d loss_b / d logits, so
+//   autograd's backward is only a scale by grad_output.
+// The tile kernels (unified_focal_loss_kernel.h) are vectorised with at::vec::Vectorized in
+// one build per CPU variant (cpu_variant.h), picked at every call.
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -81,14 +87,33 @@ void run_grad(CpuVariant v, const LossArgs& args, const void* coef, bool batch, 
   base::loss_grad(args, coef, batch, grad);
 }
 
+void run_stats_state(CpuVariant v, const LossArgs& args, float* partial, void* state, LossDtype state_dtype) {
+  if (v == CpuVariant::kAvx512) return avx512::loss_stats_state(args, partial, state, state_dtype);
+  if (v == CpuVariant::kAvx2) return avx2::loss_stats_state(args, partial, state, state_dtype);
+  base::loss_stats_state(args, partial, state, state_dtype);
+}
+
+void run_finish(CpuVariant v, const LossFinishArgs& args) {
+  if (v == CpuVariant::kAvx512) return avx512::loss_finish(args);
+  if (v == CpuVariant::kAvx2) return avx2::loss_finish(args);
+  base::loss_finish(args);
+}
+
+// Index targets with fp32 accumulation take the one-sweep path (state + light pass).
+bool one_sweep(const LossArgs& args) {
+  return args.index_target != nullptr && args.dtype != LossDtype::kDouble && args.C <= kStateMaxClasses;
+}
+
+// dtype of the one-sweep state: the logits' for 2 classes (it fits the gradient buffer), fp32 otherwise.
+LossDtype state_dtype(const LossArgs& args) { return args.C == 2 ? args.dtype : LossDtype::kFloat; }
+
+// Loss (R,) and gradient coefficients (R, 3, C) = [K_TP | K_P | fw/count] from the tile partial sums
+// (reduced in tile order: deterministic), R = 1 if batch else B. Raises on out-of-range labels.
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const LossArgs& args, double fp_weight,
-                                       double fn_weight, double smooth, bool batch, bool compute_grad) {
-  const CpuVariant variant = cpu_variant();
+std::tuple<at::Tensor, at::Tensor> finish_stats(const at::Tensor& logits, const LossArgs& args,
+                                                const std::vector<acc_t>& partial, double fp_weight,
+                                                double fn_weight, double smooth, bool batch) {
   const int64_t B = args.B, C = args.C, T = args.tiles(), W = args.row_width();
-  std::vector<acc_t> partial(static_cast<size_t>(std::max<int64_t>(T, 1) * W), acc_t(0));
-  run_stats(variant, args, partial.data());
-  // Reduce in tile order (deterministic), then pool over the batch if asked.
   const int64_t R = batch ? 1 : B, tps = args.tiles_per_sample();
   std::vector<acc_t> stats(static_cast<size_t>(R * W), acc_t(0));
   for (int64_t t = 0; t < T; ++t) {
@@ -101,8 +126,9 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const LossArgs&
   }
   const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
   at::Tensor loss = at::empty({R}, logits.options().dtype(acc_type));
+  at::Tensor coef_t = at::empty({R, 3, C}, logits.options().dtype(acc_type));
   acc_t* loss_ptr = loss.mutable_data_ptr<acc_t>();
-  std::vector<acc_t> coef(static_cast<size_t>(R * 3 * C), acc_t(0));
+  acc_t* coef = coef_t.mutable_data_ptr<acc_t>();
   const acc_t a = static_cast<acc_t>(fp_weight), be = static_cast<acc_t>(fn_weight);
   const acc_t eps = static_cast<acc_t>(smooth), tiny = static_cast<acc_t>(kTiny);
   for (int64_t r = 0; r < R; ++r) {
@@ -128,16 +154,84 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const LossArgs&
     }
     loss_ptr[r] = value;
   }
+  return {loss, coef_t};
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const LossArgs& args, double fp_weight,
+                                       double fn_weight, double smooth, bool batch, bool compute_grad) {
+  const CpuVariant variant = cpu_variant();
+  std::vector<acc_t> partial(static_cast<size_t>(std::max<int64_t>(args.tiles(), 1) * args.row_width()), acc_t(0));
+  run_stats(variant, args, partial.data());
+  auto [loss, coef] = finish_stats(logits, args, partial, fp_weight, fn_weight, smooth, batch);
   if (!compute_grad) return {loss, at::empty({0}, logits.options())};
-  at::Tensor grad = at::empty({B, C, args.N}, logits.options());
-  run_grad(variant, args, coef.data(), batch, grad.mutable_data_ptr());
+  at::Tensor grad = at::empty({args.B, args.C, args.N}, logits.options());
+  run_grad(variant, args, coef.const_data_ptr(), batch, grad.mutable_data_ptr());
   return {loss, grad};
 }
 
-std::tuple<at::Tensor, at::Tensor> unified_focal_loss_cpu(const at::Tensor& logits, const at::Tensor& target,
-                                                          const at::Tensor& class_params, double fp_weight,
-                                                          double fn_weight, double smooth, int64_t ignore_index,
-                                                          bool batch, bool compute_grad) {
+// One-sweep forward: (loss, state, coef); state is undefined unless with_state.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_one_sweep(const at::Tensor& logits, const LossArgs& args,
+                                                             double fp_weight, double fn_weight, double smooth,
+                                                             bool batch, bool with_state) {
+  const CpuVariant variant = cpu_variant();
+  at::Tensor state;
+  if (with_state) {
+    const bool own = state_dtype(args) == args.dtype;
+    state = at::empty({args.B, args.C, args.N}, logits.options().dtype(own ? logits.scalar_type() : at::kFloat));
+  }
+  std::vector<float> partial(static_cast<size_t>(std::max<int64_t>(args.tiles(), 1) * args.row_width()), 0.f);
+  run_stats_state(variant, args, partial.data(), with_state ? state.mutable_data_ptr() : nullptr, state_dtype(args));
+  auto [loss, coef] = finish_stats(logits, args, partial, fp_weight, fn_weight, smooth, batch);
+  return {loss, state, coef};
+}
+
+LossDtype out_dtype_of(at::ScalarType t) {
+  const LossDtype d = loss_dtype(t);
+  TORCH_CHECK_TYPE(d != LossDtype::kDouble,
+                   "unified_focal_loss_cpu_finish: dtype must be float32, bfloat16 or float16");
+  return d;
+}
+
+// The light pass: gradient (B, C, N) in `dtype` from the one-sweep state, coef (R, 3, C) fp32 and
+// scale (R,) (grad_output; null: ones), R = 1 (batch) or B. Written over the state when inplace and
+// the dtypes match.
+at::Tensor finish_grad_impl(const at::Tensor& state, const at::Tensor& coef, const float* scale,
+                            at::ScalarType dtype, bool inplace) {
+  const LossDtype out_dtype = out_dtype_of(dtype);
+  TORCH_CHECK(state.dim() == 3 && state.is_contiguous() && state.size(1) >= 2 && state.size(1) <= kStateMaxClasses,
+              "unified_focal_loss_cpu_finish: state must be a contiguous (B, C, N) one-sweep state");
+  const int64_t B = state.size(0), C = state.size(1), N = state.size(2);
+  const LossDtype sd = C == 2 ? out_dtype : LossDtype::kFloat;
+  TORCH_CHECK(loss_dtype(state.scalar_type()) == sd, "unified_focal_loss_cpu_finish: state dtype ",
+              state.scalar_type(), " does not match the output dtype ", dtype, " for ", C, " classes");
+  TORCH_CHECK(coef.scalar_type() == at::kFloat && coef.dim() == 3 && coef.size(1) == 3 && coef.size(2) == C &&
+                  (coef.size(0) == 1 || coef.size(0) == B) && coef.is_contiguous(),
+              "unified_focal_loss_cpu_finish: coef must be contiguous float32 (1 or B, 3, C)");
+  const int64_t R = coef.size(0);
+  const float* cf = coef.const_data_ptr<float>();
+  std::vector<float> scaled(static_cast<size_t>(B * 3 * C));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t r = R == 1 ? 0 : b;
+    const float s = scale == nullptr ? 1.f : scale[r];
+    for (int64_t k = 0; k < 3 * C; ++k) scaled[b * 3 * C + k] = cf[r * 3 * C + k] * s;
+  }
+  at::Tensor out = inplace && state.scalar_type() == dtype ? state : at::empty({B, C, N}, state.options().dtype(dtype));
+  const LossFinishArgs f{state.const_data_ptr(), sd, out.mutable_data_ptr(), out_dtype, scaled.data(), B, C, N};
+  run_finish(cpu_variant(), f);
+  return out;
+}
+
+at::Tensor unified_focal_loss_cpu_finish(const at::Tensor& state, const at::Tensor& coef,
+                                         const at::Tensor& grad_output, at::ScalarType dtype, bool inplace) {
+  TORCH_CHECK(coef.dim() == 3 && grad_output.numel() == coef.size(0), "unified_focal_loss_cpu_finish: grad_output has ",
+              grad_output.numel(), " elements, expected one per row of coef");
+  const at::Tensor scale = grad_output.to(at::kFloat).contiguous();
+  return finish_grad_impl(state, coef, scale.const_data_ptr<float>(), dtype, inplace);
+}
+
+LossArgs make_args(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& class_params,
+                   int64_t ignore_index) {
   TORCH_CHECK(logits.dim() == 3 && logits.is_contiguous(), "unified_focal_loss_cpu: logits must be contiguous (B, C, N)");
   const LossDtype dtype = loss_dtype(logits.scalar_type());
   const int64_t B = logits.size(0), C = logits.size(1), N = logits.size(2);
@@ -154,18 +248,46 @@ std::tuple<at::Tensor, at::Tensor> unified_focal_loss_cpu(const at::Tensor& logi
   TORCH_CHECK(class_params.scalar_type() == at::kDouble && class_params.dim() == 2 && class_params.size(0) == 4 &&
                   class_params.size(1) == C && class_params.is_contiguous(),
               "unified_focal_loss_cpu: class_params must be contiguous float64 (4, C)");
-  const LossArgs args{logits.const_data_ptr(),
-                      index ? target.const_data_ptr<int64_t>() : nullptr,
-                      index ? nullptr : target.const_data_ptr(),
-                      class_params.const_data_ptr<double>(),
-                      B, C, N, ignore_index, dtype};
-  if (dtype == LossDtype::kDouble)
+  return LossArgs{logits.const_data_ptr(),
+                  index ? target.const_data_ptr<int64_t>() : nullptr,
+                  index ? nullptr : target.const_data_ptr(),
+                  class_params.const_data_ptr<double>(),
+                  B, C, N, ignore_index, dtype};
+}
+
+std::tuple<at::Tensor, at::Tensor> unified_focal_loss_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                                          const at::Tensor& class_params, double fp_weight,
+                                                          double fn_weight, double smooth, int64_t ignore_index,
+                                                          bool batch, bool compute_grad) {
+  const LossArgs args = make_args(logits, target, class_params, ignore_index);
+  if (one_sweep(args)) {
+    auto [loss, state, coef] = run_one_sweep(logits, args, fp_weight, fn_weight, smooth, batch, compute_grad);
+    if (!compute_grad) return {loss, at::empty({0}, logits.options())};
+    return {loss, finish_grad_impl(state, coef, nullptr, logits.scalar_type(), true)};
+  }
+  if (args.dtype == LossDtype::kDouble)
     return run<double>(logits, args, fp_weight, fn_weight, smooth, batch, compute_grad);
   return run<float>(logits, args, fp_weight, fn_weight, smooth, batch, compute_grad);
 }
 
+// Forward of the one-sweep path: (loss (R,), state (B, C, N), coef (R, 3, C) fp32). Index targets,
+// fp32/bf16/fp16 logits, at most kStateMaxClasses classes; unified_focal_loss_cpu_finish makes
+// the gradient, grad_output folded in.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unified_focal_loss_cpu_state(
+    const at::Tensor& logits, const at::Tensor& target, const at::Tensor& class_params, double fp_weight,
+    double fn_weight, double smooth, int64_t ignore_index, bool batch) {
+  const LossArgs args = make_args(logits, target, class_params, ignore_index);
+  TORCH_CHECK_VALUE(one_sweep(args), "unified_focal_loss_cpu_state: needs int64 index targets, float32/bfloat16/"
+                    "float16 logits and at most ", kStateMaxClasses, " classes");
+  return run_one_sweep(logits, args, fp_weight, fn_weight, smooth, batch, true);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(unimri, CPU, m) { m.impl("unified_focal_loss_cpu", &unified_focal_loss_cpu); }
+TORCH_LIBRARY_IMPL(unimri, CPU, m) {
+  m.impl("unified_focal_loss_cpu", &unified_focal_loss_cpu);
+  m.impl("unified_focal_loss_cpu_state", &unified_focal_loss_cpu_state);
+  m.impl("unified_focal_loss_cpu_finish", &unified_focal_loss_cpu_finish);
+}
 
 }  // namespace unimri

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 import unimri_kernels  # noqa: F401  (registers torch.ops.unimri.*)
 from unimri_kernels.dispatch import backend_for
+from unimri_kernels.ops.unified_focal_loss import unified_focal_loss_autograd
 
 REDUCTIONS = ("mean", "sum", "none")
 NO_IGNORE = -(2**31)  # sentinel passed to the op when ignore_index is None
@@ -137,9 +138,9 @@ class FusedSegmentationLoss(nn.Module):
         batch = self.batch and groups is None
         compute_grad = torch.is_grad_enabled() and input.requires_grad
         ignore = NO_IGNORE if self.ignore_index is None else int(self.ignore_index)
-        loss, _ = torch.ops.unimri.unified_focal_loss(
-            logits, tgt, params.tensor(input.device), float(self.fp_weight), float(self.fn_weight),
-            float(self.smooth), ignore, batch, compute_grad, bool(self.inplace_backward))
+        loss = unified_focal_loss_autograd(
+            logits, tgt, self._params_tensor(params, input.device), float(self.fp_weight),
+            float(self.fn_weight), float(self.smooth), ignore, batch, compute_grad, bool(self.inplace_backward))
         if groups is not None:
             loss = loss.view(groups).mean(-1)
         if self.reduction == "mean":
@@ -147,6 +148,18 @@ class FusedSegmentationLoss(nn.Module):
         if self.reduction == "sum":
             return loss.sum()
         return loss
+
+    def _params_tensor(self, params: ClassParams, device: torch.device) -> Tensor:
+        """``params.tensor(device)``, reused while the rows and the device stay the same."""
+        key = (device, tuple(map(tuple, (params.focal_weight, params.focal_gamma, params.tversky_weight,
+                                         params.tversky_exponent))))
+        cached = self.__dict__.get("_params_cache")
+        if torch.compiler.is_compiling() or cached is None or cached[0] != key:
+            tensor = params.tensor(device)
+            if not torch.compiler.is_compiling():
+                self.__dict__["_params_cache"] = (key, tensor)
+            return tensor
+        return cached[1]
 
     # -- layouts -------------------------------------------------------------------------
     def _index_target(self, target: Tensor, input: Tensor, num_classes: int) -> Tensor:
