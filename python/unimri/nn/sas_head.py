@@ -35,14 +35,28 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _native(dtype: torch.dtype) -> bool:
+    """Whether the large products run in ``dtype`` itself: float32/64, and bf16 (products
+    accumulate in fp32 inside the BLAS / AMX tiles; results are per batch item and summed in
+    fp32). float16 is converted to float32: its Gram matrix could overflow."""
+    return dtype in (torch.float32, torch.float64, torch.bfloat16)
+
+
+def _channel_sum(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Sum of y (B, C, N) over B and N in ``dtype`` (C,). Per-item sums first: a bf16 y
+    summed with ``dtype=float32`` at once would be copied to float32 whole."""
+    return y.sum(dim=2).sum(dim=0, dtype=dtype)
+
+
 def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``m`` (C,) and second moment ``G = E[y y^T]`` (C, C) of y (B, C, N) over B and N,
-    in float32 (float64 for float64 y)."""
+    in float32 (float64 for float64 y). bf16 ``y`` is not copied to float32: its per-item
+    Gram products round once to bf16 (relative 2^-9) before the float32 sum over the batch."""
     dt = _compute_dtype(y)
-    yc = y.to(dt)
+    yc = y if _native(y.dtype) else y.to(dt)
     n = y.shape[0] * y.shape[2]
-    m = yc.sum(dim=(0, 2)) / n
-    gram = torch.bmm(yc, yc.transpose(1, 2)).sum(0) / n
+    m = _channel_sum(yc, dt) / n
+    gram = torch.bmm(yc, yc.transpose(1, 2)).sum(0, dtype=dt) / n
     return m, gram
 
 
@@ -115,7 +129,7 @@ class FoldedMergeFn(torch.autograd.Function):
         kk, n = ctx.k, ctx.n
         saved, ys = rest[:3 * kk], rest[3 * kk:]
         gp = grad_p.to(ys[0].dtype)
-        dc = grad_p.sum(dim=(0, 2), dtype=w.dtype)
+        dc = _channel_sum(grad_p, w.dtype)
         gw, ggamma, gbeta, gmerge, gys = [], [], [], [], []
         for k, y in enumerate(ys):
             m, gram, r = saved[3 * k:3 * k + 3]
@@ -123,7 +137,7 @@ class FoldedMergeFn(torch.autograd.Function):
             mu = wk @ m
             s = gamma[k] * r
             t = beta[k] - mu * s
-            da = torch.bmm(gp, y.transpose(1, 2)).sum(0).to(w.dtype)  # d A_k = sum grad_P y_k^T
+            da = torch.bmm(gp, y.transpose(1, 2)).sum(0, dtype=w.dtype)  # d A_k = sum grad_P y_k^T
             ws = wk * s[:, None]                          # diag(s) W
             dmk = da @ ws.T + torch.outer(dc, t)          # A = M_k diag(s) W, c += M_k t
             mta = mk.T @ da
@@ -149,29 +163,47 @@ class FoldedMergeFn(torch.autograd.Function):
 
 def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad_p: torch.Tensor,
             y: torch.Tensor) -> torch.Tensor:
-    """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms nearly cancel (the norm's
-    projection), so half/bf16 inputs are combined in float32 and rounded once."""
+    """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms partly cancel (the norm's
+    projection). float16 is combined in float32 and rounded once; bf16 stays bf16 (no
+    full-resolution float32 copies): the small norm terms first, then the main product
+    accumulated onto them in fp32 inside the BLAS, rounded once."""
     cdt, out_dtype = a.dtype, y.dtype
-    if y.dtype != cdt:
+    if not _native(y.dtype):
         grad_p, y = grad_p.to(cdt), y.to(cdt)
-    bsz = y.shape[0]
-    gy = torch.baddbmm((dm / n)[:, None], a.T.expand(bsz, -1, -1), grad_p)
-    return gy.baddbmm_(((2.0 / n) * dgram).expand(bsz, -1, -1), y).to(out_dtype)
+    dt, bsz = y.dtype, y.shape[0]
+    gy = torch.baddbmm((dm / n).to(dt)[:, None], ((2.0 / n) * dgram).to(dt).expand(bsz, -1, -1), y)
+    return gy.baddbmm_(a.T.to(dt).expand(bsz, -1, -1), grad_p).to(out_dtype)
 
 
-def foldable(sas: nn.Module) -> bool:
-    """Whether :func:`merge_folded` applies to a SelectiveAttention: every gate has batch
-    norm (affine, the same eps/momentum/mode, no conv bias) or every gate has no norm."""
-    norms = [gate.out_norm for gate in sas.gates]
+def _foldable_norms(gates: list[nn.Module]) -> bool:
+    """Every gate has batch norm (affine, the same eps/momentum/mode, no conv bias), or every
+    gate has no norm and a conv bias."""
+    norms = [gate.out_norm for gate in gates]
     if all(isinstance(n, nn.Identity) for n in norms):
-        return all(gate.out_conv.bias is not None for gate in sas.gates) and sas.merge[0].bias is not None
+        return all(gate.out_conv.bias is not None for gate in gates)
     first = norms[0]
     if not isinstance(first, _BatchNorm) or first.weight is None:
         return False
     same = all(type(n) is type(first) and n.weight is not None and n.eps == first.eps
                and n.momentum == first.momentum and n.training == first.training
                and n.track_running_stats == first.track_running_stats for n in norms)
-    return same and all(gate.out_conv.bias is None for gate in sas.gates)
+    return same and all(gate.out_conv.bias is None for gate in gates)
+
+
+def foldable(sas: nn.Module) -> bool:
+    """Whether :func:`merge_folded` applies to a SelectiveAttention: every gate has batch
+    norm (affine, the same eps/momentum/mode, no conv bias) or every gate has no norm."""
+    gates = list(sas.gates)
+    # the merge bias is folded into the no-norm form only (with norms it has none)
+    if (sas.merge[0].bias is not None) != isinstance(gates[0].out_norm, nn.Identity):
+        return False
+    return _foldable_norms(gates)
+
+
+def foldable_gate(gate: nn.Module) -> bool:
+    """Whether :func:`gate_output_folded` applies to an AttentionGate (batch norm with affine
+    parameters and no conv bias, or no norm and a conv bias)."""
+    return _foldable_norms([gate])
 
 
 def _apply(flat: list[torch.Tensor], a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -203,18 +235,35 @@ def merge_folded(sas: nn.Module, ys: tuple[torch.Tensor, ...]) -> torch.Tensor:
     ``ys`` (K tensors (B, C, *S)) of a SelectiveAttention for which :func:`foldable` holds,
     equal to ``merge[0](cat([gate.out_norm(gate.out_conv(y)) for ...]))``; updates the
     gates' batch-norm running statistics in training as the norms themselves would."""
-    gates = list(sas.gates)
-    k, c = len(gates), sas.in_channels
     conv = sas.merge[0]
+    m = conv.weight.reshape(conv.weight.shape[0], len(sas.gates), -1)            # (C_out, K, C)
+    return _folded(list(sas.gates), m, conv.bias, ys)
+
+
+def gate_output_folded(gate: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``gate.out_norm(gate.out_conv(y))`` (B, C, *S) for an AttentionGate for which
+    :func:`foldable_gate` holds, from the gated input ``y`` (B, C, *S): one (C, C) matrix
+    product, batch-norm statistics from the moments of ``y`` (running statistics updated in
+    training as the norm itself would)."""
+    c = y.shape[1]
+    eye = torch.eye(c, dtype=gate.out_conv.weight.dtype, device=y.device).reshape(c, 1, c)
+    return _folded([gate], eye, None, (y,))
+
+
+def _folded(gates: list[nn.Module], m: torch.Tensor, merge_bias: torch.Tensor | None,
+            ys: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``sum_k m[:, k] norm_k(conv_k(y_k)) (+ merge_bias)`` (B, C_out, *S) for K gates;
+    ``merge_bias`` only with norm-free gates (see :func:`foldable`)."""
+    k, c = len(gates), ys[0].shape[1]
     bsz, spatial = ys[0].shape[0], ys[0].shape[2:]
     flat = [y.reshape(bsz, c, -1) for y in ys]
     w = torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates])      # (K, C, C)
-    m = conv.weight.reshape(-1, k, c)                                              # (C_out, K, C)
     norms = [gate.out_norm for gate in gates]
     if isinstance(norms[0], nn.Identity):
         bias = torch.stack([gate.out_conv.bias for gate in gates])                # (K, C)
         a = torch.einsum("okc,kcd->okd", m, w)
-        out = _apply(flat, a, conv.bias + torch.einsum("okc,kc->o", m, bias))
+        c0 = torch.einsum("okc,kc->o", m, bias)
+        out = _apply(flat, a, c0 if merge_bias is None else c0 + merge_bias)
         return out.view(bsz, -1, *spatial)
     first = norms[0]
     gamma = torch.stack([n.weight for n in norms])
