@@ -20,7 +20,14 @@ Same maths as the modules it replaces (tests check forward, gradients and runnin
 statistics against them); the rounding differs: variances come from ``E[z^2] - E[z]^2``
 accumulated in float32 (float64 for float64 inputs), whose relative error grows like
 ``eps * E[z]^2 / var(z)``: negligible unless a channel's mean is many standard deviations
-from zero. Half/bf16 inputs get their moments and input gradients in float32.
+from zero. float16 inputs get their moments and input gradients in float32; bf16 inputs
+stay bf16 in the large products (AMX/AVX-512-BF16 on CPUs that have them), which accumulate
+in fp32 and round each per-item result once (moments summed over the batch in fp32; the
+variance's relative error is then about ``2^-9 E[z^2] / var(z)``): no full-resolution
+float32 copy is made.
+
+A single :class:`~unimri.nn.AttentionGate` uses the same machinery with K = 1 and the
+identity as merge (:func:`gate_output_folded`).
 """
 from __future__ import annotations
 
