@@ -20,11 +20,9 @@ Same maths as the modules it replaces (tests check forward, gradients and runnin
 statistics against them); the rounding differs: variances come from ``E[z^2] - E[z]^2``
 accumulated in float32 (float64 for float64 inputs), whose relative error grows like
 ``eps * E[z]^2 / var(z)``: negligible unless a channel's mean is many standard deviations
-from zero. float16 inputs get their moments and input gradients in float32; bf16 inputs
-stay bf16 in the large products (AMX/AVX-512-BF16 on CPUs that have them), which accumulate
-in fp32 and round each per-item result once (moments summed over the batch in fp32; the
-variance's relative error is then about ``2^-9 E[z^2] / var(z)``): no full-resolution
-float32 copy is made.
+from zero. Half/bf16 inputs get their moments, weight and input gradients
+in float32 (the input gradient's terms nearly cancel), converted one batch item at a time
+into reused buffers: no full-resolution float32 copy is made.
 
 A single :class:`~unimri.nn.AttentionGate` uses the same machinery with K = 1 and the
 identity as merge (:func:`gate_output_folded`).
@@ -42,29 +40,40 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _native(dtype: torch.dtype) -> bool:
-    """Whether the large products run in ``dtype`` itself: float32/64, and bf16 (products
-    accumulate in fp32 inside the BLAS / AMX tiles; results are per batch item and summed in
-    fp32). float16 is converted to float32: its Gram matrix could overflow."""
-    return dtype in (torch.float32, torch.float64, torch.bfloat16)
-
-
-def _channel_sum(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Sum of y (B, C, N) over B and N in ``dtype`` (C,). Per-item sums first: a bf16 y
-    summed with ``dtype=float32`` at once would be copied to float32 whole."""
-    return y.sum(dim=2).sum(dim=0, dtype=dtype)
+def _items(dtype: torch.dtype, *ts: torch.Tensor):
+    """Yields, per batch item b, ``t[b]`` of each (B, ...) tensor converted to ``dtype`` in
+    buffers reused across the batch: half/bf16 tensors combined in float32 without
+    full-resolution float32 copies."""
+    bufs = [torch.empty(t.shape[1:], dtype=dtype, device=t.device) for t in ts]
+    for b in range(ts[0].shape[0]):
+        for buf, t in zip(bufs, ts):
+            buf.copy_(t[b])
+        yield bufs
 
 
 def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``m`` (C,) and second moment ``G = E[y y^T]`` (C, C) of y (B, C, N) over B and N,
-    in float32 (float64 for float64 y). bf16 ``y`` is not copied to float32: its per-item
-    Gram products round once to bf16 (relative 2^-9) before the float32 sum over the batch."""
+    in float32 (float64 for float64 y; half/bf16 converted one batch item at a time)."""
     dt = _compute_dtype(y)
-    yc = y if _native(y.dtype) else y.to(dt)
     n = y.shape[0] * y.shape[2]
-    m = _channel_sum(yc, dt) / n
-    gram = torch.bmm(yc, yc.transpose(1, 2)).sum(0, dtype=dt) / n
-    return m, gram
+    if y.dtype == dt:
+        return y.sum(dim=(0, 2)) / n, torch.bmm(y, y.transpose(1, 2)).sum(0) / n
+    m = torch.zeros(y.shape[1], dtype=dt, device=y.device)
+    gram = torch.zeros(y.shape[1], y.shape[1], dtype=dt, device=y.device)
+    for (yb,) in _items(dt, y):
+        m += yb.sum(1)
+        gram.addmm_(yb, yb.T)
+    return m / n, gram / n
+
+
+def _outer_sum(p: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``sum_b p[b] y[b]^T`` (C_out, C) in ``dtype`` from p (B, C_out, N), y (B, C, N)."""
+    if p.dtype == dtype and y.dtype == dtype:
+        return torch.bmm(p, y.transpose(1, 2)).sum(0)
+    out = torch.zeros(p.shape[1], y.shape[1], dtype=dtype, device=y.device)
+    for pb, yb in _items(dtype, p, y):
+        out.addmm_(pb, yb.T)
+    return out
 
 
 def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
@@ -136,7 +145,7 @@ class FoldedMergeFn(torch.autograd.Function):
         kk, n = ctx.k, ctx.n
         saved, ys = rest[:3 * kk], rest[3 * kk:]
         gp = grad_p.to(ys[0].dtype)
-        dc = _channel_sum(grad_p, w.dtype)
+        dc = grad_p.sum(dim=2).sum(dim=0, dtype=w.dtype)
         gw, ggamma, gbeta, gmerge, gys = [], [], [], [], []
         for k, y in enumerate(ys):
             m, gram, r = saved[3 * k:3 * k + 3]
@@ -144,7 +153,7 @@ class FoldedMergeFn(torch.autograd.Function):
             mu = wk @ m
             s = gamma[k] * r
             t = beta[k] - mu * s
-            da = torch.bmm(gp, y.transpose(1, 2)).sum(0, dtype=w.dtype)  # d A_k = sum grad_P y_k^T
+            da = _outer_sum(gp, y, w.dtype)               # d A_k = sum grad_P y_k^T
             ws = wk * s[:, None]                          # diag(s) W
             dmk = da @ ws.T + torch.outer(dc, t)          # A = M_k diag(s) W, c += M_k t
             mta = mk.T @ da
@@ -170,16 +179,20 @@ class FoldedMergeFn(torch.autograd.Function):
 
 def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad_p: torch.Tensor,
             y: torch.Tensor) -> torch.Tensor:
-    """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms partly cancel (the norm's
-    projection). float16 is combined in float32 and rounded once; bf16 stays bf16 (no
-    full-resolution float32 copies): the small norm terms first, then the main product
-    accumulated onto them in fp32 inside the BLAS, rounded once."""
-    cdt, out_dtype = a.dtype, y.dtype
-    if not _native(y.dtype):
-        grad_p, y = grad_p.to(cdt), y.to(cdt)
-    dt, bsz = y.dtype, y.shape[0]
-    gy = torch.baddbmm((dm / n).to(dt)[:, None], ((2.0 / n) * dgram).to(dt).expand(bsz, -1, -1), y)
-    return gy.baddbmm_(a.T.to(dt).expand(bsz, -1, -1), grad_p).to(out_dtype)
+    """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms nearly cancel (the norm's
+    projection), so half/bf16 inputs are combined in float32 (one item at a time) and
+    rounded once."""
+    cdt, bsz = a.dtype, y.shape[0]
+    bias, dg = (dm / n)[:, None], (2.0 / n) * dgram
+    if y.dtype == cdt:
+        gy = torch.baddbmm(bias, a.T.expand(bsz, -1, -1), grad_p)
+        return gy.baddbmm_(dg.expand(bsz, -1, -1), y)
+    out = torch.empty_like(y)
+    r_b = torch.empty(y.shape[1:], dtype=cdt, device=y.device)
+    for b, (gp_b, y_b) in enumerate(_items(cdt, grad_p, y)):
+        torch.addmm(bias, a.T, gp_b, out=r_b).addmm_(dg, y_b)
+        out[b].copy_(r_b)
+    return out
 
 
 def _foldable_norms(gates: list[nn.Module]) -> bool:
