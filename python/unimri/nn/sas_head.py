@@ -129,7 +129,7 @@ class FoldedMergeFn(torch.autograd.Function):
             mu = wk @ m
             s = gamma[k] * r
             t = beta[k] - mu * s
-            da = torch.bmm(gp, y.transpose(1, 2)).sum(0, dtype=w.dtype)  # d A_k = sum grad_P y_k^T
+            da = torch.bmm(gp, y.transpose(1, 2)).sum(0).to(w.dtype)  # d A_k = sum grad_P y_k^T
             ws = wk * s[:, None]                          # diag(s) W
             dmk = da @ ws.T + torch.outer(dc, t)          # A = M_k diag(s) W, c += M_k t
             mta = mk.T @ da
