@@ -3,7 +3,10 @@
 ``AttentionGate`` computes ``alpha = sigmoid(psi . relu(theta x + phi g) + b) ** focal`` on a
 grid ``subsample`` times coarser than ``x``, resamples it to ``x``'s grid and returns
 ``norm(conv1x1(alpha * x))`` with ``alpha``. All of that up to ``alpha * x`` is the fused
-``unimri::attention_gate`` op (Triton on CUDA, C++ on CPU).
+``unimri::attention_gate`` op (Triton on CUDA, C++ on CPU). With batch norm (the default) or
+no norm, the output convolution and norm are evaluated folded into one (Cx, Cx) matrix
+product with the norm's statistics from the moments of ``alpha * x``
+(:mod:`unimri.nn.sas_head`); ``fold=False`` runs them as modules.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from unimri.nn.layers import check_channels, check_input, check_spatial_dims, conv_nd, create_norm
-from unimri.nn.sas_head import foldable, merge_folded
+from unimri.nn.sas_head import foldable, foldable_gate, gate_output_folded, merge_folded
 from unimri_kernels.ops.attention_gate import attention_gate, autocast_inputs
 
 
@@ -37,6 +40,11 @@ class AttentionGate(nn.Module):
         norm: "batch", "instance", "group" or None, after the output 1x1 conv.
 
     Returns ``out`` (B, Cx, *S) and ``alpha`` (B, 1, *S) in [0, 1].
+
+    With batch norm or no norm the output conv and norm run folded
+    (:func:`unimri.nn.sas_head.gate_output_folded`): the same maths and parameters
+    (state-dict keys unchanged) as ``out_norm(out_conv(y))``, without their full-resolution
+    intermediates. ``fold=False`` (attribute, settable) runs the modules.
     """
 
     def __init__(self, in_channels: int, gating_channels: int | None = None,
@@ -63,6 +71,7 @@ class AttentionGate(nn.Module):
         self.psi_bias = nn.Parameter(torch.empty(1))
         self.out_conv = conv_nd(spatial_dims, cx, cx, 1, bias=norm is None)
         self.out_norm = create_norm(norm, cx, spatial_dims)
+        self.fold = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -93,6 +102,8 @@ class AttentionGate(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         y, alpha = self.gate(x, g)
+        if self.fold and foldable_gate(self):
+            return gate_output_folded(self, y), alpha
         return self.out_norm(self.out_conv(y)), alpha
 
 

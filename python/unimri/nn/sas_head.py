@@ -21,6 +21,9 @@ statistics against them); the rounding differs: variances come from ``E[z^2] - E
 accumulated in float32 (float64 for float64 inputs), whose relative error grows like
 ``eps * E[z]^2 / var(z)``: negligible unless a channel's mean is many standard deviations
 from zero. Half/bf16 inputs get their moments and input gradients in float32.
+
+A single :class:`~unimri.nn.AttentionGate` uses the same machinery with K = 1 and the
+identity as merge (:func:`gate_output_folded`).
 """
 from __future__ import annotations
 
@@ -37,7 +40,10 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``m`` (C,) and second moment ``G = E[y y^T]`` (C, C) of y (B, C, N) over B and N,
-    in float32 (float64 for float64 y)."""
+    in float32 (float64 for float64 y). Half/bf16 y is converted first: a bf16 Gram product
+    rounds each entry to bf16, and the variance ``w^T G w - mu^2`` then loses most of its
+    digits when a channel's mean is large (measured: gradient errors several times those of
+    the per-gate modules)."""
     dt = _compute_dtype(y)
     yc = y.to(dt)
     n = y.shape[0] * y.shape[2]
@@ -151,27 +157,42 @@ def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad
             y: torch.Tensor) -> torch.Tensor:
     """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms nearly cancel (the norm's
     projection), so half/bf16 inputs are combined in float32 and rounded once."""
-    cdt, out_dtype = a.dtype, y.dtype
+    cdt, out_dtype, bsz = a.dtype, y.dtype, y.shape[0]
     if y.dtype != cdt:
         grad_p, y = grad_p.to(cdt), y.to(cdt)
-    bsz = y.shape[0]
     gy = torch.baddbmm((dm / n)[:, None], a.T.expand(bsz, -1, -1), grad_p)
     return gy.baddbmm_(((2.0 / n) * dgram).expand(bsz, -1, -1), y).to(out_dtype)
 
 
-def foldable(sas: nn.Module) -> bool:
-    """Whether :func:`merge_folded` applies to a SelectiveAttention: every gate has batch
-    norm (affine, the same eps/momentum/mode, no conv bias) or every gate has no norm."""
-    norms = [gate.out_norm for gate in sas.gates]
+def _foldable_norms(gates: list[nn.Module]) -> bool:
+    """Every gate has batch norm (affine, the same eps/momentum/mode, no conv bias), or every
+    gate has no norm and a conv bias."""
+    norms = [gate.out_norm for gate in gates]
     if all(isinstance(n, nn.Identity) for n in norms):
-        return all(gate.out_conv.bias is not None for gate in sas.gates) and sas.merge[0].bias is not None
+        return all(gate.out_conv.bias is not None for gate in gates)
     first = norms[0]
     if not isinstance(first, _BatchNorm) or first.weight is None:
         return False
     same = all(type(n) is type(first) and n.weight is not None and n.eps == first.eps
                and n.momentum == first.momentum and n.training == first.training
                and n.track_running_stats == first.track_running_stats for n in norms)
-    return same and all(gate.out_conv.bias is None for gate in sas.gates)
+    return same and all(gate.out_conv.bias is None for gate in gates)
+
+
+def foldable(sas: nn.Module) -> bool:
+    """Whether :func:`merge_folded` applies to a SelectiveAttention: every gate has batch
+    norm (affine, the same eps/momentum/mode, no conv bias) or every gate has no norm."""
+    gates = list(sas.gates)
+    # the merge bias is folded into the no-norm form only (with norms it has none)
+    if (sas.merge[0].bias is not None) != isinstance(gates[0].out_norm, nn.Identity):
+        return False
+    return _foldable_norms(gates)
+
+
+def foldable_gate(gate: nn.Module) -> bool:
+    """Whether :func:`gate_output_folded` applies to an AttentionGate (batch norm with affine
+    parameters and no conv bias, or no norm and a conv bias)."""
+    return _foldable_norms([gate])
 
 
 def _apply(flat: list[torch.Tensor], a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -203,18 +224,35 @@ def merge_folded(sas: nn.Module, ys: tuple[torch.Tensor, ...]) -> torch.Tensor:
     ``ys`` (K tensors (B, C, *S)) of a SelectiveAttention for which :func:`foldable` holds,
     equal to ``merge[0](cat([gate.out_norm(gate.out_conv(y)) for ...]))``; updates the
     gates' batch-norm running statistics in training as the norms themselves would."""
-    gates = list(sas.gates)
-    k, c = len(gates), sas.in_channels
     conv = sas.merge[0]
+    m = conv.weight.reshape(conv.weight.shape[0], len(sas.gates), -1)            # (C_out, K, C)
+    return _folded(list(sas.gates), m, conv.bias, ys)
+
+
+def gate_output_folded(gate: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``gate.out_norm(gate.out_conv(y))`` (B, C, *S) for an AttentionGate for which
+    :func:`foldable_gate` holds, from the gated input ``y`` (B, C, *S): one (C, C) matrix
+    product, batch-norm statistics from the moments of ``y`` (running statistics updated in
+    training as the norm itself would)."""
+    c = y.shape[1]
+    eye = torch.eye(c, dtype=gate.out_conv.weight.dtype, device=y.device).reshape(c, 1, c)
+    return _folded([gate], eye, None, (y,))
+
+
+def _folded(gates: list[nn.Module], m: torch.Tensor, merge_bias: torch.Tensor | None,
+            ys: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``sum_k m[:, k] norm_k(conv_k(y_k)) (+ merge_bias)`` (B, C_out, *S) for K gates;
+    ``merge_bias`` only with norm-free gates (see :func:`foldable`)."""
+    k, c = len(gates), ys[0].shape[1]
     bsz, spatial = ys[0].shape[0], ys[0].shape[2:]
     flat = [y.reshape(bsz, c, -1) for y in ys]
     w = torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates])      # (K, C, C)
-    m = conv.weight.reshape(-1, k, c)                                              # (C_out, K, C)
     norms = [gate.out_norm for gate in gates]
     if isinstance(norms[0], nn.Identity):
         bias = torch.stack([gate.out_conv.bias for gate in gates])                # (K, C)
         a = torch.einsum("okc,kcd->okd", m, w)
-        out = _apply(flat, a, conv.bias + torch.einsum("okc,kc->o", m, bias))
+        c0 = torch.einsum("okc,kc->o", m, bias)
+        out = _apply(flat, a, c0 if merge_bias is None else c0 + merge_bias)
         return out.view(bsz, -1, *spatial)
     first = norms[0]
     gamma = torch.stack([n.weight for n in norms])
