@@ -84,7 +84,7 @@ def _gate_rows(rec, quick: bool, note: str) -> None:
         return run
 
     ms = _timed_rounds({"unimri AttentionGate": step(gate), "Oktay block, plain PyTorch": step(eager)},
-                       3 if quick else 9)
+                       3 if quick else 15)
     for provider, t in ms.items():
         rec.add("attention gate fwd+bwd", provider, "forward+backward", "time", "ms", size, t, note=note)
     rec.add("attention gate fwd+bwd", "Oktay eager / unimri", "forward+backward", "ratio", "x", size,
@@ -117,7 +117,7 @@ def _train_rows(rec, quick: bool, device: str, note_base: str) -> None:
     steps["UNet+SAS plain PyTorch modules fp32"] = make_step(
         models["unimri UNet+SAS"], unified_loss(), x, y, Variant("eager", eager_modules=True), device)
     load = machine_load()
-    times = interleaved_times(steps, 2 if quick else 5, device, warmup=1, desc="summary train steps")
+    times = interleaved_times(steps, 2 if quick else 13, device, warmup=1, desc="summary train steps")
     note = f"{note_base}; {load} (shared machine); unified loss"
     ms = {k: record_times(rec, "train step", k, size, v, batch, note) for k, v in times.items()}
 
