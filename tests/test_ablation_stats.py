@@ -251,3 +251,26 @@ def json_load(path):
     import json
 
     return json.load(open(path))
+
+
+def test_monai_peer_takes_sizes_its_unet_cannot():
+    """MONAI's UNet needs sizes divisible by 16; the peer pads and crops back, so
+    aspect-keeping stages (64x41) and whole validation cases (57x37) run, and an input that
+    is already divisible goes through untouched."""
+    pytest.importorskip("monai")
+    from unimri.train.peer import DivisiblePadded, monai_unet
+
+    model = monai_unet(2, 1, 2, features=4).eval()
+    assert isinstance(model, DivisiblePadded) and model.k == 16
+    with pytest.raises(RuntimeError):  # the bare MONAI UNet refuses these sizes
+        model.net(torch.randn(1, 1, 64, 41))
+    for size in [(64, 41), (57, 37), (17, 16)]:
+        x = torch.randn(2, 1, *size)
+        out = model(x)
+        assert out.shape == (2, 2, *size)
+        padded = torch.nn.functional.pad(x, [0, -size[1] % 16, 0, -size[0] % 16])
+        torch.testing.assert_close(out, model.net(padded)[:, :, :size[0], :size[1]])
+    x = torch.randn(1, 1, 32, 48)
+    torch.testing.assert_close(model(x), model.net(x))
+    model3 = monai_unet(3, 1, 2, features=2).eval()
+    assert model3(torch.randn(1, 1, 20, 17, 16)).shape == (1, 2, 20, 17, 16)

@@ -39,12 +39,37 @@ def monai_available() -> bool:
     return importlib.util.find_spec("monai") is not None
 
 
+class DivisiblePadded(torch.nn.Module):
+    """Runs ``net`` on its input zero-padded (at the end of each spatial axis) to a multiple
+    of ``k`` and crops the output back, as MONAI users do with ``DivisiblePad``: MONAI's
+    UNet with four stride-2 levels needs sizes divisible by 16, and aspect-keeping stages
+    or whole validation cases (e.g. 64x41, 57x37) are not."""
+
+    def __init__(self, net: torch.nn.Module, k: int):
+        super().__init__()
+        self.net, self.k = net, int(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, *S) -> logits (B, K, *S)."""
+        spatial = x.shape[2:]
+        pad: list[int] = []
+        for n in reversed(spatial):  # F.pad lists the last axis first
+            pad += [0, -n % self.k]
+        if not any(pad):
+            return self.net(x)
+        out = self.net(torch.nn.functional.pad(x, pad))
+        return out[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)]
+
+
 def monai_unet(spatial_dims: int, in_channels: int, num_classes: int, features: int = 16) -> torch.nn.Module:
-    """MONAI's tutorial UNet: channels (f, 2f, 4f, 8f, 16f), strides 2, two residual units."""
+    """MONAI's tutorial UNet: channels (f, 2f, 4f, 8f, 16f), strides 2, two residual units;
+    inputs of any size (padded to a multiple of 16, see :class:`DivisiblePadded`)."""
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                channels=tuple(features * 2 ** i for i in range(5)), strides=(2, 2, 2, 2), num_res_units=2)
+    strides = (2, 2, 2, 2)
+    net = UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+               channels=tuple(features * 2 ** i for i in range(5)), strides=strides, num_res_units=2)
+    return DivisiblePadded(net, math.prod(strides))
 
 
 def fold_budgets(reference: ExperimentResult, clock: str = "seconds") -> dict[int, float]:
