@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Recorder, copy_bandwidth_gbs, peak_memory_bytes  # noqa: E402
 
 from unimri.losses import UnifiedFocalLoss  # noqa: E402
-from unimri_kernels.reference.loss import unified_focal_loss_reference  # noqa: E402
+from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference  # noqa: E402
 
 SIZES = [(8, 2, 256, 256), (16, 4, 256, 256), (2, 2, 128, 128, 128)]
 QUICK_SIZES = [(2, 2, 64, 64), (2, 4, 32, 32, 16)]

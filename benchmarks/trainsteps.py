@@ -21,7 +21,7 @@ from torch import nn
 from unimri.losses import create_loss
 from unimri.nn.eager import with_eager_attention
 from unimri.train.precision import autocast_for
-from unimri_kernels.reference.loss import unified_focal_loss_reference
+from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference
 
 MODE = "train_step"
 

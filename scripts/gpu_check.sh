@@ -52,7 +52,7 @@ print(f"- backends on cuda: {d.available_backends('cuda')}\n")
 PY
 NPROC=$($PY -c "import os; print(min(8, os.cpu_count() or 1))")
 step "CUDA tests" 300 $PY -m pytest -q -p no:cacheprovider --benchmark-disable -n "$NPROC" \
-  --junitxml="$OUT/gpu_tests.xml" tests/test_cuda.py tests/test_loss_op.py tests/test_attention_gate.py \
+  --junitxml="$OUT/gpu_tests.xml" tests/test_cuda.py tests/test_unified_focal_loss.py tests/test_attention_gate.py \
   tests/test_nn_attention.py tests/test_amp.py tests/test_memory_format.py -k "cuda or CUDA or amp or autocast"
 QUICK=$([ "${UNIMRI_GPU_QUICK:-0}" = 1 ] && echo --quick || true)
 step "GPU benchmarks: loss, attention gate" 240 $PY benchmarks/run.py --ops loss,attention --device cuda --out "$OUT" $QUICK

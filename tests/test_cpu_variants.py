@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 
 from test_attention_gate import FIXED as FIXED_GATE
 from test_attention_gate import NAMES, Case, assert_matches_reference, reference_results, run_op
-from test_loss_op import IGNORE, loss_cases, random_params, reference
+from test_unified_focal_loss import IGNORE, loss_cases, random_params, reference
 from unimri_kernels.dispatch import cpu_variant, cpu_variants, has_cpp, use_backend
-from unimri_kernels.reference.loss import unified_focal_loss_reference
+from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference
 
 VARIANTS = cpu_variants()
 OP = torch.ops.unimri.unified_focal_loss

@@ -158,7 +158,7 @@ def test_launchers_pass_tf32_setting_and_half_operands(allow_tf32):
 def _loss_reference(logits, target, params, batch):
     z = logits.detach().double().requires_grad_()
     t = target.double() if target.dtype.is_floating_point else target
-    from unimri_kernels.reference.loss import unified_focal_loss_reference
+    from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference
 
     loss = unified_focal_loss_reference(z, t, params, 0.4, 0.6, 1e-6, IGNORE, batch)
     (grad,) = torch.autograd.grad(loss.sum(), z)

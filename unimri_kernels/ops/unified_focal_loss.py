@@ -3,7 +3,7 @@
 Inputs (already flattened and validated by :mod:`unimri.losses`):
     logits        (B, C, N) contiguous, fp16 / bf16 / fp32 / fp64
     target        int64 (B, N) class indices, or soft (B, C, N) in the logits' dtype
-    class_params  (4, C) float64: rows fw, g, tw, e (see unimri_kernels.reference.loss)
+    class_params  (4, C) float64: rows fw, g, tw, e (see unimri_kernels.reference.unified_focal_loss)
 Outputs:
     loss          (B,) per-sample loss, or (1,) when ``batch`` (fp32; fp64 for fp64 logits)
     grad          (B, C, N) d loss_b / d logits in the logits' dtype (empty if not
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from unimri_kernels.dispatch import backend_for, cpp_ops
-from unimri_kernels.reference.loss import unified_focal_loss_torch
+from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_torch
 
 #: Most classes of the C++ one-sweep path (csrc/unified_focal_loss.h, kStateMaxClasses).
 ONE_SWEEP_MAX_CLASSES = 16

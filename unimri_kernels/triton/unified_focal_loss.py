@@ -10,8 +10,8 @@ are neither a class nor ``ignore_index`` raise ``ValueError`` as on the C++ back
 one host read of their summed count (index targets only; skipped on meta tensors and
 during CUDA graph capture). The tiny (B, C) finishing step (mTI, loss, gradient
 coefficients) is shared with the reference backend
-(:func:`unimri_kernels.reference.loss.finish_from_stats`). Pass 2 recomputes the tile's
-softmax and writes d loss_b / d logits. The maths is in :mod:`unimri_kernels.reference.loss`.
+(:func:`unimri_kernels.reference.unified_focal_loss.finish_from_stats`). Pass 2 recomputes the tile's
+softmax and writes d loss_b / d logits. The maths is in :mod:`unimri_kernels.reference.unified_focal_loss`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from unimri_kernels.reference.loss import finish_from_stats
+from unimri_kernels.reference.unified_focal_loss import finish_from_stats
 from unimri_kernels.triton.launch import (Target, check_grid, needs_int64, next_pow2,
                                           skip_host_checks, target_for)
 

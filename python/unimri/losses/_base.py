@@ -1,7 +1,7 @@
 """Shared machinery of the loss modules: input checks, layout, the fused op, reduction.
 
 Every loss of :mod:`unimri.losses` is one parametrisation of the fused op
-``unimri::unified_focal_loss`` (see :mod:`unimri_kernels.reference.loss` for the maths):
+``unimri::unified_focal_loss`` (see :mod:`unimri_kernels.reference.unified_focal_loss` for the maths):
 a subclass only says, per class, its focal weight and exponent and its Tversky weight
 and exponent.
 

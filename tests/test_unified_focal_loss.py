@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from conftest import requires_cuda
 from unimri_kernels.dispatch import available_backends, use_backend
-from unimri_kernels.reference.loss import unified_focal_loss_reference, unified_focal_loss_torch
+from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference, unified_focal_loss_torch
 
 BACKENDS = available_backends("cpu")
 IGNORE = -100
@@ -260,7 +260,7 @@ def test_cpp_baseline_build_matches_reference():
     script = (
         "import torch, unimri_kernels\n"
         "from unimri_kernels.dispatch import use_backend\n"
-        "from unimri_kernels.reference.loss import unified_focal_loss_reference as ref\n"
+        "from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference as ref\n"
         "g = torch.Generator().manual_seed(0)\n"
         "for soft in (False, True):\n"
         "    z = torch.randn(2, 4, 300, generator=g, dtype=torch.float64) * 5\n"

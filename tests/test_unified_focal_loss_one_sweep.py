@@ -14,10 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from test_cpu_variants import VARIANTS, needs_cpp, variant  # noqa: F401  (fixture)
-from test_loss_op import IGNORE, loss_cases, random_params, reference
+from test_unified_focal_loss import IGNORE, loss_cases, random_params, reference
 from unimri_kernels.dispatch import cpp_ops, use_backend
 from unimri_kernels.ops.unified_focal_loss import ONE_SWEEP_MAX_CLASSES, unified_focal_loss_autograd
-from unimri_kernels.reference.loss import unified_focal_loss_reference
+from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference
 
 TOL = {torch.float32: (2e-5, 2e-6), torch.float16: (2e-3, 2e-4), torch.bfloat16: (1e-2, 2e-3)}
 
