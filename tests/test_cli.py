@@ -179,3 +179,29 @@ def test_config_file_with_flag_overrides(tmp_path):
     (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")
     assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_ablate_all_resume_continues_started_studies_and_starts_the_rest(tmp_path, monkeypatch, capsys):
+    """An interrupted ``--study all`` stopped inside its first study: --resume continues that
+    one and starts the studies that had not begun (it used to refuse: no run folder)."""
+    from unimri.train import ablation
+    from unimri.train.experiment import MARKER
+
+    out = tmp_path / "abl"
+    (out / "components").mkdir(parents=True)
+    (out / "components" / MARKER).write_text("{}")
+    (out / MARKER).write_text("{}")
+    calls = []
+
+    def fake_run_study(cfg, study, models, out_dir, *, resume, **kw):
+        calls.append((study, resume))
+        os.makedirs(out_dir, exist_ok=True)
+        open(os.path.join(out_dir, f"{study}.md"), "w").write(f"## {study}\n")
+
+    monkeypatch.setattr(ablation, "run_study", fake_run_study)
+    assert main(["ablate", "--study", "all", "--models", "unet", *FAST, "--out", str(out), "--resume"]) == 0
+    assert calls == [("components", True), ("loss", False), ("attention", False)]
+    calls.clear()
+    assert main(["ablate", "--study", "loss", "--models", "unet", *FAST, "--out", str(tmp_path / "new"),
+                 "--resume"]) == 0  # a single study keeps its own resume check (the fake skips it)
+    assert calls == [("loss", True)]

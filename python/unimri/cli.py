@@ -264,6 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from unimri.train import registry
     from unimri.train.ablation import monai_peer_cells, run_imbalance_sweep, run_study
+    from unimri.train.experiment import MARKER
 
     cfg = _config_from_args(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -292,7 +293,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         if args.peer == "monai":
             def extra(cells, study=study, out=out):
                 return monai_peer_cells(cells, study, out)
-        run_study(cfg, study, models, out, resume=args.resume, overwrite=args.overwrite, seeds=seeds,
+        # an interrupted --study all continues its started studies and starts the others
+        resume = args.resume and (len(studies) == 1 or os.path.isfile(os.path.join(out, MARKER)))
+        run_study(cfg, study, models, out, resume=resume, overwrite=args.overwrite, seeds=seeds,
                   stats=True, cache=cache, extra_cells=extra, jobs=args.jobs)
         print(open(os.path.join(out, f"{study}.md")).read())
     return 0
