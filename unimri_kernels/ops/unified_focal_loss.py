@@ -79,11 +79,15 @@ def _backward(ctx, grad_loss, _grad_grad):
                            "it cannot be differentiated")
     if grad_loss is None:  # only the (non-differentiable) gradient output was used
         return (None,) * 10
+    inplace = ctx.inplace and not torch.compiler.is_compiling()
+    ctx.consumed = inplace
+    return _scaled(grad, grad_loss, inplace), None, None, None, None, None, None, None, None, None
+
+
+def _scaled(grad: Tensor, grad_loss: Tensor, inplace: bool) -> Tensor:
+    """``grad`` (B, C, N) times the per-sample ``grad_loss`` (B,) or (1,); in place if asked."""
     scale = grad_loss.reshape(-1, 1, 1).to(grad.dtype)
-    if ctx.inplace and not torch.compiler.is_compiling():
-        ctx.consumed = True
-        return grad.mul_(scale), None, None, None, None, None, None, None, None, None
-    return grad * scale, None, None, None, None, None, None, None, None, None
+    return grad.mul_(scale) if inplace else grad * scale
 
 
 torch.library.register_autograd("unimri::unified_focal_loss", _backward, setup_context=_setup_context)
@@ -130,13 +134,9 @@ class _CppTwoSweeps(torch.autograd.Function):
         grad = ctx.grad
         if grad is None:
             raise RuntimeError(_TWICE)
-        scale = grad_loss.reshape(-1, 1, 1).to(grad.dtype)
         if ctx.inplace:
             ctx.grad = None
-            grad = grad.mul_(scale)
-        else:
-            grad = grad * scale
-        return grad, None, None, None, None, None, None, None, None
+        return _scaled(grad, grad_loss, ctx.inplace), None, None, None, None, None, None, None, None
 
 
 def unified_focal_loss_autograd(logits: Tensor, target: Tensor, class_params: Tensor, fp_weight: float,
