@@ -297,6 +297,15 @@ void tile_preactivation(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& 
   pre.addmm_(W.phi, wrap(t.gbuf.data(), G.Cg, P));
 }
 
+// Loads coarse pixels [p0, p0 + P) of sample b into the tile: segments, x patches, g.
+template <typename scalar_t, typename acc_t>
+void load_tile(const Geometry& G, const Tables<acc_t>& T, const scalar_t* x, const scalar_t* g, int64_t b,
+               int64_t p0, int64_t P, Tile<acc_t>& t, std::vector<int64_t>& offs, std::vector<acc_t>& ws) {
+  tile_segments(G, p0, P, t);
+  gather_patches(G, x + b * G.Cx * G.N(), P, t);
+  gather_gating(G, T, g + b * G.Cg * G.Ng(), p0, P, t, offs, ws);
+}
+
 // q[p] = psi . relu(pre[:, p] + b_phi) + b_psi; turns t.pre into h = relu(pre + b_phi).
 template <typename acc_t>
 void tile_psi(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& t, int64_t P) {
@@ -386,9 +395,7 @@ void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<ac
     std::vector<acc_t> ws(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
-      tile_segments(G, p0, P, t);
-      gather_patches(G, x + b * G.Cx * G.N(), P, t);
-      gather_gating(G, T, g + b * G.Cg * G.Ng(), p0, P, t, offs, ws);
+      load_tile(G, T, x, g, b, p0, P, t, offs, ws);
       tile_preactivation(G, W, t, P);
       tile_psi(G, W, t, P);
       for (int64_t p = 0; p < P; ++p) {
@@ -495,9 +502,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
     std::vector<int64_t> offs(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
-      tile_segments(G, p0, P, t);
-      gather_patches(G, xp + b * G.Cx * N, P, t);
-      gather_gating(G, T, gp + b * G.Cg * Ng, p0, P, t, offs, ws);
+      load_tile(G, T, xp, gp, b, p0, P, t, offs, ws);
       tile_preactivation(G, W, t, P);
       tile_psi(G, W, t, P);
       std::copy(t.pre.begin(), t.pre.begin() + G.Ci * P, hs + job * G.Ci * TL);
@@ -589,9 +594,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
     std::vector<int64_t> offs(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
-      tile_segments(G, p0, P, t);
-      gather_patches(G, xp + b * G.Cx * N, P, t);
-      gather_gating(G, T, gp + b * G.Cg * Ng, p0, P, t, offs, ws);
+      load_tile(G, T, xp, gp, b, p0, P, t, offs, ws);
       std::copy(hs + job * G.Ci * TL, hs + job * G.Ci * TL + G.Ci * P, t.pre.begin());
       for (int64_t p = 0; p < P; ++p) {
         const int64_t n = b * Nc + p0 + p;
