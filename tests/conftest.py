@@ -31,6 +31,9 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    # each test compiles from a clean slate: compilations left by earlier tests in the same
+    # worker count towards dynamo's recompile limit, which fullgraph=True turns into a failure
+    torch._dynamo.reset()
     yield
 
 
