@@ -1,5 +1,5 @@
-"""The headline table, every row measured side by side in one run (interleaved providers,
-medians): the fused loss and attention gate against what users run instead, and training
+"""The headline table, every row measured side by side in one run (providers interleaved in
+blocks of consecutive calls, medians): the fused loss and attention gate against what users run instead, and training
 steps of UNet with SAS against plain UNet and MONAI's AttentionUnet, float32 and bf16.
 
 Rows (op / provider), with ratio rows (metric ``ratio``) that answer each question:
@@ -14,7 +14,6 @@ Rows (op / provider), with ratio rows (metric ``ratio``) that answer each questi
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Callable
 
 import torch
@@ -27,15 +26,9 @@ from unimri.models import create_model
 from unimri.nn import AttentionGate, OktayAttentionGate
 
 
-def _timed_rounds(fns: dict[str, Callable[[], None]], repeat: int) -> dict[str, float]:
-    """Median ms per provider, providers run in turn each round (one warm-up round)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(repeat + 1):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if i:
-                times[k].append((time.perf_counter() - t0) * 1e3)
+def _median_ms(fns: dict[str, Callable[[], None]], repeat: int, desc: str) -> dict[str, float]:
+    """Median ms per provider (blocks of calls in turn, see :func:`interleaved_times`)."""
+    times = interleaved_times(fns, repeat, "cpu", warmup=1, desc=desc)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -54,9 +47,9 @@ def _loss_rows(rec, quick: bool, note: str) -> None:
             fn(logits, target).backward()
         return run
 
-    ms = _timed_rounds({"unimri UnifiedFocalLoss()": step(fused),
-                        "F.cross_entropy": step(F.cross_entropy),
-                        "plain PyTorch unified focal loss": step(plain)}, 3 if quick else 9)
+    ms = _median_ms({"unimri UnifiedFocalLoss()": step(fused),
+                     "F.cross_entropy": step(F.cross_entropy),
+                     "plain PyTorch unified focal loss": step(plain)}, 3 if quick else 9, "summary loss")
     for provider, t in ms.items():
         rec.add("loss fwd+bwd", provider, "forward+backward", "time", "ms", size, t, note=note)
     rec.add("loss fwd+bwd", "UnifiedFocalLoss / cross-entropy", "forward+backward", "ratio", "x", size,
@@ -83,8 +76,8 @@ def _gate_rows(rec, quick: bool, note: str) -> None:
             module(x, g)[0].backward(grad)
         return run
 
-    ms = _timed_rounds({"unimri AttentionGate": step(gate), "Oktay block, plain PyTorch": step(eager)},
-                       3 if quick else 15)
+    ms = _median_ms({"unimri AttentionGate": step(gate), "Oktay block, plain PyTorch": step(eager)},
+                    3 if quick else 10, "summary gate")
     for provider, t in ms.items():
         rec.add("attention gate fwd+bwd", provider, "forward+backward", "time", "ms", size, t, note=note)
     rec.add("attention gate fwd+bwd", "Oktay eager / unimri", "forward+backward", "ratio", "x", size,
@@ -117,7 +110,7 @@ def _train_rows(rec, quick: bool, device: str, note_base: str) -> None:
     steps["UNet+SAS plain PyTorch modules fp32"] = make_step(
         models["unimri UNet+SAS"], unified_loss(), x, y, Variant("eager", eager_modules=True), device)
     load = machine_load()
-    times = interleaved_times(steps, 2 if quick else 13, device, warmup=1, desc="summary train steps")
+    times = interleaved_times(steps, 2 if quick else 8, device, warmup=1, desc="summary train steps")
     note = f"{note_base}; {load} (shared machine); unified loss"
     ms = {k: record_times(rec, "train step", k, size, v, batch, note) for k, v in times.items()}
 

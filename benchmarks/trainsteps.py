@@ -2,9 +2,10 @@
 
 A *variant* is how a user runs a model: the fused unimri ops or the same model built from
 plain PyTorch modules (Oktay's attention block, a plain PyTorch loss), float32 or bf16
-autocast, contiguous or channels-last, eager or ``torch.compile``. Providers are timed
-step by step in turn (interleaved), so that load from other processes on a shared
-machine falls on every side of a comparison alike; medians are reported.
+autocast, contiguous or channels-last, eager or ``torch.compile``. Providers are timed in
+short blocks of consecutive steps, blocks in turn (interleaved), so that load from other
+processes on a shared machine falls on every side of a comparison alike while each block
+runs in its own steady state; medians are reported.
 """
 from __future__ import annotations
 
@@ -109,22 +110,31 @@ def make_step(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Te
 
 
 def interleaved_times(steps: dict[str, Callable[[], None]], repeat: int, device: str,
-                      warmup: int = 1, desc: str = "") -> dict[str, list[float]]:
-    """Step times (ms) per provider: ``warmup`` untimed rounds (compilation happens there),
-    then ``repeat`` rounds in which every provider runs once, in turn."""
+                      warmup: int = 1, desc: str = "", block: int = 3) -> dict[str, list[float]]:
+    """Times (ms) per provider: ``warmup`` untimed rounds (compilation happens there), then
+    ``repeat`` rounds in which every provider runs ``block`` calls in a row, in turn; the
+    first call of each block is not timed.
+
+    Blocks measure the steady state a training loop sees (the allocator holds the previous
+    step's memory, caches hold its data). Timing single calls in turn instead charges each
+    provider for the memory the others just used: on these VMs a fresh page costs about six
+    times a reused one, and single-call interleaving inflated every step 1.5-2x, unevenly
+    across providers.
+    """
     from tqdm import tqdm
 
     times: dict[str, list[float]] = {p: [] for p in steps}
     for i in tqdm(range(warmup + repeat), desc=desc or "steps", leave=False):
         for provider, step in steps.items():
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            step()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[provider].append((time.perf_counter() - t0) * 1e3)
+            for call in range(block if i >= warmup else 1):
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                step()
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                if i >= warmup and (call > 0 or block == 1):
+                    times[provider].append((time.perf_counter() - t0) * 1e3)
     return times
 
 

@@ -18,7 +18,7 @@
 //   B. per tile: d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi, b_phi;
 //      d pre = d q * psi * [h > 0]; W grads and patch / g grads by BLAS; grad_x on the
 //      patch pixels = W_theta^T d pre + resample(a) * grad_y, written once.
-// Outputs of >= 2 MiB are huge-page backed (empty_output).
+// Outputs and buffers of >= 1 MiB come from the pool of recycled blocks (output_pool.h).
 // All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
 namespace {
 
@@ -95,26 +95,6 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& g, const at::Tenso
   TORCH_CHECK(phi_weight.numel() == G.Ci * G.Cg, "attention_gate_cpu: phi_weight shape ",
               phi_weight.sizes());
   return G;
-}
-
-// Fresh outputs of tens of MB are dominated by first-touch page faults on 4 KiB pages
-// (measured here: 44 ms to allocate and fill 64 MB, 4 ms to refill it). Outputs at least
-// one huge page large are therefore 2 MiB aligned and advised MADV_HUGEPAGE (the kernel's
-// THP "madvise" mode; ignored where unsupported), as c10's THP_MEM_ALLOC_ENABLE does.
-constexpr size_t kHugePage = size_t(2) << 20;
-
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  int64_t numel = 1;
-  for (int64_t n : sizes) numel *= n;
-  const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
-  if (bytes < kHugePage) return at::empty(sizes, options);
-  const size_t padded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* data = std::aligned_alloc(kHugePage, padded);
-  TORCH_CHECK(data != nullptr, "attention_gate_cpu: out of memory allocating ", padded, " bytes");
-#ifdef MADV_HUGEPAGE
-  madvise(data, padded, MADV_HUGEPAGE);
-#endif
-  return at::from_blob(data, sizes, [](void* p) { std::free(p); }, options);
 }
 
 template <typename acc_t>
@@ -422,8 +402,8 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
 
   std::vector<int64_t> alpha_sizes = x.sizes().vec();
   alpha_sizes[1] = 1;
-  at::Tensor y = empty_output(x.sizes(), x.options());
-  at::Tensor alpha = empty_output(alpha_sizes, x.options());
+  at::Tensor y = pooled_empty(x.sizes(), x.options());
+  at::Tensor alpha = pooled_empty(alpha_sizes, x.options());
   const scalar_t* xp = x.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
   scalar_t* ap = alpha.data_ptr<scalar_t>();
@@ -490,7 +470,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   // Pass A, per tile: the forward (h = relu(pre + b_phi) kept for pass B, sigmoid and a) and
   // d alpha = grad_alpha + sum_c grad_y * x on the tile's patch pixels, whose resampling
   // adjoint is added into a per-thread d a (B, Nc) (tiles share coarse neighbours).
-  at::Tensor h_store = empty_output({G.B * tiles * G.Ci * TL}, acc_options<acc_t>());
+  at::Tensor h_store = pooled_empty({G.B * tiles * G.Ci * TL}, acc_options<acc_t>());
   acc_t* hs = h_store.data_ptr<acc_t>();
   std::vector<acc_t> a(G.B * Nc), sig(G.B * Nc);
   std::vector<std::vector<acc_t>> da_slots(nthreads);
@@ -578,8 +558,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
 
   // Pass B, per tile: d q, d pre, weight gradients, g gradient, and grad_x on the patch
   // pixels = (W_theta^T d pre) + alpha * grad_y, each written once.
-  at::Tensor grad_x = empty_output(x.sizes(), x.options());
-  at::Tensor grad_g = empty_output(g.sizes(), g.options());
+  at::Tensor grad_x = pooled_empty(x.sizes(), x.options());
+  at::Tensor grad_g = pooled_empty(g.sizes(), g.options());
   scalar_t* gxp = grad_x.data_ptr<scalar_t>();
   scalar_t* ggp = grad_g.data_ptr<scalar_t>();
   std::vector<acc_t> dg_coarse(G.g_same() ? 0 : G.B * G.Cg * Nc);

@@ -15,7 +15,6 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -27,4 +26,5 @@
 
 #include "attention_gate.h"
 #include "cpu_variant.h"
+#include "output_pool.h"
 #include "unified_focal_loss.h"

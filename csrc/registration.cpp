@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu_variant.h"
+#include "output_pool.h"
 
 TORCH_LIBRARY(unimri, m) {
   // Unified Focal loss family, both passes fused (see csrc/unified_focal_loss.cpp).
@@ -33,4 +34,8 @@ TORCH_LIBRARY(unimri, m) {
   // The CPU kernel build in use now and every one this machine runs (csrc/cpu_variant.h).
   m.def("cpu_variant() -> str", [] { return std::string(unimri::cpu_variant_name(unimri::cpu_variant())); });
   m.def("cpu_variants() -> str[]", [] { return unimri::supported_cpu_variants(); });
+  // The pool of recycled output blocks (csrc/output_pool.h): {free bytes held, blocks held,
+  // hits, misses}, and giving every free block back to the system.
+  m.def("cpu_pool_stats() -> int[]", [] { return unimri::cpu_pool_stats(); });
+  m.def("cpu_pool_release() -> ()", [] { unimri::cpu_pool_release(); });
 }

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cpu_variant.h"
+#include "output_pool.h"
 #include "unified_focal_loss.h"
 
 namespace unimri {
@@ -165,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const LossArgs&
   run_stats(variant, args, partial.data());
   auto [loss, coef] = finish_stats(logits, args, partial, fp_weight, fn_weight, smooth, batch);
   if (!compute_grad) return {loss, at::empty({0}, logits.options())};
-  at::Tensor grad = at::empty({args.B, args.C, args.N}, logits.options());
+  at::Tensor grad = pooled_empty({args.B, args.C, args.N}, logits.options());
   run_grad(variant, args, coef.const_data_ptr(), batch, grad.mutable_data_ptr());
   return {loss, grad};
 }
@@ -178,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_one_sweep(const at::Tensor& l
   at::Tensor state;
   if (with_state) {
     const bool own = state_dtype(args) == args.dtype;
-    state = at::empty({args.B, args.C, args.N}, logits.options().dtype(own ? logits.scalar_type() : at::kFloat));
+    state = pooled_empty({args.B, args.C, args.N}, logits.options().dtype(own ? logits.scalar_type() : at::kFloat));
   }
   std::vector<float> partial(static_cast<size_t>(std::max<int64_t>(args.tiles(), 1) * args.row_width()), 0.f);
   run_stats_state(variant, args, partial.data(), with_state ? state.mutable_data_ptr() : nullptr, state_dtype(args));
@@ -216,7 +217,7 @@ at::Tensor finish_grad_impl(const at::Tensor& state, const at::Tensor& coef, con
     const float s = scale == nullptr ? 1.f : scale[r];
     for (int64_t k = 0; k < 3 * C; ++k) scaled[b * 3 * C + k] = cf[r * 3 * C + k] * s;
   }
-  at::Tensor out = inplace && state.scalar_type() == dtype ? state : at::empty({B, C, N}, state.options().dtype(dtype));
+  at::Tensor out = inplace && state.scalar_type() == dtype ? state : pooled_empty({B, C, N}, state.options().dtype(dtype));
   const LossFinishArgs f{state.const_data_ptr(), sd, out.mutable_data_ptr(), out_dtype, scaled.data(), B, C, N};
   run_finish(cpu_variant(), f);
   return out;

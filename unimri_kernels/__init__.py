@@ -3,15 +3,19 @@
 Importing registers the ``unimri::*`` custom ops. The C++ CPU kernels live in the
 compiled ``unimri_kernels._C``; if it is missing the PyTorch reference is used and a
 single warning says so. :func:`cpu_variant` names the build of the C++ kernels in use
-(AVX-512, AVX2 or the portable baseline, chosen at run time).
+(AVX-512, AVX2 or the portable baseline, chosen at run time); their large outputs come
+from a pool of recycled blocks (:func:`cpu_pool_stats`, :func:`release_cpu_pool`).
 """
 from unimri_kernels.dispatch import (  # noqa: F401
     available_backends,
     backend_for,
+    cpu_pool_stats,
     cpu_variant,
     cpu_variants,
+    release_cpu_pool,
     use_backend,
 )
 from unimri_kernels import ops  # noqa: F401  (registers the custom ops)
 
-__all__ = ["available_backends", "backend_for", "cpu_variant", "cpu_variants", "use_backend", "ops"]
+__all__ = ["available_backends", "backend_for", "cpu_pool_stats", "cpu_variant", "cpu_variants",
+           "release_cpu_pool", "use_backend", "ops"]

@@ -145,6 +145,23 @@ def cpu_variants() -> list[str]:
     return list(torch.ops.unimri.cpu_variants())
 
 
+def cpu_pool_stats() -> dict[str, int]:
+    """The C++ kernels' pool of recycled output blocks (csrc/output_pool.h): ``held_bytes`` and
+    ``held_blocks`` free now, ``hits`` and ``misses`` since start or the last release (all 0
+    without ``_C``). ``UNIMRI_CPU_POOL_MB`` (read once, default 2048, 0 disables) caps what
+    it holds."""
+    if not has_cpp():
+        return {"held_bytes": 0, "held_blocks": 0, "hits": 0, "misses": 0}
+    held, blocks, hits, misses = torch.ops.unimri.cpu_pool_stats()
+    return {"held_bytes": held, "held_blocks": blocks, "hits": hits, "misses": misses}
+
+
+def release_cpu_pool() -> None:
+    """Give the pool's free blocks back to the system (e.g. between training and inference)."""
+    if has_cpp():
+        torch.ops.unimri.cpu_pool_release()
+
+
 def cpp_ops():
     """The ``torch.ops.unimri`` namespace after loading ``_C`` (raises if it is missing)."""
     if _load_cpp() is None:

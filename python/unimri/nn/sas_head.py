@@ -38,18 +38,36 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _chunks(y: torch.Tensor) -> list[tuple[slice, slice]]:
+    """(batch, column) slices of y (B, C, N) covering it in pieces of about 2^18 elements,
+    so that the float32 copy of a half/bf16 piece stays in cache and is reused."""
+    bsz, c, n = y.shape
+    cols = max(1, min(n, _CHUNK // max(c, 1)))
+    rows = max(1, _CHUNK // (c * cols)) if cols == n else 1
+    return [(slice(b, min(b + rows, bsz)), slice(j, min(j + cols, n)))
+            for b in range(0, bsz, rows) for j in range(0, n, cols)]
+
+
+_CHUNK = 1 << 18
+
+
 def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``m`` (C,) and second moment ``G = E[y y^T]`` (C, C) of y (B, C, N) over B and N,
-    in float32 (float64 for float64 y). Half/bf16 y is converted first: a bf16 Gram product
-    rounds each entry to bf16, and the variance ``w^T G w - mu^2`` then loses most of its
-    digits when a channel's mean is large (measured: gradient errors several times those of
-    the per-gate modules)."""
+    in float32 (float64 for float64 y). Half/bf16 y is converted piece by piece (the pieces'
+    float32 copies stay in cache): a bf16 Gram product rounds each entry to bf16, and the
+    variance ``w^T G w - mu^2`` then loses most of its digits when a channel's mean is large
+    (measured: gradient errors several times those of the per-gate modules)."""
     dt = _compute_dtype(y)
-    yc = y.to(dt)
     n = y.shape[0] * y.shape[2]
-    m = yc.sum(dim=(0, 2)) / n
-    gram = torch.bmm(yc, yc.transpose(1, 2)).sum(0) / n
-    return m, gram
+    if y.dtype == dt:
+        return y.sum(dim=(0, 2)) / n, torch.bmm(y, y.transpose(1, 2)).sum(0) / n
+    m = y.new_zeros(y.shape[1], dtype=dt)
+    gram = y.new_zeros(y.shape[1], y.shape[1], dtype=dt)
+    for rows, cols in _chunks(y):
+        piece = y[rows, :, cols].to(dt)
+        m += piece.sum(dim=(0, 2))
+        gram += torch.bmm(piece, piece.transpose(1, 2)).sum(0)
+    return m / n, gram / n
 
 
 def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
@@ -156,12 +174,19 @@ class FoldedMergeFn(torch.autograd.Function):
 def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad_p: torch.Tensor,
             y: torch.Tensor) -> torch.Tensor:
     """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms nearly cancel (the norm's
-    projection), so half/bf16 inputs are combined in float32 and rounded once."""
-    cdt, out_dtype, bsz = a.dtype, y.dtype, y.shape[0]
-    if y.dtype != cdt:
-        grad_p, y = grad_p.to(cdt), y.to(cdt)
-    gy = torch.baddbmm((dm / n)[:, None], a.T.expand(bsz, -1, -1), grad_p)
-    return gy.baddbmm_(((2.0 / n) * dgram).expand(bsz, -1, -1), y).to(out_dtype)
+    projection), so half/bf16 inputs are combined in float32 piece by piece and rounded once."""
+    bias, at, dg = (dm / n)[:, None], a.T, (2.0 / n) * dgram
+    if y.dtype == a.dtype:
+        bsz = y.shape[0]
+        gy = torch.baddbmm(bias, at.expand(bsz, -1, -1), grad_p)
+        return gy.baddbmm_(dg.expand(bsz, -1, -1), y)
+    out = torch.empty_like(y)
+    for rows, cols in _chunks(y):
+        gp, yc = grad_p[rows, :, cols].to(a.dtype), y[rows, :, cols].to(a.dtype)
+        nb = gp.shape[0]
+        piece = torch.baddbmm(bias, at.expand(nb, -1, -1), gp).baddbmm_(dg.expand(nb, -1, -1), yc)
+        out[rows, :, cols] = piece
+    return out
 
 
 def _foldable_norms(gates: list[nn.Module]) -> bool:
