@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "cpu_variant.h"
 #include "output_pool.h"
@@ -38,4 +39,8 @@ TORCH_LIBRARY(unimri, m) {
   // hits, misses}, and giving every free block back to the system.
   m.def("cpu_pool_stats() -> int[]", [] { return unimri::cpu_pool_stats(); });
   m.def("cpu_pool_release() -> ()", [] { unimri::cpu_pool_release(); });
+  m.def("cpu_pool_empty(int[] size, ScalarType dtype) -> Tensor",
+        [](std::vector<int64_t> size, c10::ScalarType dtype) {
+          return unimri::pooled_empty(size, at::TensorOptions().dtype(dtype).device(at::kCPU));
+        });
 }

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from unimri_kernels.dispatch import pooled_empty
+
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
@@ -116,11 +118,7 @@ class FoldedMergeFn(torch.autograd.Function):
             stats.append((mu, var))
             saved += [m, gram, r]
         c = sum(ct for _, ct in folded)
-        out = None
-        for (a, _), y in zip(folded, ys):
-            a = a.to(y.dtype).expand(y.shape[0], -1, -1)
-            out = (torch.baddbmm(c.to(y.dtype)[:, None], a, y) if out is None
-                   else out.baddbmm_(a, y))
+        out = _apply(list(ys), torch.stack([a for a, _ in folded], dim=1), c)
         ctx.save_for_backward(w, gamma, beta, merge, *saved, *ys)
         ctx.k, ctx.n = len(ys), n
         mean = torch.stack([s[0] for s in stats])
@@ -171,6 +169,24 @@ class FoldedMergeFn(torch.autograd.Function):
         return (None, *(gr.to(d) for gr, d in zip(grads, ctx.param_dtypes)), *gys)
 
 
+def _baddbmm_buffer(shape: tuple[int, ...], like: torch.Tensor, *inputs: torch.Tensor
+                    ) -> torch.Tensor | None:
+    """A recycled output block (see :func:`unimri_kernels.dispatch.pooled_empty`) when no
+    autograd graph is being recorded through ``inputs`` (``out=`` is not differentiable)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (like, *inputs)):
+        return None
+    return pooled_empty(shape, like)
+
+
+def _baddbmm(bias: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``bias + a @ y`` (B, C_out, N) from a (B, C_out, C), y (B, C, N), bias broadcastable,
+    written into a recycled block where possible."""
+    out = _baddbmm_buffer((y.shape[0], a.shape[1], y.shape[2]), y, a, bias)
+    if out is None:
+        return torch.baddbmm(bias, a, y)
+    return torch.baddbmm(bias, a, y, out=out)
+
+
 def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad_p: torch.Tensor,
             y: torch.Tensor) -> torch.Tensor:
     """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms nearly cancel (the norm's
@@ -178,9 +194,10 @@ def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad
     bias, at, dg = (dm / n)[:, None], a.T, (2.0 / n) * dgram
     if y.dtype == a.dtype:
         bsz = y.shape[0]
-        gy = torch.baddbmm(bias, at.expand(bsz, -1, -1), grad_p)
+        gy = _baddbmm(bias, at.expand(bsz, -1, -1), grad_p)
         return gy.baddbmm_(dg.expand(bsz, -1, -1), y)
-    out = torch.empty_like(y)
+    out = _baddbmm_buffer(tuple(y.shape), y, a, grad_p)
+    out = torch.empty_like(y) if out is None else out
     for rows, cols in _chunks(y):
         gp, yc = grad_p[rows, :, cols].to(a.dtype), y[rows, :, cols].to(a.dtype)
         nb = gp.shape[0]
@@ -224,7 +241,7 @@ def _apply(flat: list[torch.Tensor], a: torch.Tensor, c: torch.Tensor) -> torch.
     """``c + sum_k a[:, k] @ flat[k]``: (B, C_out, N) from K (B, C, N), a (C_out, K, C)."""
     dtype, bsz = flat[0].dtype, flat[0].shape[0]
     a, c = a.to(dtype), c.to(dtype)
-    out = torch.baddbmm(c[:, None], a[:, 0].expand(bsz, -1, -1), flat[0])
+    out = _baddbmm(c[:, None], a[:, 0].expand(bsz, -1, -1), flat[0])
     for k in range(1, len(flat)):
         out = out.baddbmm_(a[:, k].expand(bsz, -1, -1), flat[k])
     return out
