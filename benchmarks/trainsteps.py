@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +21,7 @@ from torch import nn
 from unimri.losses import create_loss
 from unimri.nn.eager import with_eager_attention
 from unimri.train.precision import autocast_for
+from unimri.train.throughput import interleaved_times  # noqa: F401  (the benchmarks' timing loop)
 from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference
 
 MODE = "train_step"
@@ -107,35 +107,6 @@ def make_step(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Te
         optimizer.step()
 
     return step
-
-
-def interleaved_times(steps: dict[str, Callable[[], None]], repeat: int, device: str,
-                      warmup: int = 1, desc: str = "", block: int = 3) -> dict[str, list[float]]:
-    """Times (ms) per provider: ``warmup`` untimed rounds (compilation happens there), then
-    ``repeat`` rounds in which every provider runs ``block`` calls in a row, in turn; the
-    first call of each block is not timed.
-
-    Blocks measure the steady state a training loop sees (the allocator holds the previous
-    step's memory, caches hold its data). Timing single calls in turn instead charges each
-    provider for the memory the others just used: on these VMs a fresh page costs about six
-    times a reused one, and single-call interleaving inflated every step 1.5-2x, unevenly
-    across providers.
-    """
-    from tqdm import tqdm
-
-    times: dict[str, list[float]] = {p: [] for p in steps}
-    for i in tqdm(range(warmup + repeat), desc=desc or "steps", leave=False):
-        for provider, step in steps.items():
-            for call in range(block if i >= warmup else 1):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                if i >= warmup and (call > 0 or block == 1):
-                    times[provider].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def record_times(rec, op: str, provider: str, size: str, times: list[float], batch: int,

@@ -5,6 +5,10 @@
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 
+#include <pthread.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -17,9 +21,19 @@ constexpr size_t kMinPooled = size_t(1) << 20;
 constexpr size_t kGranule = size_t(64) << 10;  // sizes are rounded up to 64 KiB
 constexpr size_t kAlign = 64;
 
+// Default cap: 2 GiB, or an eighth of the machine's memory if that is less.
+size_t default_limit() {
+  size_t limit = size_t(2048) << 20;
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) limit = std::min(limit, static_cast<size_t>(pages) * static_cast<size_t>(page) / 8);
+#endif
+  return limit;
+}
+
 size_t limit_from_env() {
   const char* env = std::getenv("UNIMRI_CPU_POOL_MB");
-  if (env == nullptr || *env == '\0') return size_t(2048) << 20;
+  if (env == nullptr || *env == '\0') return default_limit();
   char* end = nullptr;
   const long long mb = std::strtoll(env, &end, 10);
   TORCH_CHECK_VALUE(end != env && *end == '\0' && mb >= 0,
@@ -90,8 +104,18 @@ class Pool {
 };
 
 // Never destroyed: tensors freed during interpreter shutdown still return their blocks.
+// A forked child (e.g. a DataLoader worker) starts with a fresh pool: the parent's mutex may
+// have been held by another thread at the fork, and its free blocks stay the parent's.
+Pool* instance = nullptr;
+std::once_flag created;
+
+void fresh_pool_in_child() { instance = new Pool(); }
+
 Pool& pool() {
-  static Pool* instance = new Pool();
+  std::call_once(created, [] {
+    instance = new Pool();
+    pthread_atfork(nullptr, nullptr, fresh_pool_in_child);
+  });
   return *instance;
 }
 

@@ -8,7 +8,8 @@
 // again for the same rounded size, like PyTorch's CUDA caching allocator.
 //
 // The pool holds at most UNIMRI_CPU_POOL_MB megabytes of free blocks (read once; default
-// 2048, 0 disables pooling); blocks freed beyond that go back to the system.
+// 2048 or an eighth of the machine's memory if less, 0 disables pooling); blocks freed
+// beyond that go back to the system. A forked child starts with an empty pool.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,13 +1,11 @@
-"""The training benchmarks' timing loop: providers in turn, each for a block of consecutive
-calls whose first call is not timed (benchmarks/trainsteps.py)."""
+"""The timing loop of `unimri bench` and the training benchmarks: providers in turn, each for
+a block of consecutive calls whose first call is not timed."""
 from __future__ import annotations
 
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-
-from trainsteps import interleaved_times  # noqa: E402
+from unimri.train.throughput import interleaved_times, measure_training_throughput
 
 
 def _recorder(calls: list[str], name: str):
@@ -27,3 +25,17 @@ def test_block_of_one_times_every_call():
     calls: list[str] = []
     times = interleaved_times({"a": _recorder(calls, "a")}, repeat=3, device="cpu", warmup=0, block=1)
     assert calls == ["a"] * 3 and len(times["a"]) == 3
+
+
+def test_benchmarks_use_the_same_loop():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import trainsteps
+
+    assert trainsteps.interleaved_times is interleaved_times
+
+
+def test_bench_times_the_requested_steps_per_backend():
+    rows = measure_training_throughput(size=16, batch_size=1, features=4, steps=3, device="cpu",
+                                       backends=("auto", "reference"))
+    assert [r["backend"] for r in rows] == ["auto", "reference"]
+    assert all(r["ms_per_step"] > 0 and r["ms_min"] <= r["ms_per_step"] for r in rows)

@@ -119,3 +119,36 @@ def test_bad_environment_value_is_named():
     done = _in_subprocess("lots")
     assert done.returncode != 0
     assert "UNIMRI_CPU_POOL_MB" in done.stderr and "lots" in done.stderr
+
+
+def _child_stats(queue) -> None:
+    torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's pool does not survive fork
+    fresh = cpu_pool_stats()
+    x, gate, params = _gate_inputs(4)
+    y, _ = _run_gate(x, gate, params)
+    ref, _ = attention_gate_reference(*(t.double() for t in (x, gate, *params)), subsample=2, focal=1.0)
+    queue.put((fresh, bool(torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5))))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_with_an_empty_pool():
+    import multiprocessing
+
+    x, gate, params = _gate_inputs()
+    y, _ = _run_gate(x, gate, params)
+    del y
+    assert cpu_pool_stats()["held_blocks"] >= 1
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_stats, args=(queue,))
+    child.start()
+    try:
+        fresh, correct = queue.get(timeout=120)
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert fresh == {"held_bytes": 0, "held_blocks": 0, "hits": 0, "misses": 0}
+    assert correct
+    assert cpu_pool_stats()["held_blocks"] >= 1  # the parent keeps its blocks

@@ -148,8 +148,8 @@ def cpu_variants() -> list[str]:
 def cpu_pool_stats() -> dict[str, int]:
     """The C++ kernels' pool of recycled output blocks (csrc/output_pool.h): ``held_bytes`` and
     ``held_blocks`` free now, ``hits`` and ``misses`` since start or the last release (all 0
-    without ``_C``). ``UNIMRI_CPU_POOL_MB`` (read once, default 2048, 0 disables) caps what
-    it holds."""
+    without ``_C``). ``UNIMRI_CPU_POOL_MB`` (read once; default 2048 or an eighth of RAM,
+    0 disables) caps what it holds; a forked child starts with an empty pool."""
     if not has_cpp():
         return {"held_bytes": 0, "held_blocks": 0, "hits": 0, "misses": 0}
     held, blocks, hits, misses = torch.ops.unimri.cpu_pool_stats()

@@ -512,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--features", type=int, default=16)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5,
+                   help="timed steps per backend, rounded up to even (blocks of 3 steps per backend in "
+                        "turn, the first of each block untimed)")
     p.add_argument("--device", default="auto")
     p.add_argument("--backends", default="auto,reference", help="comma list of auto, cpp, triton, reference")
     p.add_argument("--amp", default="auto", help="mixed precision as in `unimri train`: auto, bf16, fp16, none")
