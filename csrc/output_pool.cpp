@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
@@ -46,8 +47,10 @@ class Pool {
   void* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(bytes);
-      if (it != free_.end()) {
+      // the block freed last among those of this size: its pages are the likeliest in cache
+      auto it = free_.upper_bound(bytes);
+      if (it != free_.begin() && std::prev(it)->first == bytes) {
+        it = std::prev(it);
         void* p = it->second;
         free_.erase(it);
         held_ -= bytes;
