@@ -1,6 +1,7 @@
 """The headline table, every row measured side by side in one run (providers interleaved in
-blocks of consecutive calls, medians): the fused loss and attention gate against what users run instead, and training
-steps of UNet with SAS against plain UNet and MONAI's AttentionUnet, float32 and bf16.
+blocks of consecutive calls, medians): the fused loss and attention gate against what users
+run instead, and training steps of UNet with SAS against plain UNet and MONAI's
+AttentionUnet, float32 and bf16.
 
 Rows (op / provider), with ratio rows (metric ``ratio``) that answer each question:
 * loss: ``UnifiedFocalLoss()`` fwd+bwd on (8, 2, 256, 256) vs ``F.cross_entropy`` and vs

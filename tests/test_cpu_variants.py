@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 
 from test_attention_gate import FIXED as FIXED_GATE
 from test_attention_gate import NAMES, Case, assert_matches_reference, reference_results, run_op
-from test_unified_focal_loss import IGNORE, loss_cases, random_params, reference
+from test_unified_focal_loss import IGNORE, ignore_index_case, loss_cases, random_params, reference
 from unimri_kernels.dispatch import cpu_variant, cpu_variants, has_cpp, use_backend
 from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference
 
@@ -102,11 +102,7 @@ def test_loss_saturated_pixels_keep_the_limit(variant, num_classes):
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True)
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_loss_ignore_index_inside_the_class_range(variant, num_classes):
-    gen = torch.Generator().manual_seed(5)
-    logits = torch.randn(2, num_classes, 300, generator=gen, dtype=torch.float64)
-    target = torch.randint(0, num_classes, (2, 300), generator=gen)
-    params = random_params(num_classes, gen)
-    ignore = num_classes - 1
+    logits, target, params, ignore = ignore_index_case(num_classes, 2, 300, seed=5)
     loss, grad = OP(logits, target, params, 0.4, 0.6, 1e-6, ignore, False, True, False)
     z = logits.clone().requires_grad_()
     ref = unified_focal_loss_reference(z, target, params, 0.4, 0.6, 1e-6, ignore, False)

@@ -24,6 +24,16 @@ def random_params(num_classes: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([fw, gamma, tw, ex])
 
 
+def ignore_index_case(num_classes: int, batch: int, pixels: int, seed: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """fp64 logits (B, C, N), labels (B, N), class params and an ignore index inside the class
+    range (the last class), for the ignore-index tests of every kernel."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, num_classes, pixels, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, num_classes, (batch, pixels), generator=gen)
+    return logits, target, random_params(num_classes, gen), num_classes - 1
+
+
 @st.composite
 def loss_cases(draw, max_classes: int = 5):
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))

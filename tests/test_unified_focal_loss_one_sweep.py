@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from test_cpu_variants import VARIANTS, needs_cpp, variant  # noqa: F401  (fixture)
-from test_unified_focal_loss import IGNORE, loss_cases, random_params, reference
+from test_unified_focal_loss import IGNORE, ignore_index_case, loss_cases, random_params, reference
 from unimri_kernels.dispatch import cpp_ops, use_backend
 from unimri_kernels.ops.unified_focal_loss import ONE_SWEEP_MAX_CLASSES, unified_focal_loss_autograd
 from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference
@@ -87,11 +87,7 @@ def test_focal_power_modes_and_state_flags(variant, dtype, num_classes, gamma):
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True)
 @pytest.mark.parametrize("num_classes", [2, 4])
 def test_ignore_index_in_range_and_fully_ignored_samples(variant, num_classes):
-    gen = torch.Generator().manual_seed(11)
-    logits = torch.randn(3, num_classes, 257, generator=gen, dtype=torch.float64)
-    target = torch.randint(0, num_classes, (3, 257), generator=gen)
-    params = random_params(num_classes, gen)
-    ignore = num_classes - 1
+    logits, target, params, ignore = ignore_index_case(num_classes, 3, 257, seed=11)
     target[1] = ignore  # a sample with no valid pixel: loss and gradient 0
     z = logits.float().requires_grad_()
     loss = unified_focal_loss_autograd(z, target, params, 0.4, 0.6, 1e-6, ignore, False, True, True)

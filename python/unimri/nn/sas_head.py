@@ -40,6 +40,9 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+_CHUNK = 1 << 18
+
+
 def _chunks(y: torch.Tensor) -> list[tuple[slice, slice]]:
     """(batch, column) slices of y (B, C, N) covering it in pieces of about 2^18 elements,
     so that the float32 copy of a half/bf16 piece stays in cache and is reused."""
@@ -48,9 +51,6 @@ def _chunks(y: torch.Tensor) -> list[tuple[slice, slice]]:
     rows = max(1, _CHUNK // (c * cols)) if cols == n else 1
     return [(slice(b, min(b + rows, bsz)), slice(j, min(j + cols, n)))
             for b in range(0, bsz, rows) for j in range(0, n, cols)]
-
-
-_CHUNK = 1 << 18
 
 
 def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
