@@ -1,4 +1,5 @@
-// Fused grid attention gate (SAS), CPU op entry points (schemas in registration.cpp). The
+// Fused grid attention gate (SAS), CPU op entry points (schemas in registration.cpp): one gate,
+// and several gates on the same (x, g) run as one (selective attention). The
 // kernels are in attention_gate_kernel.h, one build per CPU variant (cpu_variant.h), picked at
 // every call. Maths: unimri_kernels/reference/attention_gate.py.
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -20,6 +21,29 @@ void check_contiguous(std::initializer_list<const at::Tensor*> ts) {
                 "attention_gate_cpu: expects contiguous CPU tensors");
 }
 
+using ForwardKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                             const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                             const at::Tensor&, int64_t, double, int64_t);
+using BackwardKernel = std::vector<at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                   double, int64_t);
+
+ForwardKernel forward_kernel() {
+  const CpuVariant v = cpu_variant();
+  return v == CpuVariant::kAvx512 ? &avx512::attention_gate_forward
+         : v == CpuVariant::kAvx2 ? &avx2::attention_gate_forward
+                                  : &base::attention_gate_forward;
+}
+
+BackwardKernel backward_kernel() {
+  const CpuVariant v = cpu_variant();
+  return v == CpuVariant::kAvx512 ? &avx512::attention_gate_backward
+         : v == CpuVariant::kAvx2 ? &avx2::attention_gate_backward
+                                  : &base::attention_gate_backward;
+}
+
+// One gate: theta_weight (Ci, Cx, s, ...); y (B, Cx, *S), alpha (B, 1, *S).
 std::tuple<at::Tensor, at::Tensor> attention_gate_cpu(const at::Tensor& x, const at::Tensor& g,
                                                       const at::Tensor& theta_weight,
                                                       const at::Tensor& phi_weight,
@@ -29,32 +53,63 @@ std::tuple<at::Tensor, at::Tensor> attention_gate_cpu(const at::Tensor& x, const
                                                       int64_t subsample, double focal) {
   check_contiguous({&x, &g});
   at::AutoDispatchBelowADInplaceOrView no_autograd;  // internal BLAS calls use out= buffers
-  const CpuVariant v = cpu_variant();
-  if (v == CpuVariant::kAvx512)
-    return avx512::attention_gate_forward(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal);
-  if (v == CpuVariant::kAvx2)
-    return avx2::attention_gate_forward(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal);
-  return base::attention_gate_forward(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal);
+  auto [y, alpha] = forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample,
+                                     focal, 1);
+  return {y.view(x.sizes()), alpha};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-attention_gate_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_alpha,
-                            const at::Tensor& x, const at::Tensor& g,
-                            const at::Tensor& theta_weight, const at::Tensor& phi_weight,
-                            const at::Tensor& phi_bias, const at::Tensor& psi_weight,
-                            const at::Tensor& psi_bias, int64_t subsample, double focal) {
+// Gn gates on the same (x, g), parameters stacked: theta_weight (Gn, Ci, Cx, s, ...),
+// phi_weight (Gn, Ci, Cg), phi_bias and psi_weight (Gn, Ci), psi_bias (Gn,);
+// y (Gn, B, Cx, *S), alpha (B, Gn, *S).
+std::tuple<at::Tensor, at::Tensor> attention_gates_cpu(const at::Tensor& x, const at::Tensor& g,
+                                                       const at::Tensor& theta_weight,
+                                                       const at::Tensor& phi_weight,
+                                                       const at::Tensor& phi_bias,
+                                                       const at::Tensor& psi_weight,
+                                                       const at::Tensor& psi_bias,
+                                                       int64_t subsample, double focal) {
+  check_contiguous({&x, &g});
+  TORCH_CHECK(theta_weight.dim() == x.dim() + 1, "attention_gates_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
+  at::AutoDispatchBelowADInplaceOrView no_autograd;
+  return forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal,
+                          theta_weight.size(0));
+}
+
+using GateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+GateGrads gates_backward(const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x,
+                         const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,
+                         const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias,
+                         int64_t subsample, double focal, int64_t gates) {
   check_contiguous({&grad_y, &grad_alpha, &x, &g});
   at::AutoDispatchBelowADInplaceOrView no_autograd;
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "attention_gate_backward_cpu: grad_y shape");
-  TORCH_CHECK(grad_alpha.numel() * x.size(1) == x.numel(), "attention_gate_backward_cpu: grad_alpha shape");
+  TORCH_CHECK(grad_y.numel() == gates * x.numel(), "attention_gate_backward_cpu: grad_y shape ", grad_y.sizes());
+  TORCH_CHECK(grad_alpha.numel() * x.size(1) == gates * x.numel(), "attention_gate_backward_cpu: grad_alpha shape ",
+              grad_alpha.sizes());
   const at::Tensor gy = grad_y.to(x.scalar_type()), ga = grad_alpha.to(x.scalar_type());
-  const CpuVariant v = cpu_variant();
-  auto run = v == CpuVariant::kAvx512 ? &avx512::attention_gate_backward
-             : v == CpuVariant::kAvx2 ? &avx2::attention_gate_backward
-                                      : &base::attention_gate_backward;
-  const std::vector<at::Tensor> r =
-      run(gy, ga, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal);
+  const std::vector<at::Tensor> r = backward_kernel()(gy, ga, x, g, theta_weight, phi_weight, phi_bias, psi_weight,
+                                                      psi_bias, subsample, focal, gates);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
+}
+
+GateGrads attention_gate_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x,
+                                      const at::Tensor& g, const at::Tensor& theta_weight,
+                                      const at::Tensor& phi_weight, const at::Tensor& phi_bias,
+                                      const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,
+                                      double focal) {
+  return gates_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                        subsample, focal, 1);
+}
+
+GateGrads attention_gates_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x,
+                                       const at::Tensor& g, const at::Tensor& theta_weight,
+                                       const at::Tensor& phi_weight, const at::Tensor& phi_bias,
+                                       const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,
+                                       double focal) {
+  TORCH_CHECK(theta_weight.dim() == x.dim() + 1,
+              "attention_gates_backward_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
+  return gates_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                        subsample, focal, theta_weight.size(0));
 }
 
 }  // namespace
@@ -62,6 +117,8 @@ attention_gate_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_alp
 TORCH_LIBRARY_IMPL(unimri, CPU, m) {
   m.impl("attention_gate_cpu", &attention_gate_cpu);
   m.impl("attention_gate_backward_cpu", &attention_gate_backward_cpu);
+  m.impl("attention_gates_cpu", &attention_gates_cpu);
+  m.impl("attention_gates_backward_cpu", &attention_gates_backward_cpu);
 }
 
 }  // namespace unimri

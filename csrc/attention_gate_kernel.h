@@ -3,6 +3,11 @@
 // attention_gate.cpp. No include guard on purpose. Maths: unimri_kernels/reference/attention_gate.py.
 //
 // 2D inputs are handled as 3D with depth 1 (patch depth 1, identity resampling along depth).
+// Gn gates on the same (x, g) run together (selective attention): their theta and phi weights
+// are stacked into one (Gn * Ci)-row matrix, so x's patches and g are gathered once, one GEMM
+// gives every gate's pre-activation, and the backward sums the gates' patch and g gradients
+// in that GEMM and their alpha * grad_y terms in the one write of grad_x. Layouts: coarse a
+// (Gn, B, Nc); y and grad_y (Gn, B, Cx, *S); alpha and grad_alpha (B, Gn, *S).
 // Forward:
 //   pass 1, per tile of TILE coarse pixels (parallel over batch x tiles): gather the x
 //     patches (K = Cx * s^d rows) and g (resampled to the coarse grid in-tile) into
@@ -50,7 +55,8 @@ struct LinearAxis {
 };
 
 struct Geometry {
-  int64_t B, Cx, Cg, Ci, s, sd;  // sd: patch depth (s in 3D, 1 in 2D)
+  int64_t Gn;                    // gates sharing x and g
+  int64_t B, Cx, Cg, Ci, s, sd;  // Ci per gate; sd: patch depth (s in 3D, 1 in 2D)
   int64_t D, H, W;               // x grid
   int64_t Dc, Hc, Wc;            // coarse grid (theta x)
   int64_t Dg, Hg, Wg;            // g grid
@@ -58,6 +64,7 @@ struct Geometry {
   int64_t Nc() const { return Dc * Hc * Wc; }
   int64_t Ng() const { return Dg * Hg * Wg; }
   int64_t K() const { return Cx * sd * s * s; }
+  int64_t CiT() const { return Gn * Ci; }  // pre-activation rows of all gates
   bool g_same() const { return Dg == Dc && Hg == Hc && Wg == Wc; }
   bool a_same() const { return Dc == D && Hc == H && Wc == W; }
   int64_t tile() const {
@@ -67,16 +74,20 @@ struct Geometry {
 };
 
 Geometry make_geometry(const at::Tensor& x, const at::Tensor& g, const at::Tensor& theta_weight,
-                       const at::Tensor& phi_weight, int64_t subsample) {
+                       const at::Tensor& phi_weight, int64_t subsample, int64_t gates) {
   TORCH_CHECK(x.dim() == 4 || x.dim() == 5, "attention_gate_cpu: x must be 4D or 5D, got ", x.sizes());
   TORCH_CHECK(g.dim() == x.dim(), "attention_gate_cpu: g must have x's rank, got ", g.sizes());
   TORCH_CHECK(subsample >= 1, "attention_gate_cpu: subsample must be >= 1");
+  TORCH_CHECK(gates >= 1 && theta_weight.dim() >= 1 && theta_weight.size(0) % gates == 0,
+              "attention_gate_cpu: theta_weight ", theta_weight.sizes(), " does not hold ", gates, " gates");
   const bool three = x.dim() == 5;
   Geometry G{};
+  G.Gn = gates;
   G.B = x.size(0);
   G.Cx = x.size(1);
   G.Cg = g.size(1);
-  G.Ci = theta_weight.size(0);
+  G.Ci = theta_weight.numel() / std::max<int64_t>(gates * x.size(1) * (three ? subsample : 1) *
+                                                   subsample * subsample, 1);
   G.s = subsample;
   G.sd = three ? subsample : 1;
   G.D = three ? x.size(2) : 1;
@@ -90,9 +101,9 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& g, const at::Tenso
   G.Wc = G.W / G.s;
   TORCH_CHECK(g.size(0) == G.B, "attention_gate_cpu: batch of g differs from x");
   TORCH_CHECK(G.Dc >= 1 && G.Hc >= 1 && G.Wc >= 1, "attention_gate_cpu: x smaller than subsample");
-  TORCH_CHECK(theta_weight.numel() == G.Ci * G.K(), "attention_gate_cpu: theta_weight shape ",
+  TORCH_CHECK(G.Ci >= 1 && theta_weight.numel() == G.CiT() * G.K(), "attention_gate_cpu: theta_weight shape ",
               theta_weight.sizes());
-  TORCH_CHECK(phi_weight.numel() == G.Ci * G.Cg, "attention_gate_cpu: phi_weight shape ",
+  TORCH_CHECK(phi_weight.numel() == G.CiT() * G.Cg, "attention_gate_cpu: phi_weight shape ",
               phi_weight.sizes());
   return G;
 }
@@ -115,23 +126,25 @@ struct Tables {
       : gz(G.Dg, G.Dc), gy(G.Hg, G.Hc), gx(G.Wg, G.Wc), az(G.Dc, G.D), ay(G.Hc, G.H), ax(G.Wc, G.W) {}
 };
 
-// Model parameters converted to acc_t once.
+// Model parameters of every gate converted to acc_t once, stacked gate after gate.
 template <typename acc_t>
 struct Params {
-  at::Tensor theta, phi;  // (Ci, K), (Ci, Cg) contiguous acc_t
-  std::vector<acc_t> phi_bias, psi;
-  acc_t psi_bias;
+  at::Tensor theta, phi;  // (Gn * Ci, K), (Gn * Ci, Cg) contiguous acc_t
+  std::vector<acc_t> phi_bias, psi, psi_bias;  // (Gn * Ci), (Gn * Ci), (Gn)
   Params(const at::Tensor& tw, const at::Tensor& pw, const at::Tensor& pb, const at::Tensor& sw,
          const at::Tensor& sb, const Geometry& G) {
-    theta = tw.reshape({G.Ci, G.K()}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    phi = pw.reshape({G.Ci, G.Cg}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    theta = tw.reshape({G.CiT(), G.K()}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    phi = pw.reshape({G.CiT(), G.Cg}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     auto to_vec = [](const at::Tensor& t) {
       at::Tensor c = t.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
       return std::vector<acc_t>(c.data_ptr<acc_t>(), c.data_ptr<acc_t>() + c.numel());
     };
     phi_bias = to_vec(pb);
     psi = to_vec(sw);
-    psi_bias = to_vec(sb)[0];
+    psi_bias = to_vec(sb);
+    TORCH_CHECK(static_cast<int64_t>(phi_bias.size()) == G.CiT() && static_cast<int64_t>(psi.size()) == G.CiT() &&
+                    static_cast<int64_t>(psi_bias.size()) == G.Gn,
+                "attention_gate_cpu: phi_bias, psi_weight or psi_bias does not match theta_weight");
   }
 };
 
@@ -147,7 +160,7 @@ template <typename acc_t>
 struct Tile {
   std::vector<acc_t> patch, gbuf, pre, q;
   std::vector<Segment> segments;
-  Tile(const Geometry& G, int64_t T) : patch(G.K() * T), gbuf(G.Cg * T), pre(G.Ci * T), q(T) {}
+  Tile(const Geometry& G, int64_t T) : patch(G.K() * T), gbuf(G.Cg * T), pre(G.CiT() * T), q(G.Gn * T) {}
 };
 
 // Splits coarse pixels [p0, p0 + P) into runs along coarse rows (t.segments).
@@ -269,10 +282,10 @@ void gather_gating(const Geometry& G, const Tables<acc_t>& T, const scalar_t* gb
   }
 }
 
-// pre (Ci, P) = W_theta @ patch + W_phi @ gbuf (bias added by the caller), by BLAS.
+// pre (Gn * Ci, P) = W_theta @ patch + W_phi @ gbuf (bias added by the caller), by BLAS.
 template <typename acc_t>
 void tile_preactivation(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& t, int64_t P) {
-  at::Tensor pre = wrap(t.pre.data(), G.Ci, P);
+  at::Tensor pre = wrap(t.pre.data(), G.CiT(), P);
   at::mm_out(pre, W.theta, wrap(t.patch.data(), G.K(), P));
   pre.addmm_(W.phi, wrap(t.gbuf.data(), G.Cg, P));
 }
@@ -286,17 +299,21 @@ void load_tile(const Geometry& G, const Tables<acc_t>& T, const scalar_t* x, con
   gather_gating(G, T, g + b * G.Cg * G.Ng(), p0, P, t, offs, ws);
 }
 
-// q[p] = psi . relu(pre[:, p] + b_phi) + b_psi; turns t.pre into h = relu(pre + b_phi).
+// q[k * P + p] = psi_k . relu(pre_k[:, p] + b_phi_k) + b_psi_k for gate k; turns t.pre into
+// h = relu(pre + b_phi).
 template <typename acc_t>
 void tile_psi(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& t, int64_t P) {
-  std::fill(t.q.begin(), t.q.begin() + P, W.psi_bias);
-  for (int64_t ci = 0; ci < G.Ci; ++ci) {
-    acc_t* h = t.pre.data() + ci * P;
-    const acc_t b = W.phi_bias[ci], w = W.psi[ci];
-    for (int64_t p = 0; p < P; ++p) {
-      const acc_t v = std::max(h[p] + b, acc_t(0));
-      h[p] = v;
-      t.q[p] += w * v;
+  for (int64_t k = 0; k < G.Gn; ++k) {
+    acc_t* q = t.q.data() + k * P;
+    std::fill(q, q + P, W.psi_bias[k]);
+    for (int64_t ci = k * G.Ci; ci < (k + 1) * G.Ci; ++ci) {
+      acc_t* h = t.pre.data() + ci * P;
+      const acc_t b = W.phi_bias[ci], w = W.psi[ci];
+      for (int64_t p = 0; p < P; ++p) {
+        const acc_t v = std::max(h[p] + b, acc_t(0));
+        h[p] = v;
+        q[p] += w * v;
+      }
     }
   }
 }
@@ -364,7 +381,7 @@ void for_edge_spans(const Geometry& G, int64_t r0, int64_t r1, Fn&& fn) {
   }
 }
 
-// Coarse attention a (B, Nc) = sigmoid(q)^f, tile by tile (forward pass 1).
+// Coarse attention a (Gn, B, Nc) = sigmoid(q)^f, tile by tile (forward pass 1).
 template <typename scalar_t, typename acc_t>
 void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<acc_t>& W,
                       const scalar_t* x, const scalar_t* g, double focal, acc_t* a) {
@@ -378,10 +395,11 @@ void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<ac
       load_tile(G, T, x, g, b, p0, P, t, offs, ws);
       tile_preactivation(G, W, t, P);
       tile_psi(G, W, t, P);
-      for (int64_t p = 0; p < P; ++p) {
-        const acc_t sg = sigmoid(t.q[p]);
-        a[b * Nc + p0 + p] = focal == 1.0 ? sg : std::pow(sg, static_cast<acc_t>(focal));
-      }
+      for (int64_t k = 0; k < G.Gn; ++k)
+        for (int64_t p = 0; p < P; ++p) {
+          const acc_t sg = sigmoid(t.q[k * P + p]);
+          a[(k * G.B + b) * Nc + p0 + p] = focal == 1.0 ? sg : std::pow(sg, static_cast<acc_t>(focal));
+        }
     }
   });
 }
@@ -391,18 +409,19 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
                                                 const at::Tensor& tw, const at::Tensor& pw,
                                                 const at::Tensor& pb, const at::Tensor& sw,
                                                 const at::Tensor& sb, int64_t subsample,
-                                                double focal) {
+                                                double focal, int64_t gates) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Geometry G = make_geometry(x, g, tw, pw, subsample);
+  const Geometry G = make_geometry(x, g, tw, pw, subsample, gates);
   const Tables<acc_t> T(G);
   const Params<acc_t> W(tw, pw, pb, sw, sb, G);
-  std::vector<acc_t> a(G.B * G.Nc());
+  std::vector<acc_t> a(G.Gn * G.B * G.Nc());
   coarse_attention<scalar_t, acc_t>(G, T, W, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
                                     focal, a.data());
 
-  std::vector<int64_t> alpha_sizes = x.sizes().vec();
-  alpha_sizes[1] = 1;
-  at::Tensor y = pooled_empty(x.sizes(), x.options());
+  std::vector<int64_t> alpha_sizes = x.sizes().vec(), y_sizes = x.sizes().vec();
+  alpha_sizes[1] = G.Gn;
+  y_sizes.insert(y_sizes.begin(), G.Gn);
+  at::Tensor y = pooled_empty(y_sizes, x.options());
   at::Tensor alpha = pooled_empty(alpha_sizes, x.options());
   const scalar_t* xp = x.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
@@ -412,31 +431,34 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
     std::vector<acc_t> tmp(G.Wc), arow(G.W);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (G.D * G.H), zy = r % (G.D * G.H), z = zy / G.H, yy = zy % G.H;
-      alpha_span(G, T, a.data() + b * G.Nc(), z, yy, 0, G.W, tmp.data(), arow.data());
       const int64_t base = zy * G.W;
-      scalar_t* arow_out = ap + b * N + base;
-      for (int64_t i = 0; i < G.W; ++i) arow_out[i] = static_cast<scalar_t>(arow[i]);
-      for (int64_t c = 0; c < G.Cx; ++c) {
-        const int64_t off = (b * G.Cx + c) * N + base;
-        for (int64_t i = 0; i < G.W; ++i)
-          yp[off + i] = static_cast<scalar_t>(arow[i] * static_cast<acc_t>(xp[off + i]));
+      for (int64_t k = 0; k < G.Gn; ++k) {
+        alpha_span(G, T, a.data() + (k * G.B + b) * G.Nc(), z, yy, 0, G.W, tmp.data(), arow.data());
+        scalar_t* arow_out = ap + (b * G.Gn + k) * N + base;
+        for (int64_t i = 0; i < G.W; ++i) arow_out[i] = static_cast<scalar_t>(arow[i]);
+        scalar_t* yk = yp + k * G.B * G.Cx * N;
+        for (int64_t c = 0; c < G.Cx; ++c) {
+          const int64_t off = (b * G.Cx + c) * N + base;
+          for (int64_t i = 0; i < G.W; ++i)
+            yk[off + i] = static_cast<scalar_t>(arow[i] * static_cast<acc_t>(xp[off + i]));
+        }
       }
     }
   });
   return {y, alpha};
 }
 
-// Weight-gradient accumulators of one thread.
+// Weight-gradient accumulators of one thread (all gates stacked).
 template <typename acc_t>
 struct WeightGrads {
-  at::Tensor theta, phi;  // (Ci, K), (Ci, Cg) acc_t
-  std::vector<acc_t> phi_bias, psi;
-  acc_t psi_bias = 0;
+  at::Tensor theta, phi;  // (Gn * Ci, K), (Gn * Ci, Cg) acc_t
+  std::vector<acc_t> phi_bias, psi, psi_bias;  // (Gn * Ci), (Gn * Ci), (Gn)
   explicit WeightGrads(const Geometry& G)
-      : theta(at::zeros({G.Ci, G.K()}, acc_options<acc_t>())),
-        phi(at::zeros({G.Ci, G.Cg}, acc_options<acc_t>())),
-        phi_bias(G.Ci, acc_t(0)),
-        psi(G.Ci, acc_t(0)) {}
+      : theta(at::zeros({G.CiT(), G.K()}, acc_options<acc_t>())),
+        phi(at::zeros({G.CiT(), G.Cg}, acc_options<acc_t>())),
+        phi_bias(G.CiT(), acc_t(0)),
+        psi(G.CiT(), acc_t(0)),
+        psi_bias(G.Gn, acc_t(0)) {}
 };
 
 // Visits the patch area rows of a tile: fn(r, dz, dy), r = (dz * s + dy) * s the area row of
@@ -452,12 +474,13 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
                                       const at::Tensor& x, const at::Tensor& g,
                                       const at::Tensor& tw, const at::Tensor& pw,
                                       const at::Tensor& pb, const at::Tensor& sw,
-                                      const at::Tensor& sb, int64_t subsample, double focal) {
+                                      const at::Tensor& sb, int64_t subsample, double focal,
+                                      int64_t gates) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Geometry G = make_geometry(x, g, tw, pw, subsample);
+  const Geometry G = make_geometry(x, g, tw, pw, subsample, gates);
   const Tables<acc_t> T(G);
   const Params<acc_t> W(tw, pw, pb, sw, sb, G);
-  const int64_t N = G.N(), Nc = G.Nc(), Ng = G.Ng(), K = G.K(), s = G.s;
+  const int64_t N = G.N(), Nc = G.Nc(), Ng = G.Ng(), K = G.K(), s = G.s, Gn = G.Gn, CiT = G.CiT();
   const int64_t HW = G.H * G.W, area = G.sd * s * s, rows = G.B * G.D * G.H;
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -466,17 +489,22 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   const int64_t TL = G.tile(), tiles = (Nc + TL - 1) / TL;
   const acc_t f = static_cast<acc_t>(focal);
   const int nthreads = at::get_num_threads();
+  // grad_y of gate k, batch item b (Cx, N); grad_alpha of gate k, batch item b (N); the
+  // coarse index of gate k, batch item b, coarse pixel n.
+  auto gy_of = [&](int64_t k, int64_t b) { return gyp + (k * G.B + b) * G.Cx * N; };
+  auto ga_of = [&](int64_t k, int64_t b) { return gap + (b * Gn + k) * N; };
+  auto coarse = [&](int64_t k, int64_t b) { return (k * G.B + b) * Nc; };
 
-  // Pass A, per tile: the forward (h = relu(pre + b_phi) kept for pass B, sigmoid and a) and
-  // d alpha = grad_alpha + sum_c grad_y * x on the tile's patch pixels, whose resampling
-  // adjoint is added into a per-thread d a (B, Nc) (tiles share coarse neighbours).
-  at::Tensor h_store = pooled_empty({G.B * tiles * G.Ci * TL}, acc_options<acc_t>());
+  // Pass A, per tile: the forward (h = relu(pre + b_phi) kept for pass B, sigmoid and a) and,
+  // per gate, d alpha = grad_alpha + sum_c grad_y * x on the tile's patch pixels, whose
+  // resampling adjoint is added into a per-thread d a (Gn, B, Nc) (tiles share coarse neighbours).
+  at::Tensor h_store = pooled_empty({G.B * tiles * CiT * TL}, acc_options<acc_t>());
   acc_t* hs = h_store.data_ptr<acc_t>();
-  std::vector<acc_t> a(G.B * Nc), sig(G.B * Nc);
+  std::vector<acc_t> a(Gn * G.B * Nc), sig(Gn * G.B * Nc);
   std::vector<std::vector<acc_t>> da_slots(nthreads);
   at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t>& da = da_slots[at::get_thread_num()];
-    if (da.empty()) da.assign(G.B * Nc, acc_t(0));
+    if (da.empty()) da.assign(Gn * G.B * Nc, acc_t(0));
     Tile<acc_t> t(G, TL);
     std::vector<acc_t> dal(area * TL), fine(G.W), tmp(G.Wc), ws(8 * TL);
     std::vector<int64_t> offs(8 * TL);
@@ -485,79 +513,85 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
       load_tile(G, T, xp, gp, b, p0, P, t, offs, ws);
       tile_preactivation(G, W, t, P);
       tile_psi(G, W, t, P);
-      std::copy(t.pre.begin(), t.pre.begin() + G.Ci * P, hs + job * G.Ci * TL);
-      for (int64_t p = 0; p < P; ++p) {
-        const acc_t sg = sigmoid(t.q[p]);
-        sig[b * Nc + p0 + p] = sg;
-        a[b * Nc + p0 + p] = focal == 1.0 ? sg : std::pow(sg, f);
-      }
-      // d alpha on the patch pixels, in patch layout (area, P).
-      const scalar_t* gab = gap + b * N;
-      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
-        for (const Segment& seg : t.segments) {
-          const scalar_t* src = gab + dz * HW + dy * G.W + seg.origin;
-          for (int64_t dx = 0; dx < s; ++dx)
-            for (int64_t j = 0; j < seg.len; ++j)
-              dal[(r + dx) * P + seg.p + j] = static_cast<acc_t>(src[s * j + dx]);
+      std::copy(t.pre.begin(), t.pre.begin() + CiT * P, hs + job * CiT * TL);
+      for (int64_t k = 0; k < Gn; ++k)
+        for (int64_t p = 0; p < P; ++p) {
+          const acc_t sg = sigmoid(t.q[k * P + p]);
+          sig[coarse(k, b) + p0 + p] = sg;
+          a[coarse(k, b) + p0 + p] = focal == 1.0 ? sg : std::pow(sg, f);
         }
-      });
-      const scalar_t* gyb = gyp + b * G.Cx * N;
-      for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
-        acc_t* d0 = dal.data() + (k % area) * P;
-        const acc_t* x0 = t.patch.data() + k * P;
-        for (const Segment& seg : t.segments) {
-          const scalar_t* src = gyb + plane_off + seg.origin;
-          if (s == 2) {
-            acc_t *da0 = d0 + seg.p, *da1 = d0 + P + seg.p;
-            const acc_t *xa0 = x0 + seg.p, *xa1 = x0 + P + seg.p;
-            for (int64_t j = 0; j < seg.len; ++j) {
-              da0[j] += static_cast<acc_t>(src[2 * j]) * xa0[j];
-              da1[j] += static_cast<acc_t>(src[2 * j + 1]) * xa1[j];
-            }
-          } else {
+      for (int64_t k = 0; k < Gn; ++k) {
+        // d alpha on the patch pixels, in patch layout (area, P).
+        const scalar_t* gab = ga_of(k, b);
+        for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+          for (const Segment& seg : t.segments) {
+            const scalar_t* src = gab + dz * HW + dy * G.W + seg.origin;
             for (int64_t dx = 0; dx < s; ++dx)
               for (int64_t j = 0; j < seg.len; ++j)
-                d0[dx * P + seg.p + j] += static_cast<acc_t>(src[s * j + dx]) * x0[dx * P + seg.p + j];
+                dal[(r + dx) * P + seg.p + j] = static_cast<acc_t>(src[s * j + dx]);
           }
-        }
-      });
-      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
-        for (const Segment& seg : t.segments) {
-          for (int64_t dx = 0; dx < s; ++dx)
-            for (int64_t j = 0; j < seg.len; ++j) fine[s * j + dx] = dal[(r + dx) * P + seg.p + j];
-          adjoint_span(G, T, fine.data(), seg.z + dz, seg.y + dy, seg.x, seg.x + s * seg.len,
-                       tmp.data(), da.data() + b * Nc);
-        }
-      });
+        });
+        const scalar_t* gyb = gy_of(k, b);
+        for_patch_rows(G, [&](int64_t kr, int64_t plane_off) {
+          acc_t* d0 = dal.data() + (kr % area) * P;
+          const acc_t* x0 = t.patch.data() + kr * P;
+          for (const Segment& seg : t.segments) {
+            const scalar_t* src = gyb + plane_off + seg.origin;
+            if (s == 2) {
+              acc_t *da0 = d0 + seg.p, *da1 = d0 + P + seg.p;
+              const acc_t *xa0 = x0 + seg.p, *xa1 = x0 + P + seg.p;
+              for (int64_t j = 0; j < seg.len; ++j) {
+                da0[j] += static_cast<acc_t>(src[2 * j]) * xa0[j];
+                da1[j] += static_cast<acc_t>(src[2 * j + 1]) * xa1[j];
+              }
+            } else {
+              for (int64_t dx = 0; dx < s; ++dx)
+                for (int64_t j = 0; j < seg.len; ++j)
+                  d0[dx * P + seg.p + j] += static_cast<acc_t>(src[s * j + dx]) * x0[dx * P + seg.p + j];
+            }
+          }
+        });
+        for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+          for (const Segment& seg : t.segments) {
+            for (int64_t dx = 0; dx < s; ++dx)
+              for (int64_t j = 0; j < seg.len; ++j) fine[s * j + dx] = dal[(r + dx) * P + seg.p + j];
+            adjoint_span(G, T, fine.data(), seg.z + dz, seg.y + dy, seg.x, seg.x + s * seg.len,
+                         tmp.data(), da.data() + coarse(k, b));
+          }
+        });
+      }
     }
   });
   // d alpha on pixels outside every patch (sizes not multiples of s).
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_t>& da = da_slots[at::get_thread_num()];
-    if (da.empty()) da.assign(G.B * Nc, acc_t(0));
+    if (da.empty()) da.assign(Gn * G.B * Nc, acc_t(0));
     std::vector<acc_t> fine(G.W), tmp(G.Wc);
     const int64_t DH = G.D * G.H;
     for (int64_t b = begin / DH; b <= (end - 1) / DH; ++b) {
       const int64_t r0 = std::max(begin, b * DH) - b * DH, r1 = std::min(end, (b + 1) * DH) - b * DH;
       for_edge_spans(G, r0, r1, [&](int64_t z, int64_t y, int64_t x0, int64_t x1) {
         const int64_t base = (z * G.H + y) * G.W;
-        for (int64_t i = x0; i < x1; ++i) fine[i - x0] = static_cast<acc_t>(gap[b * N + base + i]);
-        for (int64_t c = 0; c < G.Cx; ++c) {
-          const int64_t off = (b * G.Cx + c) * N + base;
-          for (int64_t i = x0; i < x1; ++i)
-            fine[i - x0] += static_cast<acc_t>(gyp[off + i]) * static_cast<acc_t>(xp[off + i]);
+        for (int64_t k = 0; k < Gn; ++k) {
+          const scalar_t *gab = ga_of(k, b), *gyb = gy_of(k, b), *xb = xp + b * G.Cx * N;
+          for (int64_t i = x0; i < x1; ++i) fine[i - x0] = static_cast<acc_t>(gab[base + i]);
+          for (int64_t c = 0; c < G.Cx; ++c) {
+            const int64_t off = c * N + base;
+            for (int64_t i = x0; i < x1; ++i)
+              fine[i - x0] += static_cast<acc_t>(gyb[off + i]) * static_cast<acc_t>(xb[off + i]);
+          }
+          adjoint_span(G, T, fine.data(), z, y, x0, x1, tmp.data(), da.data() + coarse(k, b));
         }
-        adjoint_span(G, T, fine.data(), z, y, x0, x1, tmp.data(), da.data() + b * Nc);
       });
     }
   });
-  std::vector<acc_t> da(G.B * Nc, acc_t(0));
+  std::vector<acc_t> da(Gn * G.B * Nc, acc_t(0));
   for (const std::vector<acc_t>& slot : da_slots)  // thread order: deterministic
     if (!slot.empty())
-      for (int64_t i = 0; i < G.B * Nc; ++i) da[i] += slot[i];
+      for (int64_t i = 0; i < Gn * G.B * Nc; ++i) da[i] += slot[i];
 
   // Pass B, per tile: d q, d pre, weight gradients, g gradient, and grad_x on the patch
-  // pixels = (W_theta^T d pre) + alpha * grad_y, each written once.
+  // pixels = (W_theta^T d pre) + sum_k alpha_k * grad_y_k, each written once.
   at::Tensor grad_x = pooled_empty(x.sizes(), x.options());
   at::Tensor grad_g = pooled_empty(g.sizes(), g.options());
   scalar_t* gxp = grad_x.data_ptr<scalar_t>();
@@ -569,68 +603,77 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
     WeightGrads<acc_t>& acc = slots[at::get_thread_num()];
     Tile<acc_t> t(G, TL);
-    std::vector<acc_t> gpatch(K * TL), ggate(G.Cg * TL), ws(8 * TL), alpha(area * TL), fine(G.W),
-        tmp(G.Wc);
+    std::vector<acc_t> gpatch(K * TL), ggate(G.Cg * TL), ws(8 * TL), alpha(Gn * area * TL),
+        fine(G.W), tmp(G.Wc), run(s * TL);
     std::vector<int64_t> offs(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
       load_tile(G, T, xp, gp, b, p0, P, t, offs, ws);
-      std::copy(hs + job * G.Ci * TL, hs + job * G.Ci * TL + G.Ci * P, t.pre.begin());
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t n = b * Nc + p0 + p;
-        const acc_t dq = da[n] * f * a[n] * (acc_t(1) - sig[n]);
-        t.q[p] = dq;
-        acc.psi_bias += dq;
-      }
-      for (int64_t ci = 0; ci < G.Ci; ++ci) {
+      std::copy(hs + job * CiT * TL, hs + job * CiT * TL + CiT * P, t.pre.begin());
+      for (int64_t k = 0; k < Gn; ++k)
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t n = coarse(k, b) + p0 + p;
+          const acc_t dq = da[n] * f * a[n] * (acc_t(1) - sig[n]);
+          t.q[k * P + p] = dq;
+          acc.psi_bias[k] += dq;
+        }
+      for (int64_t ci = 0; ci < CiT; ++ci) {
         acc_t* h = t.pre.data() + ci * P;
+        const acc_t* q = t.q.data() + (ci / G.Ci) * P;
         const acc_t w = W.psi[ci];
         acc_t dpsi = 0, dbias = 0;
         for (int64_t p = 0; p < P; ++p) {
-          dpsi += t.q[p] * h[p];
-          const acc_t dpre = h[p] > acc_t(0) ? t.q[p] * w : acc_t(0);
+          dpsi += q[p] * h[p];
+          const acc_t dpre = h[p] > acc_t(0) ? q[p] * w : acc_t(0);
           dbias += dpre;
           h[p] = dpre;  // t.pre now holds d pre
         }
         acc.psi[ci] += dpsi;
         acc.phi_bias[ci] += dbias;
       }
-      at::Tensor dpre = wrap(t.pre.data(), G.Ci, P);
+      at::Tensor dpre = wrap(t.pre.data(), CiT, P);
       at::Tensor patch = wrap(t.patch.data(), K, P), gate = wrap(t.gbuf.data(), G.Cg, P);
       acc.theta.addmm_(dpre, patch.t());
       acc.phi.addmm_(dpre, gate.t());
       at::Tensor dpatch = wrap(gpatch.data(), K, P), dgate = wrap(ggate.data(), G.Cg, P);
-      at::mm_out(dpatch, W.theta.t(), dpre);
+      at::mm_out(dpatch, W.theta.t(), dpre);  // sums the gates' patch gradients
       at::mm_out(dgate, W.phi.t(), dpre);
-      // alpha on the patch pixels, in patch layout (area, P).
-      for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
-        for (const Segment& seg : t.segments) {
-          alpha_span(G, T, a.data() + b * Nc, seg.z + dz, seg.y + dy, seg.x, seg.x + s * seg.len,
-                     tmp.data(), fine.data());
-          for (int64_t dx = 0; dx < s; ++dx)
-            for (int64_t j = 0; j < seg.len; ++j) alpha[(r + dx) * P + seg.p + j] = fine[s * j + dx];
-        }
-      });
-      const scalar_t* gyb = gyp + b * G.Cx * N;
-      scalar_t* gxb = gxp + b * G.Cx * N;
-      for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
-        const acc_t* d0 = gpatch.data() + k * P;
-        const acc_t* al0 = alpha.data() + (k % area) * P;
-        for (const Segment& seg : t.segments) {
-          const scalar_t* src = gyb + plane_off + seg.origin;
-          scalar_t* dst = gxb + plane_off + seg.origin;
-          if (s == 2) {
-            const acc_t *p0r = d0 + seg.p, *p1r = d0 + P + seg.p, *a0 = al0 + seg.p, *a1 = al0 + P + seg.p;
-            for (int64_t j = 0; j < seg.len; ++j) {
-              dst[2 * j] = static_cast<scalar_t>(p0r[j] + a0[j] * static_cast<acc_t>(src[2 * j]));
-              dst[2 * j + 1] = static_cast<scalar_t>(p1r[j] + a1[j] * static_cast<acc_t>(src[2 * j + 1]));
-            }
-          } else {
+      // alpha of every gate on the patch pixels, in patch layout (Gn, area, P).
+      for (int64_t k = 0; k < Gn; ++k)
+        for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
+          for (const Segment& seg : t.segments) {
+            alpha_span(G, T, a.data() + coarse(k, b), seg.z + dz, seg.y + dy, seg.x,
+                       seg.x + s * seg.len, tmp.data(), fine.data());
             for (int64_t dx = 0; dx < s; ++dx)
               for (int64_t j = 0; j < seg.len; ++j)
-                dst[s * j + dx] = static_cast<scalar_t>(
-                    d0[dx * P + seg.p + j] + al0[dx * P + seg.p + j] * static_cast<acc_t>(src[s * j + dx]));
+                alpha[(k * area + r + dx) * P + seg.p + j] = fine[s * j + dx];
           }
+        });
+      scalar_t* gxb = gxp + b * G.Cx * N;
+      for_patch_rows(G, [&](int64_t kr, int64_t plane_off) {
+        const acc_t* d0 = gpatch.data() + kr * P;
+        for (const Segment& seg : t.segments) {
+          // run: this patch row of grad_x in fine (x) order, accumulated over the gates
+          const int64_t len = s * seg.len;
+          for (int64_t dx = 0; dx < s; ++dx)
+            for (int64_t j = 0; j < seg.len; ++j) run[s * j + dx] = d0[dx * P + seg.p + j];
+          for (int64_t k = 0; k < Gn; ++k) {
+            const scalar_t* src = gy_of(k, b) + plane_off + seg.origin;
+            const acc_t* al0 = alpha.data() + (k * area + kr % area) * P + seg.p;
+            if (s == 2) {
+              const acc_t *a0 = al0, *a1 = al0 + P;
+              for (int64_t j = 0; j < seg.len; ++j) {
+                run[2 * j] += a0[j] * static_cast<acc_t>(src[2 * j]);
+                run[2 * j + 1] += a1[j] * static_cast<acc_t>(src[2 * j + 1]);
+              }
+            } else {
+              for (int64_t dx = 0; dx < s; ++dx)
+                for (int64_t j = 0; j < seg.len; ++j)
+                  run[s * j + dx] += al0[dx * P + j] * static_cast<acc_t>(src[s * j + dx]);
+            }
+          }
+          scalar_t* dst = gxb + plane_off + seg.origin;
+          for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<scalar_t>(run[i]);
         }
       });
       for (int64_t c = 0; c < G.Cg; ++c) {
@@ -664,19 +707,26 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
     });
   }
 
-  // grad_x = alpha * grad_y on pixels outside every patch.
+  // grad_x = sum_k alpha_k * grad_y_k on pixels outside every patch.
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> tmp(G.Wc), arow(G.W);
+    std::vector<acc_t> tmp(G.Wc), arows(Gn * G.W), run(G.W);
     const int64_t DH = G.D * G.H;
     for (int64_t b = begin / DH; b <= (end - 1) / DH; ++b) {
       const int64_t r0 = std::max(begin, b * DH) - b * DH, r1 = std::min(end, (b + 1) * DH) - b * DH;
       for_edge_spans(G, r0, r1, [&](int64_t z, int64_t y, int64_t x0, int64_t x1) {
-        alpha_span(G, T, a.data() + b * Nc, z, y, x0, x1, tmp.data(), arow.data());
+        for (int64_t k = 0; k < Gn; ++k)
+          alpha_span(G, T, a.data() + coarse(k, b), z, y, x0, x1, tmp.data(), arows.data() + k * G.W);
         const int64_t base = (z * G.H + y) * G.W;
         for (int64_t c = 0; c < G.Cx; ++c) {
-          const int64_t off = (b * G.Cx + c) * N + base;
-          for (int64_t i = x0; i < x1; ++i)
-            gxp[off + i] = static_cast<scalar_t>(arow[i - x0] * static_cast<acc_t>(gyp[off + i]));
+          const int64_t off = c * N + base;
+          std::fill(run.begin(), run.begin() + (x1 - x0), acc_t(0));
+          for (int64_t k = 0; k < Gn; ++k) {
+            const scalar_t* gyb = gy_of(k, b);
+            const acc_t* arow = arows.data() + k * G.W;
+            for (int64_t i = x0; i < x1; ++i) run[i - x0] += arow[i - x0] * static_cast<acc_t>(gyb[off + i]);
+          }
+          scalar_t* dst = gxp + b * G.Cx * N + off;
+          for (int64_t i = x0; i < x1; ++i) dst[i] = static_cast<scalar_t>(run[i - x0]);
         }
       });
     }
@@ -687,24 +737,24 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   for (int i = 1; i < nthreads; ++i) {
     total.theta.add_(slots[i].theta);
     total.phi.add_(slots[i].phi);
-    for (int64_t ci = 0; ci < G.Ci; ++ci) {
+    for (int64_t ci = 0; ci < CiT; ++ci) {
       total.phi_bias[ci] += slots[i].phi_bias[ci];
       total.psi[ci] += slots[i].psi[ci];
     }
-    total.psi_bias += slots[i].psi_bias;
+    for (int64_t k = 0; k < Gn; ++k) total.psi_bias[k] += slots[i].psi_bias[k];
   }
-  auto vec_tensor = [&](const std::vector<acc_t>& v) {
+  auto vec_tensor = [&](const std::vector<acc_t>& v, at::IntArrayRef sizes) {
     at::Tensor out = at::empty({static_cast<int64_t>(v.size())}, acc_options<acc_t>());
     std::copy(v.begin(), v.end(), out.data_ptr<acc_t>());
-    return out.to(x.scalar_type());
+    return out.to(x.scalar_type()).reshape(sizes);
   };
   return {grad_x,
           grad_g,
           total.theta.to(x.scalar_type()).reshape(tw.sizes()),
           total.phi.to(x.scalar_type()).reshape(pw.sizes()),
-          vec_tensor(total.phi_bias),
-          vec_tensor(total.psi),
-          vec_tensor(std::vector<acc_t>{total.psi_bias})};
+          vec_tensor(total.phi_bias, pb.sizes()),
+          vec_tensor(total.psi, sw.sizes()),
+          vec_tensor(total.psi_bias, sb.sizes())};
 }
 
 }  // namespace
@@ -713,10 +763,11 @@ std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor& x, c
                                                           const at::Tensor& theta_weight,
                                                           const at::Tensor& phi_weight, const at::Tensor& phi_bias,
                                                           const at::Tensor& psi_weight, const at::Tensor& psi_bias,
-                                                          int64_t subsample, double focal) {
+                                                          int64_t subsample, double focal, int64_t gates) {
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_cpu", [&] {
-    out = forward_impl<scalar_t>(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal);
+    out = forward_impl<scalar_t>(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal,
+                                 gates);
   });
   return out;
 }
@@ -725,11 +776,12 @@ std::vector<at::Tensor> attention_gate_backward(const at::Tensor& grad_y, const 
                                                 const at::Tensor& x, const at::Tensor& g,
                                                 const at::Tensor& theta_weight, const at::Tensor& phi_weight,
                                                 const at::Tensor& phi_bias, const at::Tensor& psi_weight,
-                                                const at::Tensor& psi_bias, int64_t subsample, double focal) {
+                                                const at::Tensor& psi_bias, int64_t subsample, double focal,
+                                                int64_t gates) {
   std::vector<at::Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_backward_cpu", [&] {
     r = backward_impl<scalar_t>(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                                subsample, focal);
+                                subsample, focal, gates);
   });
   return r;
 }

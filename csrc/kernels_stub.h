@@ -19,13 +19,13 @@ void loss_stats_state(const LossArgs&, float*, void*, LossDtype) {
 void loss_finish(const LossFinishArgs&) { TORCH_CHECK(false, "unimri: this CPU variant was not compiled"); }
 std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&, int64_t, double) {
+                                                          const at::Tensor&, int64_t, double, int64_t) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 std::vector<at::Tensor> attention_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                double) {
+                                                double, int64_t) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 }  // namespace unimri::UNIMRI_STUB_NS

@@ -32,6 +32,14 @@ TORCH_LIBRARY(unimri, m) {
       "attention_gate_backward_cpu(Tensor grad_y, Tensor grad_alpha, Tensor x, Tensor g, "
       "Tensor theta_weight, Tensor phi_weight, Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, "
       "int subsample, float focal) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Several gates on the same (x, g), parameters stacked along a leading gates dimension.
+  m.def(
+      "attention_gates_cpu(Tensor x, Tensor g, Tensor theta_weight, Tensor phi_weight, "
+      "Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, int subsample, float focal) -> (Tensor, Tensor)");
+  m.def(
+      "attention_gates_backward_cpu(Tensor grad_y, Tensor grad_alpha, Tensor x, Tensor g, "
+      "Tensor theta_weight, Tensor phi_weight, Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, "
+      "int subsample, float focal) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The CPU kernel build in use now and every one this machine runs (csrc/cpu_variant.h).
   m.def("cpu_variant() -> str", [] { return std::string(unimri::cpu_variant_name(unimri::cpu_variant())); });
   m.def("cpu_variants() -> str[]", [] { return unimri::supported_cpu_variants(); });
