@@ -12,17 +12,18 @@
 //   pass 1, per tile of TILE coarse pixels (parallel over batch x tiles): gather the x
 //     patches (K = Cx * s^d rows) and g (resampled to the coarse grid in-tile) into
 //     tile-local buffers, pre = W_theta @ patch + W_phi @ g (BLAS), then
-//     q = psi . relu(pre + b_phi) + b_psi, a = sigmoid(q)^f. Only a (B, Nc) leaves the tile:
-//     the (B, Ci, Nc) inter-channel tensor is never materialised.
+//     q = psi . relu(pre + b_phi) + b_psi, a = sigmoid(q)^f. Only a (Gn, B, Nc) leaves the
+//     tile: the (B, Gn * Ci, Nc) inter-channel tensor is never materialised.
 //   pass 2, per fine row (parallel): alpha = resample(a), y = alpha * x for every channel.
 // Backward (autograd saves only the inputs; the forward is recomputed once per tile):
-//   A. per tile: pre, h = relu(pre + b_phi) (kept in a transient (B, tiles, Ci, TILE)
-//      buffer for B), sigmoid, a; d alpha = grad_alpha + sum_c grad_y * x on the tile's
-//      patch pixels, folded straight into d a by the resampling adjoint (per-thread d a,
-//      reduced in thread order). Pixels outside every patch get the same in a row pass.
+//   A. per tile: pre, h = relu(pre + b_phi) (kept in a transient (B, tiles, Gn * Ci, TILE)
+//      buffer for B), sigmoid, a; per gate, d alpha = grad_alpha + sum_c grad_y * x on the
+//      tile's patch pixels (in x's order, read straight from x and grad_y), folded into d a
+//      by the resampling adjoint (per-thread d a, reduced in thread order). Pixels outside
+//      every patch get the same in a row pass.
 //   B. per tile: d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi, b_phi;
 //      d pre = d q * psi * [h > 0]; W grads and patch / g grads by BLAS; grad_x on the
-//      patch pixels = W_theta^T d pre + resample(a) * grad_y, written once.
+//      patch pixels = W_theta^T d pre + sum_k resample(a_k) * grad_y_k, written once.
 // Outputs and buffers of >= 1 MiB come from the pool of recycled blocks (output_pool.h).
 // All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
 namespace {
@@ -506,7 +507,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
     std::vector<acc_t>& da = da_slots[at::get_thread_num()];
     if (da.empty()) da.assign(Gn * G.B * Nc, acc_t(0));
     Tile<acc_t> t(G, TL);
-    std::vector<acc_t> dal(area * TL), fine(G.W), tmp(G.Wc), ws(8 * TL);
+    std::vector<acc_t> dal(area * TL), tmp(G.Wc), ws(8 * TL);
     std::vector<int64_t> offs(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
@@ -520,44 +521,32 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
           sig[coarse(k, b) + p0 + p] = sg;
           a[coarse(k, b) + p0 + p] = focal == 1.0 ? sg : std::pow(sg, f);
         }
+      const scalar_t* xb = xp + b * G.Cx * N;
       for (int64_t k = 0; k < Gn; ++k) {
-        // d alpha on the patch pixels, in patch layout (area, P).
+        // d alpha on the patch pixels in x's order: patch row (dz, dy) of the tile holds s * P
+        // values, a segment's at [s * seg.p, s * (seg.p + seg.len)).
         const scalar_t* gab = ga_of(k, b);
         for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
           for (const Segment& seg : t.segments) {
             const scalar_t* src = gab + dz * HW + dy * G.W + seg.origin;
-            for (int64_t dx = 0; dx < s; ++dx)
-              for (int64_t j = 0; j < seg.len; ++j)
-                dal[(r + dx) * P + seg.p + j] = static_cast<acc_t>(src[s * j + dx]);
+            acc_t* dst = dal.data() + r * P + s * seg.p;
+            for (int64_t i = 0; i < s * seg.len; ++i) dst[i] = static_cast<acc_t>(src[i]);
           }
         });
         const scalar_t* gyb = gy_of(k, b);
         for_patch_rows(G, [&](int64_t kr, int64_t plane_off) {
-          acc_t* d0 = dal.data() + (kr % area) * P;
-          const acc_t* x0 = t.patch.data() + kr * P;
+          acc_t* row = dal.data() + (kr % area) * P;
           for (const Segment& seg : t.segments) {
-            const scalar_t* src = gyb + plane_off + seg.origin;
-            if (s == 2) {
-              acc_t *da0 = d0 + seg.p, *da1 = d0 + P + seg.p;
-              const acc_t *xa0 = x0 + seg.p, *xa1 = x0 + P + seg.p;
-              for (int64_t j = 0; j < seg.len; ++j) {
-                da0[j] += static_cast<acc_t>(src[2 * j]) * xa0[j];
-                da1[j] += static_cast<acc_t>(src[2 * j + 1]) * xa1[j];
-              }
-            } else {
-              for (int64_t dx = 0; dx < s; ++dx)
-                for (int64_t j = 0; j < seg.len; ++j)
-                  d0[dx * P + seg.p + j] += static_cast<acc_t>(src[s * j + dx]) * x0[dx * P + seg.p + j];
-            }
+            const scalar_t *gsrc = gyb + plane_off + seg.origin, *xsrc = xb + plane_off + seg.origin;
+            acc_t* dst = row + s * seg.p;
+            for (int64_t i = 0; i < s * seg.len; ++i)
+              dst[i] += static_cast<acc_t>(gsrc[i]) * static_cast<acc_t>(xsrc[i]);
           }
         });
         for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
-          for (const Segment& seg : t.segments) {
-            for (int64_t dx = 0; dx < s; ++dx)
-              for (int64_t j = 0; j < seg.len; ++j) fine[s * j + dx] = dal[(r + dx) * P + seg.p + j];
-            adjoint_span(G, T, fine.data(), seg.z + dz, seg.y + dy, seg.x, seg.x + s * seg.len,
-                         tmp.data(), da.data() + coarse(k, b));
-          }
+          for (const Segment& seg : t.segments)
+            adjoint_span(G, T, dal.data() + r * P + s * seg.p, seg.z + dz, seg.y + dy, seg.x,
+                         seg.x + s * seg.len, tmp.data(), da.data() + coarse(k, b));
         });
       }
     }
@@ -604,7 +593,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
     WeightGrads<acc_t>& acc = slots[at::get_thread_num()];
     Tile<acc_t> t(G, TL);
     std::vector<acc_t> gpatch(K * TL), ggate(G.Cg * TL), ws(8 * TL), alpha(Gn * area * TL),
-        fine(G.W), tmp(G.Wc), run(s * TL);
+        tmp(G.Wc), run(s * TL);
     std::vector<int64_t> offs(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
@@ -638,39 +627,26 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
       at::Tensor dpatch = wrap(gpatch.data(), K, P), dgate = wrap(ggate.data(), G.Cg, P);
       at::mm_out(dpatch, W.theta.t(), dpre);  // sums the gates' patch gradients
       at::mm_out(dgate, W.phi.t(), dpre);
-      // alpha of every gate on the patch pixels, in patch layout (Gn, area, P).
+      // alpha of every gate on the patch pixels, in x's order (as d alpha in pass A): gate k,
+      // patch row (dz, dy) at alpha[(k * area + r) * P], a segment's at s * seg.p.
       for (int64_t k = 0; k < Gn; ++k)
         for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
-          for (const Segment& seg : t.segments) {
+          for (const Segment& seg : t.segments)
             alpha_span(G, T, a.data() + coarse(k, b), seg.z + dz, seg.y + dy, seg.x,
-                       seg.x + s * seg.len, tmp.data(), fine.data());
-            for (int64_t dx = 0; dx < s; ++dx)
-              for (int64_t j = 0; j < seg.len; ++j)
-                alpha[(k * area + r + dx) * P + seg.p + j] = fine[s * j + dx];
-          }
+                       seg.x + s * seg.len, tmp.data(), alpha.data() + (k * area + r) * P + s * seg.p);
         });
       scalar_t* gxb = gxp + b * G.Cx * N;
       for_patch_rows(G, [&](int64_t kr, int64_t plane_off) {
         const acc_t* d0 = gpatch.data() + kr * P;
         for (const Segment& seg : t.segments) {
-          // run: this patch row of grad_x in fine (x) order, accumulated over the gates
+          // run: this patch row of grad_x in x's order, accumulated over the gates
           const int64_t len = s * seg.len;
           for (int64_t dx = 0; dx < s; ++dx)
             for (int64_t j = 0; j < seg.len; ++j) run[s * j + dx] = d0[dx * P + seg.p + j];
           for (int64_t k = 0; k < Gn; ++k) {
             const scalar_t* src = gy_of(k, b) + plane_off + seg.origin;
-            const acc_t* al0 = alpha.data() + (k * area + kr % area) * P + seg.p;
-            if (s == 2) {
-              const acc_t *a0 = al0, *a1 = al0 + P;
-              for (int64_t j = 0; j < seg.len; ++j) {
-                run[2 * j] += a0[j] * static_cast<acc_t>(src[2 * j]);
-                run[2 * j + 1] += a1[j] * static_cast<acc_t>(src[2 * j + 1]);
-              }
-            } else {
-              for (int64_t dx = 0; dx < s; ++dx)
-                for (int64_t j = 0; j < seg.len; ++j)
-                  run[s * j + dx] += al0[dx * P + j] * static_cast<acc_t>(src[s * j + dx]);
-            }
+            const acc_t* al = alpha.data() + (k * area + kr % area) * P + s * seg.p;
+            for (int64_t i = 0; i < len; ++i) run[i] += al[i] * static_cast<acc_t>(src[i]);
           }
           scalar_t* dst = gxb + plane_off + seg.origin;
           for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<scalar_t>(run[i]);

@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from unimri.nn.layers import check_channels, check_input, check_spatial_dims, conv_nd, create_norm
 from unimri.nn.sas_head import foldable, foldable_gate, gate_output_folded, merge_folded
-from unimri_kernels.ops.attention_gate import attention_gate, autocast_inputs
+from unimri_kernels.ops.attention_gate import attention_gate
+from unimri_kernels.ops.attention_gates import attention_gates
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
@@ -87,8 +88,8 @@ class AttentionGate(nn.Module):
                 f"inter_channels={self.inter_channels}, spatial_dims={self.spatial_dims}, "
                 f"subsample={self.subsample}, focal={self.focal}")
 
-    def gate(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fused op alone: ``(alpha * x, alpha)`` without the output conv and norm."""
+    def checked_inputs(self, x: torch.Tensor, g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, g)`` validated against this gate's channels and rank; ``g=None`` is x itself."""
         check_input("x", x, self.spatial_dims, self.in_channels)
         if g is None:
             if self.gating_channels != self.in_channels:
@@ -97,6 +98,11 @@ class AttentionGate(nn.Module):
                     f"in_channels={self.in_channels}, so x cannot gate itself")
             g = x
         check_input("g", g, self.spatial_dims, self.gating_channels)
+        return x, g
+
+    def gate(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused op alone: ``(alpha * x, alpha)`` without the output conv and norm."""
+        x, g = self.checked_inputs(x, g)
         return attention_gate(x, g, self.theta_weight, self.phi_weight, self.phi_bias,
                               self.psi_weight, self.psi_bias, self.subsample, self.focal)
 
@@ -141,15 +147,20 @@ class SelectiveAttention(nn.Module):
     def num_gates(self) -> int:
         return len(self.gates)
 
+    def gate(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every gate's fused op at once (``unimri::attention_gates``): ``(ys, alpha)`` with
+        ys (K, B, Cx, *S), ``ys[k] = alpha[:, k:k+1] * x``, and alpha (B, K, *S)."""
+        first = self.gates[0]
+        x, g = first.checked_inputs(x, g)
+        stacked = [torch.stack([getattr(gate, name) for gate in self.gates])
+                   for name in ("theta_weight", "phi_weight", "phi_bias", "psi_weight")]
+        psi_bias = torch.cat([gate.psi_bias for gate in self.gates])
+        return attention_gates(x, g, *stacked, psi_bias, first.subsample, first.focal)
+
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(x, torch.Tensor) and isinstance(g, torch.Tensor):
-            x, g = autocast_inputs(x, g)  # once for all gates (each would cast x again)
-        elif isinstance(x, torch.Tensor) and g is None:
-            (x,) = autocast_inputs(x)
-        ys, alphas = zip(*(gate.gate(x, g) for gate in self.gates))
-        alpha = torch.cat(alphas, dim=1)
+        ys, alpha = self.gate(x, g)
         if self.fold and foldable(self):
             pre = merge_folded(self, ys)
             return self.merge[2](self.merge[1](pre)), alpha
-        outs = [gate.out_norm(gate.out_conv(y)) for gate, y in zip(self.gates, ys)]
+        outs = [gate.out_norm(gate.out_conv(y)) for gate, y in zip(self.gates, ys.unbind(0))]
         return self.merge(torch.cat(outs, dim=1)), alpha

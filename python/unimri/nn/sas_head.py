@@ -88,15 +88,16 @@ def fold_affine(w: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
 class FoldedMergeFn(torch.autograd.Function):
     """``P = sum_k A_k y_k + c`` with batch-norm statistics from the moments of ``y_k``.
 
-    Inputs: ``eps`` (float), ``ys`` stacked as a tuple of K tensors (B, C, N), ``w``
-    (K, C, C) the gates' 1x1 weights, ``gamma``/``beta`` (K, C), ``merge`` (C_out, K, C).
+    Inputs: ``eps`` (float), ``w`` (K, C, C) the gates' 1x1 weights, ``gamma``/``beta``
+    (K, C), ``merge`` (C_out, K, C), and the gated inputs ``ys`` stacked (K, B, C, N) (as
+    ``unimri::attention_gates`` returns them; their gradient is returned stacked too).
     Returns ``P`` (B, C_out, N) in the dtype of ``y`` and the batch mean and biased variance
     of ``z_k = W_k y_k`` (K, C) (no gradient; for the running statistics).
     """
 
     @staticmethod
     def forward(ctx, eps: float, w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
-                merge: torch.Tensor, *ys: torch.Tensor):
+                merge: torch.Tensor, ys: torch.Tensor):
         # explicit dtypes inside: autocast would run the moments' products in bf16
         with _no_autocast(ys[0].device.type):
             return FoldedMergeFn._forward(ctx, eps, w, gamma, beta, merge, ys)
@@ -118,8 +119,8 @@ class FoldedMergeFn(torch.autograd.Function):
             stats.append((mu, var))
             saved += [m, gram, r]
         c = sum(ct for _, ct in folded)
-        out = _apply(list(ys), torch.stack([a for a, _ in folded], dim=1), c)
-        ctx.save_for_backward(w, gamma, beta, merge, *saved, *ys)
+        out = _apply(ys, torch.stack([a for a, _ in folded], dim=1), c)
+        ctx.save_for_backward(w, gamma, beta, merge, ys, *saved)
         ctx.k, ctx.n = len(ys), n
         mean = torch.stack([s[0] for s in stats])
         var = torch.stack([s[1] for s in stats])
@@ -133,12 +134,13 @@ class FoldedMergeFn(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_p):
-        w, gamma, beta, merge, *rest = ctx.saved_tensors
-        kk, n = ctx.k, ctx.n
-        saved, ys = rest[:3 * kk], rest[3 * kk:]
-        gp = grad_p.to(ys[0].dtype)
+        w, gamma, beta, merge, ys, *saved = ctx.saved_tensors
+        n = ctx.n
+        gp = grad_p.to(ys.dtype)
         dc = grad_p.sum(dim=(0, 2), dtype=w.dtype)
-        gw, ggamma, gbeta, gmerge, gys = [], [], [], [], []
+        gw, ggamma, gbeta, gmerge = [], [], [], []
+        grad_ys = _baddbmm_buffer(tuple(ys.shape), ys, grad_p, w)
+        gys = []
         for k, y in enumerate(ys):
             m, gram, r = saved[3 * k:3 * k + 3]
             wk, mk = w[k], merge[:, k]
@@ -164,9 +166,10 @@ class FoldedMergeFn(torch.autograd.Function):
             gbeta.append(dtk)
             gmerge.append(dmk)
             a = (mk * s) @ wk
-            gys.append(_grad_y(a, dgram, dm, n, gp, y))
+            gys.append(_grad_y(a, dgram, dm, n, gp, y, None if grad_ys is None else grad_ys[k]))
         grads = (torch.stack(gw), torch.stack(ggamma), torch.stack(gbeta), torch.stack(gmerge, dim=1))
-        return (None, *(gr.to(d) for gr, d in zip(grads, ctx.param_dtypes)), *gys)
+        grad_ys = torch.stack(gys) if grad_ys is None else grad_ys
+        return (None, *(gr.to(d) for gr, d in zip(grads, ctx.param_dtypes)), grad_ys)
 
 
 def _baddbmm_buffer(shape: tuple[int, ...], like: torch.Tensor, *inputs: torch.Tensor
@@ -188,16 +191,21 @@ def _baddbmm(bias: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 
 def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad_p: torch.Tensor,
-            y: torch.Tensor) -> torch.Tensor:
-    """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N). The terms nearly cancel (the norm's
-    projection), so half/bf16 inputs are combined in float32 piece by piece and rounded once."""
+            y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a^T grad_P + 2 dG y / n + dm / n`` (B, C, N), written into ``out`` when given. The
+    terms nearly cancel (the norm's projection), so half/bf16 inputs are combined in float32
+    piece by piece and rounded once."""
     bias, at, dg = (dm / n)[:, None], a.T, (2.0 / n) * dgram
     if y.dtype == a.dtype:
         bsz = y.shape[0]
-        gy = _baddbmm(bias, at.expand(bsz, -1, -1), grad_p)
+        if out is None:
+            gy = _baddbmm(bias, at.expand(bsz, -1, -1), grad_p)
+        else:
+            gy = torch.baddbmm(bias, at.expand(bsz, -1, -1), grad_p, out=out)
         return gy.baddbmm_(dg.expand(bsz, -1, -1), y)
-    out = _baddbmm_buffer(tuple(y.shape), y, a, grad_p)
-    out = torch.empty_like(y) if out is None else out
+    if out is None:
+        out = _baddbmm_buffer(tuple(y.shape), y, a, grad_p)
+        out = torch.empty_like(y) if out is None else out
     for rows, cols in _chunks(y):
         gp, yc = grad_p[rows, :, cols].to(a.dtype), y[rows, :, cols].to(a.dtype)
         nb = gp.shape[0]
@@ -237,8 +245,8 @@ def foldable_gate(gate: nn.Module) -> bool:
     return _foldable_norms([gate])
 
 
-def _apply(flat: list[torch.Tensor], a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``c + sum_k a[:, k] @ flat[k]``: (B, C_out, N) from K (B, C, N), a (C_out, K, C)."""
+def _apply(flat: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``c + sum_k a[:, k] @ flat[k]``: (B, C_out, N) from flat (K, B, C, N), a (C_out, K, C)."""
     dtype, bsz = flat[0].dtype, flat[0].shape[0]
     a, c = a.to(dtype), c.to(dtype)
     out = _baddbmm(c[:, None], a[:, 0].expand(bsz, -1, -1), flat[0])
@@ -261,10 +269,10 @@ def _update_running_stats(norms: list[_BatchNorm], mean: torch.Tensor, var: torc
         bn.running_var.lerp_(unbiased[k].to(bn.running_var.dtype), f)
 
 
-def merge_folded(sas: nn.Module, ys: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def merge_folded(sas: nn.Module, ys: torch.Tensor) -> torch.Tensor:
     """The merge convolution's output (before its norm and ReLU) from the gated inputs
-    ``ys`` (K tensors (B, C, *S)) of a SelectiveAttention for which :func:`foldable` holds,
-    equal to ``merge[0](cat([gate.out_norm(gate.out_conv(y)) for ...]))``; updates the
+    ``ys`` (K, B, C, *S) of a SelectiveAttention for which :func:`foldable` holds,
+    equal to ``merge[0](cat([gate.out_norm(gate.out_conv(y)) for y in ys]))``; updates the
     gates' batch-norm running statistics in training as the norms themselves would."""
     conv = sas.merge[0]
     m = conv.weight.reshape(conv.weight.shape[0], len(sas.gates), -1)            # (C_out, K, C)
@@ -278,16 +286,17 @@ def gate_output_folded(gate: nn.Module, y: torch.Tensor) -> torch.Tensor:
     training as the norm itself would)."""
     c = y.shape[1]
     eye = torch.eye(c, dtype=gate.out_conv.weight.dtype, device=y.device).reshape(c, 1, c)
-    return _folded([gate], eye, None, (y,))
+    return _folded([gate], eye, None, y.unsqueeze(0))
 
 
 def _folded(gates: list[nn.Module], m: torch.Tensor, merge_bias: torch.Tensor | None,
-            ys: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """``sum_k m[:, k] norm_k(conv_k(y_k)) (+ merge_bias)`` (B, C_out, *S) for K gates;
-    ``merge_bias`` only with norm-free gates (see :func:`foldable`)."""
-    k, c = len(gates), ys[0].shape[1]
-    bsz, spatial = ys[0].shape[0], ys[0].shape[2:]
-    flat = [y.reshape(bsz, c, -1) for y in ys]
+            ys: torch.Tensor) -> torch.Tensor:
+    """``sum_k m[:, k] norm_k(conv_k(ys[k])) (+ merge_bias)`` (B, C_out, *S) for K gates and
+    their gated inputs ``ys`` (K, B, C, *S); ``merge_bias`` only with norm-free gates (see
+    :func:`foldable`)."""
+    k, bsz, c = ys.shape[:3]
+    spatial = ys.shape[3:]
+    flat = ys.reshape(k, bsz, c, -1)
     w = torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates])      # (K, C, C)
     norms = [gate.out_norm for gate in gates]
     if isinstance(norms[0], nn.Identity):
@@ -299,12 +308,12 @@ def _folded(gates: list[nn.Module], m: torch.Tensor, merge_bias: torch.Tensor | 
     first = norms[0]
     gamma = torch.stack([n.weight for n in norms])
     beta = torch.stack([n.bias for n in norms])
-    n = flat[0].shape[0] * flat[0].shape[2]
+    n = flat.shape[1] * flat.shape[3]
     if first.training or first.running_mean is None:
         if first.training and n < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got input "
-                             f"size {tuple(ys[0].shape)}")
-        out, mean, var = FoldedMergeFn.apply(first.eps, w, gamma, beta, m, *flat)
+                             f"size {tuple(ys.shape[1:])}")
+        out, mean, var = FoldedMergeFn.apply(first.eps, w, gamma, beta, m, flat)
         if first.training and first.track_running_stats:
             _update_running_stats(norms, mean, var, n)
         return out.view(bsz, -1, *spatial)
