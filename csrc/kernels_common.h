@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "attention_gate.h"
+#include "batch_norm_relu.h"
 #include "cpu_variant.h"
 #include "output_pool.h"
 #include "unified_focal_loss.h"

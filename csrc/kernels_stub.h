@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include "attention_gate.h"
+#include "batch_norm_relu.h"
 #include "cpu_variant.h"
 #include "unified_focal_loss.h"
 
@@ -26,6 +27,13 @@ std::vector<at::Tensor> attention_gate_backward(const at::Tensor&, const at::Ten
                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                                 double, int64_t) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void batch_norm_relu_forward(const BnReluArgs&, const void*, void*, double*, double*, double*, double*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void batch_norm_relu_backward(const BnReluArgs&, const void*, const void*, const double*, const double*, void*,
+                              double*, double*) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 }  // namespace unimri::UNIMRI_STUB_NS

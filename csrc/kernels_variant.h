@@ -7,4 +7,5 @@ namespace unimri::UNIMRI_VARIANT_NS {
 extern const bool kCompiled = true;
 #include "unified_focal_loss_kernel.h"
 #include "attention_gate_kernel.h"
+#include "batch_norm_relu_kernel.h"
 }  // namespace unimri::UNIMRI_VARIANT_NS

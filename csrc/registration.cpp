@@ -40,6 +40,15 @@ TORCH_LIBRARY(unimri, m) {
       "attention_gates_backward_cpu(Tensor grad_y, Tensor grad_alpha, Tensor x, Tensor g, "
       "Tensor theta_weight, Tensor phi_weight, Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, "
       "int subsample, float focal) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Batch norm + ReLU fused (see csrc/batch_norm_relu.cpp): (out, mean, var), updating the
+  // running statistics in training when given; and the gradients of x, weight and bias (the
+  // last two float64).
+  m.def(
+      "batch_norm_relu_cpu(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, bool training, float factor, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_relu_backward_cpu(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, "
+      "Tensor var, float eps, bool batch_stats) -> (Tensor, Tensor, Tensor)");
   // The CPU kernel build in use now and every one this machine runs (csrc/cpu_variant.h).
   m.def("cpu_variant() -> str", [] { return std::string(unimri::cpu_variant_name(unimri::cpu_variant())); });
   m.def("cpu_variants() -> str[]", [] { return unimri::supported_cpu_variants(); });

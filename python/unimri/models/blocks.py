@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimri.nn.norm_act import norm_relu
+
 NORM_NAMES = ("batch", "instance", "group")
 ATTENTION_OPTIONS = (None, "sas", "spatial", "channel", "cbam")
 
@@ -75,6 +77,12 @@ class ConvNormAct(nn.Sequential):
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+        self.fuse_norm_relu = True  # batch norm + ReLU as one op on CPU (unimri.nn.norm_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fuse_norm_relu and len(self) == 3:
+            return norm_relu(self[0](x), self[1])
+        return super().forward(x)
 
 
 class DoubleConv(nn.Sequential):

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from unimri.nn.layers import check_channels, check_input, check_spatial_dims, conv_nd, create_norm
+from unimri.nn.norm_act import norm_relu
 from unimri.nn.sas_head import foldable, foldable_gate, gate_output_folded, merge_folded
 from unimri_kernels.ops.attention_gate import attention_gate
 from unimri_kernels.ops.attention_gates import attention_gates
@@ -160,7 +161,6 @@ class SelectiveAttention(nn.Module):
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         ys, alpha = self.gate(x, g)
         if self.fold and foldable(self):
-            pre = merge_folded(self, ys)
-            return self.merge[2](self.merge[1](pre)), alpha
+            return norm_relu(merge_folded(self, ys), self.merge[1]), alpha
         outs = [gate.out_norm(gate.out_conv(y)) for gate, y in zip(self.gates, ys.unbind(0))]
         return self.merge(torch.cat(outs, dim=1)), alpha

@@ -75,12 +75,15 @@ class OktaySelectiveAttention(nn.Module):
 
 def with_eager_attention(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` whose :class:`unimri.nn.SelectiveAttention` modules are
-    replaced by :class:`OktaySelectiveAttention` with the same weights (a model as a user
-    would build it from plain PyTorch modules)."""
+    replaced by :class:`OktaySelectiveAttention` with the same weights and whose conv blocks
+    run batch norm and ReLU as their modules (a model as a user would build it from plain
+    PyTorch modules)."""
     from unimri.nn.attention_gate import SelectiveAttention
 
     model = copy.deepcopy(model)
     for name, child in list(model.named_modules()):
+        if hasattr(child, "fuse_norm_relu"):
+            child.fuse_norm_relu = False
         for attr, sub in list(child.named_children()):
             if isinstance(sub, SelectiveAttention):
                 setattr(child, attr, OktaySelectiveAttention.from_module(sub))

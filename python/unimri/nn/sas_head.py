@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from unimri.nn.norm_act import update_running_stats
 from unimri_kernels.dispatch import pooled_empty
 
 
@@ -255,20 +256,6 @@ def _apply(flat: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor
     return out
 
 
-@torch.no_grad()
-def _update_running_stats(norms: list[_BatchNorm], mean: torch.Tensor, var: torch.Tensor,
-                          n: int) -> None:
-    """What ``nn.BatchNorm`` does in training: count the batch and move the running
-    statistics towards the batch mean and the unbiased batch variance."""
-    unbiased = var * (n / (n - 1))
-    for k, bn in enumerate(norms):
-        bn.num_batches_tracked.add_(1)
-        f = bn.momentum if bn.momentum is not None else \
-            1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
-        bn.running_mean.lerp_(mean[k].to(bn.running_mean.dtype), f)
-        bn.running_var.lerp_(unbiased[k].to(bn.running_var.dtype), f)
-
-
 def merge_folded(sas: nn.Module, ys: torch.Tensor) -> torch.Tensor:
     """The merge convolution's output (before its norm and ReLU) from the gated inputs
     ``ys`` (K, B, C, *S) of a SelectiveAttention for which :func:`foldable` holds,
@@ -315,7 +302,7 @@ def _folded(gates: list[nn.Module], m: torch.Tensor, merge_bias: torch.Tensor | 
                              f"size {tuple(ys.shape[1:])}")
         out, mean, var = FoldedMergeFn.apply(first.eps, w, gamma, beta, m, flat)
         if first.training and first.track_running_stats:
-            _update_running_stats(norms, mean, var, n)
+            update_running_stats(norms, mean, var, n)
         return out.view(bsz, -1, *spatial)
     rm = torch.stack([n.running_mean for n in norms])
     rv = torch.stack([n.running_var for n in norms])
