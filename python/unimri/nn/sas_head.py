@@ -54,6 +54,12 @@ def _chunks(y: torch.Tensor) -> list[tuple[slice, slice]]:
             for b in range(0, bsz, rows) for j in range(0, n, cols)]
 
 
+def channel_sum(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Sum of t (B, C, N) over B and N: (C,). Reducing N first and then B is several times
+    faster on CPU than ``t.sum(dim=(0, 2))`` (measured 0.5 vs 4.6 ms at (8, 16, 128²))."""
+    return t.sum(2, dtype=dtype).sum(0)
+
+
 def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``m`` (C,) and second moment ``G = E[y y^T]`` (C, C) of y (B, C, N) over B and N,
     in float32 (float64 for float64 y). Half/bf16 y is converted piece by piece (the pieces'
@@ -63,12 +69,12 @@ def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dt = _compute_dtype(y)
     n = y.shape[0] * y.shape[2]
     if y.dtype == dt:
-        return y.sum(dim=(0, 2)) / n, torch.bmm(y, y.transpose(1, 2)).sum(0) / n
+        return channel_sum(y) / n, torch.bmm(y, y.transpose(1, 2)).sum(0) / n
     m = y.new_zeros(y.shape[1], dtype=dt)
     gram = y.new_zeros(y.shape[1], y.shape[1], dtype=dt)
     for rows, cols in _chunks(y):
         piece = y[rows, :, cols].to(dt)
-        m += piece.sum(dim=(0, 2))
+        m += channel_sum(piece)
         gram += torch.bmm(piece, piece.transpose(1, 2)).sum(0)
     return m / n, gram / n
 
@@ -138,7 +144,7 @@ class FoldedMergeFn(torch.autograd.Function):
         w, gamma, beta, merge, ys, *saved = ctx.saved_tensors
         n = ctx.n
         gp = grad_p.to(ys.dtype)
-        dc = grad_p.sum(dim=(0, 2), dtype=w.dtype)
+        dc = channel_sum(grad_p, w.dtype)
         gw, ggamma, gbeta, gmerge = [], [], [], []
         grad_ys = _baddbmm_buffer(tuple(ys.shape), ys, grad_p, w)
         gys = []
@@ -182,13 +188,17 @@ def _baddbmm_buffer(shape: tuple[int, ...], like: torch.Tensor, *inputs: torch.T
     return pooled_empty(shape, like)
 
 
-def _baddbmm(bias: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``bias + a @ y`` (B, C_out, N) from a (B, C_out, C), y (B, C, N), bias broadcastable,
-    written into a recycled block where possible."""
-    out = _baddbmm_buffer((y.shape[0], a.shape[1], y.shape[2]), y, a, bias)
+def _baddbmm(bias: torch.Tensor, a: torch.Tensor, y: torch.Tensor,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """``bias + a @ y`` (B, C_out, N) from a (B, C_out, C), y (B, C, N), bias (C_out, 1),
+    written into ``out`` or else a recycled block where possible. The product first, then
+    the bias added in place: ``torch.baddbmm`` with a broadcast bias first copies the bias
+    into the output, which costs more than the product at small C (measured at (8, 16, 128²):
+    2.6 ms against 1.5 ms)."""
     if out is None:
-        return torch.baddbmm(bias, a, y)
-    return torch.baddbmm(bias, a, y, out=out)
+        out = _baddbmm_buffer((y.shape[0], a.shape[1], y.shape[2]), y, a, bias)
+    product = torch.bmm(a, y) if out is None else torch.bmm(a, y, out=out)
+    return product.add_(bias)
 
 
 def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad_p: torch.Tensor,
@@ -199,10 +209,7 @@ def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad
     bias, at, dg = (dm / n)[:, None], a.T, (2.0 / n) * dgram
     if y.dtype == a.dtype:
         bsz = y.shape[0]
-        if out is None:
-            gy = _baddbmm(bias, at.expand(bsz, -1, -1), grad_p)
-        else:
-            gy = torch.baddbmm(bias, at.expand(bsz, -1, -1), grad_p, out=out)
+        gy = _baddbmm(bias, at.expand(bsz, -1, -1), grad_p, out)
         return gy.baddbmm_(dg.expand(bsz, -1, -1), y)
     if out is None:
         out = _baddbmm_buffer(tuple(y.shape), y, a, grad_p)
@@ -210,7 +217,7 @@ def _grad_y(a: torch.Tensor, dgram: torch.Tensor, dm: torch.Tensor, n: int, grad
     for rows, cols in _chunks(y):
         gp, yc = grad_p[rows, :, cols].to(a.dtype), y[rows, :, cols].to(a.dtype)
         nb = gp.shape[0]
-        piece = torch.baddbmm(bias, at.expand(nb, -1, -1), gp).baddbmm_(dg.expand(nb, -1, -1), yc)
+        piece = torch.bmm(at.expand(nb, -1, -1), gp).add_(bias).baddbmm_(dg.expand(nb, -1, -1), yc)
         out[rows, :, cols] = piece
     return out
 
