@@ -36,9 +36,11 @@ def update_running_stats(norms: list[_BatchNorm], mean: torch.Tensor, var: torch
 
 def fusable(x: torch.Tensor, norm: nn.Module) -> bool:
     """Whether :func:`norm_relu` runs the fused kernel for this input and norm."""
-    return (type(norm) in _FUSED_NORMS and x.device.type == "cpu" and x.dim() >= 3
-            and x.is_contiguous() and x.shape[1] == norm.num_features
-            and backend_for(x) == "cpp")
+    if not (type(norm) in _FUSED_NORMS and x.device.type == "cpu" and x.dim() >= 3
+            and x.is_contiguous() and x.shape[1] == norm.num_features):
+        return False
+    # compiled: the custom op picks its backend when it runs (nothing to check while tracing)
+    return torch.compiler.is_compiling() or backend_for(x) == "cpp"
 
 
 def norm_relu(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
