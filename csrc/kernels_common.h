@@ -27,5 +27,6 @@
 #include "attention_gate.h"
 #include "batch_norm_relu.h"
 #include "cpu_variant.h"
+#include "max_pool.h"
 #include "output_pool.h"
 #include "unified_focal_loss.h"

@@ -6,6 +6,7 @@
 #include "attention_gate.h"
 #include "batch_norm_relu.h"
 #include "cpu_variant.h"
+#include "max_pool.h"
 #include "unified_focal_loss.h"
 
 namespace unimri::UNIMRI_STUB_NS {
@@ -34,6 +35,12 @@ void batch_norm_relu_forward(const BnReluArgs&, const void*, void*, double*, dou
 }
 void batch_norm_relu_backward(const BnReluArgs&, const void*, const void*, const double*, const double*, void*,
                               double*, double*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void max_pool2x_forward(const MaxPoolArgs&, const void*, void*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void max_pool2x_backward(const MaxPoolArgs&, const void*, const void*, void*) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 }  // namespace unimri::UNIMRI_STUB_NS

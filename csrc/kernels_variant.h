@@ -8,4 +8,5 @@ extern const bool kCompiled = true;
 #include "unified_focal_loss_kernel.h"
 #include "attention_gate_kernel.h"
 #include "batch_norm_relu_kernel.h"
+#include "max_pool_kernel.h"
 }  // namespace unimri::UNIMRI_VARIANT_NS

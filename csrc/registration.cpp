@@ -49,6 +49,10 @@ TORCH_LIBRARY(unimri, m) {
   m.def(
       "batch_norm_relu_backward_cpu(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, "
       "Tensor var, float eps, bool batch_stats) -> (Tensor, Tensor, Tensor)");
+  // 2x max pooling (kernel 2, stride 2) of (B, C, H, W) or (B, C, D, H, W), and its gradient,
+  // recomputed from x (see csrc/max_pool.cpp).
+  m.def("max_pool2x_cpu(Tensor x) -> Tensor");
+  m.def("max_pool2x_backward_cpu(Tensor grad_out, Tensor x) -> Tensor");
   // The CPU kernel build in use now and every one this machine runs (csrc/cpu_variant.h).
   m.def("cpu_variant() -> str", [] { return std::string(unimri::cpu_variant_name(unimri::cpu_variant())); });
   m.def("cpu_variants() -> str[]", [] { return unimri::supported_cpu_variants(); });

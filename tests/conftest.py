@@ -28,6 +28,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def variant(request, monkeypatch):
+    """The C++ backend on the CPU build named by the indirect parameter ("baseline", "avx2",
+    "avx512"; see ``unimri_kernels.cpu_variants()``)."""
+    from unimri_kernels.dispatch import cpu_variant, use_backend
+
+    monkeypatch.delenv("UNIMRI_CPU_BASELINE", raising=False)
+    monkeypatch.setenv("UNIMRI_CPU_VARIANT", request.param)
+    assert cpu_variant() == request.param
+    with use_backend("cpp"):
+        yield request.param
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -17,15 +17,6 @@ OP = torch.ops.unimri.unified_focal_loss
 needs_cpp = pytest.mark.skipif(not has_cpp(), reason="C++ extension not built")
 
 
-@pytest.fixture
-def variant(request, monkeypatch):
-    monkeypatch.delenv("UNIMRI_CPU_BASELINE", raising=False)
-    monkeypatch.setenv("UNIMRI_CPU_VARIANT", request.param)
-    assert cpu_variant() == request.param
-    with use_backend("cpp"):
-        yield request.param
-
-
 def _run(logits, target, params, alpha, batch):
     return OP(logits, target, params, alpha, 1 - alpha, 1e-6, IGNORE, batch, True, False)
 

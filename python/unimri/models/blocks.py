@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimri.nn.norm_act import norm_relu
+from unimri.nn.pooling import MaxPool2x2d, MaxPool2x3d
 
 NORM_NAMES = ("batch", "instance", "group")
 ATTENTION_OPTIONS = (None, "sas", "spatial", "channel", "cbam")
@@ -49,8 +50,11 @@ def conv_transpose_cls(spatial_dims: int) -> type[nn.Module]:
 
 
 def max_pool(spatial_dims: int, return_indices: bool = False) -> nn.Module:
+    """2x max pooling (kernel 2, stride 2); fused on CPU unless the indices are wanted."""
+    if not return_indices:
+        return MaxPool2x2d() if spatial_dims == 2 else MaxPool2x3d()
     cls = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
-    return cls(kernel_size=2, stride=2, return_indices=return_indices)
+    return cls(kernel_size=2, stride=2, return_indices=True)
 
 
 def norm_layer(norm: str, channels: int, spatial_dims: int) -> nn.Module:
