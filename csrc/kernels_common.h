@@ -29,4 +29,5 @@
 #include "cpu_variant.h"
 #include "max_pool.h"
 #include "output_pool.h"
+#include "pointwise_conv.h"
 #include "unified_focal_loss.h"

@@ -7,6 +7,7 @@
 #include "batch_norm_relu.h"
 #include "cpu_variant.h"
 #include "max_pool.h"
+#include "pointwise_conv.h"
 #include "unified_focal_loss.h"
 
 namespace unimri::UNIMRI_STUB_NS {
@@ -41,6 +42,12 @@ void max_pool2x_forward(const MaxPoolArgs&, const void*, void*) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 void max_pool2x_backward(const MaxPoolArgs&, const void*, const void*, void*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void pointwise_conv_forward(const PointwiseArgs&, const void*, const double*, const double*, void*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void pointwise_conv_weight_grad(const PointwiseArgs&, const void*, const void*, double*, double*) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 }  // namespace unimri::UNIMRI_STUB_NS

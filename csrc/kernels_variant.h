@@ -9,4 +9,5 @@ extern const bool kCompiled = true;
 #include "attention_gate_kernel.h"
 #include "batch_norm_relu_kernel.h"
 #include "max_pool_kernel.h"
+#include "pointwise_conv_kernel.h"
 }  // namespace unimri::UNIMRI_VARIANT_NS

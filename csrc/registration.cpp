@@ -53,6 +53,10 @@ TORCH_LIBRARY(unimri, m) {
   // recomputed from x (see csrc/max_pool.cpp).
   m.def("max_pool2x_cpu(Tensor x) -> Tensor");
   m.def("max_pool2x_backward_cpu(Tensor grad_out, Tensor x) -> Tensor");
+  // Pointwise (1x1) convolution of (B, C_in, *S) by weight (C_out, C_in) (+ bias), and its
+  // gradients of x, weight and bias (the last two float64) (see csrc/pointwise_conv.cpp).
+  m.def("pointwise_conv_cpu(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("pointwise_conv_backward_cpu(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor, Tensor)");
   // The CPU kernel build in use now and every one this machine runs (csrc/cpu_variant.h).
   m.def("cpu_variant() -> str", [] { return std::string(unimri::cpu_variant_name(unimri::cpu_variant())); });
   m.def("cpu_variants() -> str[]", [] { return unimri::supported_cpu_variants(); });

@@ -149,14 +149,11 @@ def test_backbones_use_it_where_no_indices_are_needed():
     assert pools and all(p.return_indices and not isinstance(p, MaxPool2x2d) for p in pools)
 
 
-def test_compile_fullgraph_no_graph_break():
+def assert_compiles_in_one_frame_like(net: nn.Module, ref: nn.Module, x: torch.Tensor) -> None:
+    """``torch.compile(net, fullgraph=True)`` traces one frame and matches the module ``ref``
+    (float64: outputs and parameter gradients to rounding)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
-    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), MaxPool2x2d(), nn.Conv2d(4, 2, 1))
-    ref = copy.deepcopy(net)
-    ref[1].fuse = False
-    x = torch.randn(2, 2, 10, 12, dtype=F64)
-    net, ref = net.double(), ref.double()
     counter = CompileCounterWithBackend("inductor")
     out = torch.compile(net, backend=counter, fullgraph=True)(x)
     out.square().sum().backward()
@@ -165,6 +162,13 @@ def test_compile_fullgraph_no_graph_break():
     torch.testing.assert_close(out, ref(x), rtol=1e-12, atol=1e-12)
     for p, q in zip(net.parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_compile_fullgraph_no_graph_break():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), MaxPool2x2d(), nn.Conv2d(4, 2, 1)).double()
+    ref = copy.deepcopy(net)
+    ref[1].fuse = False
+    assert_compiles_in_one_frame_like(net, ref, torch.randn(2, 2, 10, 12, dtype=F64))
 
 
 @pytest.mark.parametrize("x,error,needle", [

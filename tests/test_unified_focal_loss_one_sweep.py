@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from test_cpu_variants import VARIANTS, needs_cpp, variant  # noqa: F401  (fixture)
+from test_cpu_variants import VARIANTS, needs_cpp
 from test_unified_focal_loss import IGNORE, ignore_index_case, loss_cases, random_params, reference
 from unimri_kernels.dispatch import cpp_ops, use_backend
 from unimri_kernels.ops.unified_focal_loss import ONE_SWEEP_MAX_CLASSES, unified_focal_loss_autograd

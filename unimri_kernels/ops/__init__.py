@@ -4,4 +4,6 @@ Each op is an opaque ``torch.library.custom_op`` with ``register_fake`` and
 ``register_autograd`` so that ``torch.compile(fullgraph=True)`` traces it with no graph
 break; its body picks the implementation with :func:`unimri_kernels.dispatch.backend_for`.
 """
-from unimri_kernels.ops import attention_gate, attention_gates, batch_norm_relu, max_pool, unified_focal_loss  # noqa: F401
+from unimri_kernels.ops import (  # noqa: F401
+    attention_gate, attention_gates, batch_norm_relu, max_pool, pointwise_conv, unified_focal_loss,
+)

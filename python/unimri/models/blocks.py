@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimri.nn.norm_act import norm_relu
+from unimri.nn.pointwise import PointwiseConv2d, PointwiseConv3d
 from unimri.nn.pooling import MaxPool2x2d, MaxPool2x3d
 
 NORM_NAMES = ("batch", "instance", "group")
@@ -47,6 +48,11 @@ def conv_cls(spatial_dims: int) -> type[nn.Module]:
 
 def conv_transpose_cls(spatial_dims: int) -> type[nn.Module]:
     return nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+
+
+def head_conv(spatial_dims: int, in_channels: int, num_classes: int) -> nn.Module:
+    """The 1x1 convolution to class scores (with bias); fused on CPU (unimri.nn.pointwise)."""
+    return (PointwiseConv2d if spatial_dims == 2 else PointwiseConv3d)(in_channels, num_classes)
 
 
 def max_pool(spatial_dims: int, return_indices: bool = False) -> nn.Module:

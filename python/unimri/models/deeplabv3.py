@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvNormAct, SegmentationModel, conv_cls, init_weights, norm_layer
+from .blocks import ConvNormAct, SegmentationModel, conv_cls, head_conv, init_weights, norm_layer
 
 
 class BasicBlock(nn.Module):
@@ -117,7 +117,7 @@ class DeepLabV3(SegmentationModel):
         self.aspp = ASPP(channels, aspp_ch, spatial_dims, norm, rates)
         self.aspp_attention = self.add_attention(aspp_ch, gating_channels=channels, name="aspp")
         self.head = nn.Sequential(ConvNormAct(aspp_ch, aspp_ch, spatial_dims, norm),
-                                  conv_cls(spatial_dims)(aspp_ch, num_classes, 1))
+                                  head_conv(spatial_dims, aspp_ch, num_classes))
         self._mode = "bilinear" if spatial_dims == 2 else "trilinear"
         init_weights(self)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvNormAct, SegmentationModel, bilinear_kernel, conv_cls, conv_transpose_cls, init_weights, max_pool
+from .blocks import (ConvNormAct, SegmentationModel, bilinear_kernel, conv_transpose_cls, head_conv,
+                     init_weights, max_pool)
 
 # Convolutions per VGG-16 stage and each stage's width as a multiple of ``features``.
 _VGG_STAGES = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))
@@ -41,7 +42,7 @@ class FCN(SegmentationModel):
         super().__init__(spatial_dims, in_channels, num_classes, features, norm, attention)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        conv, up = conv_cls(spatial_dims), conv_transpose_cls(spatial_dims)
+        up = conv_transpose_cls(spatial_dims)
         drop = nn.Dropout2d if spatial_dims == 2 else nn.Dropout3d
         stages, channels = [], in_channels
         for convs, mult in _VGG_STAGES:
@@ -54,9 +55,9 @@ class FCN(SegmentationModel):
             ConvNormAct(channels, fc_ch, spatial_dims, norm, kernel_size=3), drop(dropout),
             ConvNormAct(fc_ch, fc_ch, spatial_dims, norm, kernel_size=1), drop(dropout),
         )
-        self.score_fr = conv(fc_ch, num_classes, 1)
-        self.score_pool4 = conv(pool4_ch, num_classes, 1)
-        self.score_pool3 = conv(pool3_ch, num_classes, 1)
+        self.score_fr = head_conv(spatial_dims, fc_ch, num_classes)
+        self.score_pool4 = head_conv(spatial_dims, pool4_ch, num_classes)
+        self.score_pool3 = head_conv(spatial_dims, pool3_ch, num_classes)
         self.up2_fr = up(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
         self.up2_pool4 = up(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
         self.up8 = up(num_classes, num_classes, 16, stride=8, padding=4, bias=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvNormAct, SegmentationModel, check_positive_int, conv_cls, init_weights, max_pool
+from .blocks import ConvNormAct, SegmentationModel, check_positive_int, conv_cls, head_conv, init_weights, max_pool
 
 
 class RecurrentConv(nn.Module):
@@ -77,7 +77,7 @@ class RCNN(SegmentationModel):
         self.decoders = nn.ModuleList(RRCNNBlock(2 * widths[level], widths[level], spatial_dims, norm, recurrence)
                                       for level in range(depth))
         self.feature_attention = [self.add_attention(widths[level], name=f"encoder_level{level}") for level in range(depth)]
-        self.head = conv_cls(spatial_dims)(widths[0], num_classes, 1)
+        self.head = head_conv(spatial_dims, widths[0], num_classes)
         init_weights(self)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

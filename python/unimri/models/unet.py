@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DoubleConv, SegmentationModel, check_positive_int, conv_cls, conv_transpose_cls, init_weights, max_pool
+from .blocks import (DoubleConv, SegmentationModel, check_positive_int, conv_transpose_cls, head_conv,
+                     init_weights, max_pool)
 
 
 class UNet(SegmentationModel):
@@ -43,7 +44,7 @@ class UNet(SegmentationModel):
         self.skip_attention = [self.add_attention(widths[level], gating_channels=widths[level + 1],
                                                   name=f"skip_level{level}")
                                for level in range(depth)]
-        self.head = conv_cls(spatial_dims)(widths[0], num_classes, 1)
+        self.head = head_conv(spatial_dims, widths[0], num_classes)
         init_weights(self)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

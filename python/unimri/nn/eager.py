@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unimri.nn.layers import conv_nd
+from unimri.nn.pointwise import PointwiseConv2d, PointwiseConv3d
 from unimri.nn.pooling import MaxPool2x2d, MaxPool2x3d
 
 
@@ -77,7 +78,7 @@ class OktaySelectiveAttention(nn.Module):
 def with_eager_attention(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` whose :class:`unimri.nn.SelectiveAttention` modules are
     replaced by :class:`OktaySelectiveAttention` with the same weights and whose conv blocks
-    run batch norm and ReLU (and 2x max pooling) as their modules (a model as a user would build it from plain
+    run batch norm and ReLU, 2x max pooling and 1x1 heads as their modules (a model as a user would build it from plain
     PyTorch modules)."""
     from unimri.nn.attention_gate import SelectiveAttention
 
@@ -85,7 +86,7 @@ def with_eager_attention(model: nn.Module) -> nn.Module:
     for name, child in list(model.named_modules()):
         if hasattr(child, "fuse_norm_relu"):
             child.fuse_norm_relu = False
-        if isinstance(child, (MaxPool2x2d, MaxPool2x3d)):
+        if isinstance(child, (MaxPool2x2d, MaxPool2x3d, PointwiseConv2d, PointwiseConv3d)):
             child.fuse = False
         for attr, sub in list(child.named_children()):
             if isinstance(sub, SelectiveAttention):
