@@ -151,6 +151,25 @@ def test_what_runs_the_module_forward():
     torch.testing.assert_close(conv(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
+@needs_cpp
+def test_eager_route_equals_the_custom_op():
+    """The module's eager route (a small autograd Function) and the custom op (compiled
+    graphs) run the same kernels: identical outputs and gradients."""
+    conv = PointwiseConv2d(5, 3)
+    x = torch.randn(2, 5, 9, 11, requires_grad=True)
+    go = torch.randn(2, 3, 9, 11)
+    out = conv(x)
+    assert type(out.grad_fn).__name__ == "EagerPointwiseConvBackward"
+    got = torch.autograd.grad(out, [x, conv.weight, conv.bias], go)
+    w2 = conv.weight.reshape(3, 5)
+    with use_backend("cpp"):
+        want_out = pointwise_conv(x, w2, conv.bias)
+    want = torch.autograd.grad(want_out, [x, conv.weight, conv.bias], go)
+    assert torch.equal(out, want_out)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name", ["unet", "fcn", "rcnn", "deeplabv3"])
 def test_backbone_heads_use_it(name):
     model = create_model(name, spatial_dims=2, features=4)
