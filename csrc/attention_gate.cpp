@@ -29,19 +29,9 @@ using BackwardKernel = std::vector<at::Tensor> (*)(const at::Tensor&, const at::
                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                                    double, int64_t);
 
-ForwardKernel forward_kernel() {
-  const CpuVariant v = cpu_variant();
-  return v == CpuVariant::kAvx512 ? &avx512::attention_gate_forward
-         : v == CpuVariant::kAvx2 ? &avx2::attention_gate_forward
-                                  : &base::attention_gate_forward;
-}
+ForwardKernel forward_kernel() { return UNIMRI_KERNEL_FOR(cpu_variant(), attention_gate_forward); }
 
-BackwardKernel backward_kernel() {
-  const CpuVariant v = cpu_variant();
-  return v == CpuVariant::kAvx512 ? &avx512::attention_gate_backward
-         : v == CpuVariant::kAvx2 ? &avx2::attention_gate_backward
-                                  : &base::attention_gate_backward;
-}
+BackwardKernel backward_kernel() { return UNIMRI_KERNEL_FOR(cpu_variant(), attention_gate_backward); }
 
 // One gate: theta_weight (Ci, Cx, s, ...); y (B, Cx, *S), alpha (B, 1, *S).
 std::tuple<at::Tensor, at::Tensor> attention_gate_cpu(const at::Tensor& x, const at::Tensor& g,

@@ -57,11 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_cpu(
   }
   at::Tensor out = pooled_empty(x.sizes(), x.options());
   std::vector<double> scale(C), shift(C);
-  const CpuVariant v = cpu_variant();
-  auto run = v == CpuVariant::kAvx512 ? &avx512::batch_norm_relu_forward
-             : v == CpuVariant::kAvx2 ? &avx2::batch_norm_relu_forward
-                                      : &base::batch_norm_relu_forward;
-  run(a, x.data_ptr(), out.data_ptr(), mean.data_ptr<double>(), var.data_ptr<double>(), scale.data(),
+  UNIMRI_KERNEL_FOR(cpu_variant(), batch_norm_relu_forward)(a, x.data_ptr(), out.data_ptr(), mean.data_ptr<double>(), var.data_ptr<double>(), scale.data(),
       shift.data());
   if (training && has_running) {
     at::NoGradGuard no_grad;
@@ -86,11 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward_cpu(
   const at::Tensor g = grad_out.to(x.scalar_type()).contiguous();
   at::Tensor grad_x = pooled_empty(x.sizes(), x.options());
   at::Tensor grad_w = at::empty({C}, x.options().dtype(at::kDouble)), grad_b = at::empty({C}, x.options().dtype(at::kDouble));
-  const CpuVariant v = cpu_variant();
-  auto run = v == CpuVariant::kAvx512 ? &avx512::batch_norm_relu_backward
-             : v == CpuVariant::kAvx2 ? &avx2::batch_norm_relu_backward
-                                      : &base::batch_norm_relu_backward;
-  run(a, g.data_ptr(), x.data_ptr(), m.data_ptr<double>(), vr.data_ptr<double>(), grad_x.data_ptr(),
+  UNIMRI_KERNEL_FOR(cpu_variant(), batch_norm_relu_backward)(a, g.data_ptr(), x.data_ptr(), m.data_ptr<double>(), vr.data_ptr<double>(), grad_x.data_ptr(),
       grad_w.data_ptr<double>(), grad_b.data_ptr<double>());
   return {grad_x, grad_w, grad_b};
 }

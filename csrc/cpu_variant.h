@@ -25,6 +25,17 @@ bool cpu_variant_supported(CpuVariant v);
 // c10::ValueError naming UNIMRI_CPU_VARIANT when it asks for a variant this machine cannot run.
 CpuVariant cpu_variant();
 
+// The build of one kernel for variant v, from its builds in namespaces avx512, avx2 and base
+// (see UNIMRI_KERNEL_FOR).
+template <typename Fn>
+Fn kernel_for(CpuVariant v, Fn avx512_build, Fn avx2_build, Fn base_build) {
+  return v == CpuVariant::kAvx512 ? avx512_build : v == CpuVariant::kAvx2 ? avx2_build : base_build;
+}
+
+// The build of kernel `name` (declared in namespaces avx512, avx2 and base) for variant v:
+// UNIMRI_KERNEL_FOR(cpu_variant(), max_pool2x_forward)(args...).
+#define UNIMRI_KERNEL_FOR(v, name) ::unimri::kernel_for((v), &avx512::name, &avx2::name, &base::name)
+
 // Names of every variant this machine can run, narrowest first.
 std::vector<std::string> supported_cpu_variants();
 

@@ -33,11 +33,7 @@ std::vector<int64_t> pooled_sizes(const at::Tensor& x) {
 at::Tensor max_pool2x_cpu(const at::Tensor& x) {
   const MaxPoolArgs a = make_args(x, "max_pool2x_cpu");
   at::Tensor out = pooled_empty(pooled_sizes(x), x.options());
-  const CpuVariant v = cpu_variant();
-  auto run = v == CpuVariant::kAvx512 ? &avx512::max_pool2x_forward
-             : v == CpuVariant::kAvx2 ? &avx2::max_pool2x_forward
-                                      : &base::max_pool2x_forward;
-  run(a, x.data_ptr(), out.data_ptr());
+  UNIMRI_KERNEL_FOR(cpu_variant(), max_pool2x_forward)(a, x.data_ptr(), out.data_ptr());
   return out;
 }
 
@@ -47,11 +43,7 @@ at::Tensor max_pool2x_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
               at::IntArrayRef(pooled_sizes(x)), " for x of shape ", x.sizes(), ", got ", grad_out.sizes());
   const at::Tensor g = grad_out.to(x.scalar_type()).contiguous();
   at::Tensor grad_x = pooled_empty(x.sizes(), x.options());
-  const CpuVariant v = cpu_variant();
-  auto run = v == CpuVariant::kAvx512 ? &avx512::max_pool2x_backward
-             : v == CpuVariant::kAvx2 ? &avx2::max_pool2x_backward
-                                      : &base::max_pool2x_backward;
-  run(a, g.data_ptr(), x.data_ptr(), grad_x.data_ptr());
+  UNIMRI_KERNEL_FOR(cpu_variant(), max_pool2x_backward)(a, g.data_ptr(), x.data_ptr(), grad_x.data_ptr());
   return grad_x;
 }
 

@@ -32,15 +32,6 @@ std::vector<int64_t> out_sizes(const at::Tensor& x, int64_t channels) {
   return sizes;
 }
 
-using ForwardFn = void (*)(const PointwiseArgs&, const void*, const double*, const double*, void*);
-
-ForwardFn forward_kernel() {
-  const CpuVariant v = cpu_variant();
-  return v == CpuVariant::kAvx512 ? &avx512::pointwise_conv_forward
-         : v == CpuVariant::kAvx2 ? &avx2::pointwise_conv_forward
-                                  : &base::pointwise_conv_forward;
-}
-
 at::Tensor pointwise_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   const PointwiseArgs a = make_args(x, weight, "pointwise_conv_cpu");
   const at::Tensor w = weight.detach().to(at::kDouble).contiguous();
@@ -50,7 +41,7 @@ at::Tensor pointwise_conv_cpu(const at::Tensor& x, const at::Tensor& weight, con
     b = bias->detach().to(at::kDouble).contiguous();
   }
   at::Tensor out = pooled_empty(out_sizes(x, a.Co), x.options());
-  forward_kernel()(a, x.data_ptr(), w.data_ptr<double>(), b.defined() ? b.data_ptr<double>() : nullptr,
+  UNIMRI_KERNEL_FOR(cpu_variant(), pointwise_conv_forward)(a, x.data_ptr(), w.data_ptr<double>(), b.defined() ? b.data_ptr<double>() : nullptr,
                    out.data_ptr());
   return out;
 }
@@ -65,14 +56,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv_backward_cpu(const
   const at::Tensor g = grad_out.to(x.scalar_type()).contiguous();
   const at::Tensor wt = weight.detach().to(at::kDouble).t().contiguous();  // (C_in, C_out)
   at::Tensor grad_x = pooled_empty(x.sizes(), x.options());
-  forward_kernel()({a.B, a.Co, a.Ci, a.N, a.dtype}, g.data_ptr(), wt.data_ptr<double>(), nullptr, grad_x.data_ptr());
+  UNIMRI_KERNEL_FOR(cpu_variant(), pointwise_conv_forward)({a.B, a.Co, a.Ci, a.N, a.dtype}, g.data_ptr(),
+                                                          wt.data_ptr<double>(), nullptr, grad_x.data_ptr());
   at::Tensor grad_w = at::empty({a.Co, a.Ci}, x.options().dtype(at::kDouble));
   at::Tensor grad_b = at::empty({a.Co}, x.options().dtype(at::kDouble));
-  const CpuVariant v = cpu_variant();
-  auto run = v == CpuVariant::kAvx512 ? &avx512::pointwise_conv_weight_grad
-             : v == CpuVariant::kAvx2 ? &avx2::pointwise_conv_weight_grad
-                                      : &base::pointwise_conv_weight_grad;
-  run(a, g.data_ptr(), x.data_ptr(), grad_w.data_ptr<double>(), grad_b.data_ptr<double>());
+  UNIMRI_KERNEL_FOR(cpu_variant(), pointwise_conv_weight_grad)(a, g.data_ptr(), x.data_ptr(), grad_w.data_ptr<double>(),
+                                                              grad_b.data_ptr<double>());
   return {grad_x, grad_w, grad_b};
 }
 

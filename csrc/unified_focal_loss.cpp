@@ -76,29 +76,6 @@ LossDtype loss_dtype(at::ScalarType t) {
   }
 }
 
-void run_stats(CpuVariant v, const LossArgs& args, void* partial) {
-  if (v == CpuVariant::kAvx512) return avx512::loss_stats(args, partial);
-  if (v == CpuVariant::kAvx2) return avx2::loss_stats(args, partial);
-  base::loss_stats(args, partial);
-}
-
-void run_grad(CpuVariant v, const LossArgs& args, const void* coef, bool batch, void* grad) {
-  if (v == CpuVariant::kAvx512) return avx512::loss_grad(args, coef, batch, grad);
-  if (v == CpuVariant::kAvx2) return avx2::loss_grad(args, coef, batch, grad);
-  base::loss_grad(args, coef, batch, grad);
-}
-
-void run_stats_state(CpuVariant v, const LossArgs& args, float* partial, void* state, LossDtype state_dtype) {
-  if (v == CpuVariant::kAvx512) return avx512::loss_stats_state(args, partial, state, state_dtype);
-  if (v == CpuVariant::kAvx2) return avx2::loss_stats_state(args, partial, state, state_dtype);
-  base::loss_stats_state(args, partial, state, state_dtype);
-}
-
-void run_finish(CpuVariant v, const LossFinishArgs& args) {
-  if (v == CpuVariant::kAvx512) return avx512::loss_finish(args);
-  if (v == CpuVariant::kAvx2) return avx2::loss_finish(args);
-  base::loss_finish(args);
-}
 
 // Index targets with fp32 accumulation take the one-sweep path (state + light pass).
 bool one_sweep(const LossArgs& args) {
@@ -163,11 +140,11 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& logits, const LossArgs&
                                        double fn_weight, double smooth, bool batch, bool compute_grad) {
   const CpuVariant variant = cpu_variant();
   std::vector<acc_t> partial(static_cast<size_t>(std::max<int64_t>(args.tiles(), 1) * args.row_width()), acc_t(0));
-  run_stats(variant, args, partial.data());
+  UNIMRI_KERNEL_FOR(variant, loss_stats)(args, partial.data());
   auto [loss, coef] = finish_stats(logits, args, partial, fp_weight, fn_weight, smooth, batch);
   if (!compute_grad) return {loss, at::empty({0}, logits.options())};
   at::Tensor grad = pooled_empty({args.B, args.C, args.N}, logits.options());
-  run_grad(variant, args, coef.const_data_ptr(), batch, grad.mutable_data_ptr());
+  UNIMRI_KERNEL_FOR(variant, loss_grad)(args, coef.const_data_ptr(), batch, grad.mutable_data_ptr());
   return {loss, grad};
 }
 
@@ -182,7 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_one_sweep(const at::Tensor& l
     state = pooled_empty({args.B, args.C, args.N}, logits.options().dtype(own ? logits.scalar_type() : at::kFloat));
   }
   std::vector<float> partial(static_cast<size_t>(std::max<int64_t>(args.tiles(), 1) * args.row_width()), 0.f);
-  run_stats_state(variant, args, partial.data(), with_state ? state.mutable_data_ptr() : nullptr, state_dtype(args));
+  UNIMRI_KERNEL_FOR(variant, loss_stats_state)(args, partial.data(), with_state ? state.mutable_data_ptr() : nullptr,
+                                                state_dtype(args));
   auto [loss, coef] = finish_stats(logits, args, partial, fp_weight, fn_weight, smooth, batch);
   return {loss, state, coef};
 }
@@ -219,7 +197,7 @@ at::Tensor finish_grad_impl(const at::Tensor& state, const at::Tensor& coef, con
   }
   at::Tensor out = inplace && state.scalar_type() == dtype ? state : pooled_empty({B, C, N}, state.options().dtype(dtype));
   const LossFinishArgs f{state.const_data_ptr(), sd, out.mutable_data_ptr(), out_dtype, scaled.data(), B, C, N};
-  run_finish(cpu_variant(), f);
+  UNIMRI_KERNEL_FOR(cpu_variant(), loss_finish)(f);
   return out;
 }
 
