@@ -23,7 +23,7 @@ void check_contiguous(std::initializer_list<const at::Tensor*> ts) {
 
 using ForwardKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                             const at::Tensor&, int64_t, double, int64_t);
+                                                             const at::Tensor&, int64_t, double, int64_t, bool);
 using BackwardKernel = std::vector<at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
@@ -44,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor> attention_gate_cpu(const at::Tensor& x, const
   check_contiguous({&x, &g});
   at::AutoDispatchBelowADInplaceOrView no_autograd;  // internal BLAS calls use out= buffers
   auto [y, alpha] = forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample,
-                                     focal, 1);
+                                     focal, 1, true);
   return {y.view(x.sizes()), alpha};
 }
 
@@ -62,7 +62,20 @@ std::tuple<at::Tensor, at::Tensor> attention_gates_cpu(const at::Tensor& x, cons
   TORCH_CHECK(theta_weight.dim() == x.dim() + 1, "attention_gates_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
   at::AutoDispatchBelowADInplaceOrView no_autograd;
   return forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal,
-                          theta_weight.size(0));
+                          theta_weight.size(0), true);
+}
+
+// The same gates, attention maps only: alpha (B, Gn, *S) (for the folded SAS head, which reads
+// x and alpha instead of y).
+at::Tensor attention_gates_alpha_cpu(const at::Tensor& x, const at::Tensor& g, const at::Tensor& theta_weight,
+                                     const at::Tensor& phi_weight, const at::Tensor& phi_bias,
+                                     const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,
+                                     double focal) {
+  check_contiguous({&x, &g});
+  TORCH_CHECK(theta_weight.dim() == x.dim() + 1, "attention_gates_alpha_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
+  at::AutoDispatchBelowADInplaceOrView no_autograd;
+  return std::get<1>(forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample,
+                                      focal, theta_weight.size(0), false));
 }
 
 using GateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -71,12 +84,13 @@ GateGrads gates_backward(const at::Tensor& grad_y, const at::Tensor& grad_alpha,
                          const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,
                          const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias,
                          int64_t subsample, double focal, int64_t gates) {
-  check_contiguous({&grad_y, &grad_alpha, &x, &g});
+  check_contiguous({&grad_alpha, &x, &g});
   at::AutoDispatchBelowADInplaceOrView no_autograd;
-  TORCH_CHECK(grad_y.numel() == gates * x.numel(), "attention_gate_backward_cpu: grad_y shape ", grad_y.sizes());
+  TORCH_CHECK(!grad_y.defined() || (grad_y.is_contiguous() && grad_y.numel() == gates * x.numel()),
+              "attention_gate_backward_cpu: grad_y shape ", grad_y.sizes());
   TORCH_CHECK(grad_alpha.numel() * x.size(1) == gates * x.numel(), "attention_gate_backward_cpu: grad_alpha shape ",
               grad_alpha.sizes());
-  const at::Tensor gy = grad_y.to(x.scalar_type()), ga = grad_alpha.to(x.scalar_type());
+  const at::Tensor gy = grad_y.defined() ? grad_y.to(x.scalar_type()) : grad_y, ga = grad_alpha.to(x.scalar_type());
   const std::vector<at::Tensor> r = backward_kernel()(gy, ga, x, g, theta_weight, phi_weight, phi_bias, psi_weight,
                                                       psi_bias, subsample, focal, gates);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
@@ -102,6 +116,17 @@ GateGrads attention_gates_backward_cpu(const at::Tensor& grad_y, const at::Tenso
                         subsample, focal, theta_weight.size(0));
 }
 
+// Gradients of attention_gates_alpha_cpu (no y, so no grad_y).
+GateGrads attention_gates_alpha_backward_cpu(const at::Tensor& grad_alpha, const at::Tensor& x, const at::Tensor& g,
+                                             const at::Tensor& theta_weight, const at::Tensor& phi_weight,
+                                             const at::Tensor& phi_bias, const at::Tensor& psi_weight,
+                                             const at::Tensor& psi_bias, int64_t subsample, double focal) {
+  TORCH_CHECK(theta_weight.dim() == x.dim() + 1,
+              "attention_gates_alpha_backward_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
+  return gates_backward(at::Tensor(), grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                        subsample, focal, theta_weight.size(0));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(unimri, CPU, m) {
@@ -109,6 +134,8 @@ TORCH_LIBRARY_IMPL(unimri, CPU, m) {
   m.impl("attention_gate_backward_cpu", &attention_gate_backward_cpu);
   m.impl("attention_gates_cpu", &attention_gates_cpu);
   m.impl("attention_gates_backward_cpu", &attention_gates_backward_cpu);
+  m.impl("attention_gates_alpha_cpu", &attention_gates_alpha_cpu);
+  m.impl("attention_gates_alpha_backward_cpu", &attention_gates_alpha_backward_cpu);
 }
 
 }  // namespace unimri

@@ -14,7 +14,8 @@
 //     tile-local buffers, pre = W_theta @ patch + W_phi @ g (BLAS), then
 //     q = psi . relu(pre + b_phi) + b_psi, a = sigmoid(q)^f. Only a (Gn, B, Nc) leaves the
 //     tile: the (B, Gn * Ci, Nc) inter-channel tensor is never materialised.
-//   pass 2, per fine row (parallel): alpha = resample(a), y = alpha * x for every channel.
+//   pass 2, per fine row (parallel): alpha = resample(a), y = alpha * x for every channel
+//     (y only when asked for: the folded SAS head reads x and alpha instead, csrc/sas_head.cpp).
 // Backward (autograd saves only the inputs; the forward is recomputed once per tile):
 //   A. per tile: pre, h = relu(pre + b_phi) (kept in a transient (B, tiles, Gn * Ci, TILE)
 //      buffer for B), sigmoid, a; per gate, d alpha = grad_alpha + sum_c grad_y * x on the
@@ -24,6 +25,8 @@
 //   B. per tile: d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi, b_phi;
 //      d pre = d q * psi * [h > 0]; W grads and patch / g grads by BLAS; grad_x on the
 //      patch pixels = W_theta^T d pre + sum_k resample(a_k) * grad_y_k, written once.
+// An undefined grad_y counts as zero (alpha-only forward: the head returns grad_alpha and its
+// share of grad_x itself).
 // Outputs and buffers of >= 1 MiB come from the pool of recycled blocks (output_pool.h).
 // All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
 namespace {
@@ -410,7 +413,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
                                                 const at::Tensor& tw, const at::Tensor& pw,
                                                 const at::Tensor& pb, const at::Tensor& sw,
                                                 const at::Tensor& sb, int64_t subsample,
-                                                double focal, int64_t gates) {
+                                                double focal, int64_t gates, bool write_y) {
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry G = make_geometry(x, g, tw, pw, subsample, gates);
   const Tables<acc_t> T(G);
@@ -422,10 +425,10 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
   std::vector<int64_t> alpha_sizes = x.sizes().vec(), y_sizes = x.sizes().vec();
   alpha_sizes[1] = G.Gn;
   y_sizes.insert(y_sizes.begin(), G.Gn);
-  at::Tensor y = pooled_empty(y_sizes, x.options());
+  at::Tensor y = write_y ? pooled_empty(y_sizes, x.options()) : at::Tensor();
   at::Tensor alpha = pooled_empty(alpha_sizes, x.options());
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  scalar_t* yp = y.data_ptr<scalar_t>();
+  scalar_t* yp = write_y ? y.data_ptr<scalar_t>() : nullptr;
   scalar_t* ap = alpha.data_ptr<scalar_t>();
   const int64_t rows = G.B * G.D * G.H, N = G.N();
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
@@ -437,6 +440,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
         alpha_span(G, T, a.data() + (k * G.B + b) * G.Nc(), z, yy, 0, G.W, tmp.data(), arow.data());
         scalar_t* arow_out = ap + (b * G.Gn + k) * N + base;
         for (int64_t i = 0; i < G.W; ++i) arow_out[i] = static_cast<scalar_t>(arow[i]);
+        if (!yp) continue;
         scalar_t* yk = yp + k * G.B * G.Cx * N;
         for (int64_t c = 0; c < G.Cx; ++c) {
           const int64_t off = (b * G.Cx + c) * N + base;
@@ -485,7 +489,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   const int64_t HW = G.H * G.W, area = G.sd * s * s, rows = G.B * G.D * G.H;
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* gp = g.data_ptr<scalar_t>();
-  const scalar_t* gyp = gy.data_ptr<scalar_t>();
+  const scalar_t* gyp = gy.defined() ? gy.data_ptr<scalar_t>() : nullptr;  // undefined: zero
   const scalar_t* gap = galpha.data_ptr<scalar_t>();
   const int64_t TL = G.tile(), tiles = (Nc + TL - 1) / TL;
   const acc_t f = static_cast<acc_t>(focal);
@@ -533,8 +537,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
             for (int64_t i = 0; i < s * seg.len; ++i) dst[i] = static_cast<acc_t>(src[i]);
           }
         });
-        const scalar_t* gyb = gy_of(k, b);
-        for_patch_rows(G, [&](int64_t kr, int64_t plane_off) {
+        const scalar_t* gyb = gyp ? gy_of(k, b) : nullptr;
+        if (gyb) for_patch_rows(G, [&](int64_t kr, int64_t plane_off) {
           acc_t* row = dal.data() + (kr % area) * P;
           for (const Segment& seg : t.segments) {
             const scalar_t *gsrc = gyb + plane_off + seg.origin, *xsrc = xb + plane_off + seg.origin;
@@ -562,9 +566,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
       for_edge_spans(G, r0, r1, [&](int64_t z, int64_t y, int64_t x0, int64_t x1) {
         const int64_t base = (z * G.H + y) * G.W;
         for (int64_t k = 0; k < Gn; ++k) {
-          const scalar_t *gab = ga_of(k, b), *gyb = gy_of(k, b), *xb = xp + b * G.Cx * N;
+          const scalar_t *gab = ga_of(k, b), *gyb = gyp ? gy_of(k, b) : nullptr, *xb = xp + b * G.Cx * N;
           for (int64_t i = x0; i < x1; ++i) fine[i - x0] = static_cast<acc_t>(gab[base + i]);
-          for (int64_t c = 0; c < G.Cx; ++c) {
+          for (int64_t c = 0; gyb && c < G.Cx; ++c) {
             const int64_t off = c * N + base;
             for (int64_t i = x0; i < x1; ++i)
               fine[i - x0] += static_cast<acc_t>(gyb[off + i]) * static_cast<acc_t>(xb[off + i]);
@@ -643,7 +647,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
           const int64_t len = s * seg.len;
           for (int64_t dx = 0; dx < s; ++dx)
             for (int64_t j = 0; j < seg.len; ++j) run[s * j + dx] = d0[dx * P + seg.p + j];
-          for (int64_t k = 0; k < Gn; ++k) {
+          for (int64_t k = 0; gyp && k < Gn; ++k) {
             const scalar_t* src = gy_of(k, b) + plane_off + seg.origin;
             const acc_t* al = alpha.data() + (k * area + kr % area) * P + s * seg.p;
             for (int64_t i = 0; i < len; ++i) run[i] += al[i] * static_cast<acc_t>(src[i]);
@@ -696,7 +700,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
         for (int64_t c = 0; c < G.Cx; ++c) {
           const int64_t off = c * N + base;
           std::fill(run.begin(), run.begin() + (x1 - x0), acc_t(0));
-          for (int64_t k = 0; k < Gn; ++k) {
+          for (int64_t k = 0; gyp && k < Gn; ++k) {
             const scalar_t* gyb = gy_of(k, b);
             const acc_t* arow = arows.data() + k * G.W;
             for (int64_t i = x0; i < x1; ++i) run[i - x0] += arow[i - x0] * static_cast<acc_t>(gyb[off + i]);
@@ -739,11 +743,12 @@ std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor& x, c
                                                           const at::Tensor& theta_weight,
                                                           const at::Tensor& phi_weight, const at::Tensor& phi_bias,
                                                           const at::Tensor& psi_weight, const at::Tensor& psi_bias,
-                                                          int64_t subsample, double focal, int64_t gates) {
+                                                          int64_t subsample, double focal, int64_t gates,
+                                                          bool write_y) {
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_cpu", [&] {
     out = forward_impl<scalar_t>(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal,
-                                 gates);
+                                 gates, write_y);
   });
   return out;
 }

@@ -30,4 +30,6 @@
 #include "max_pool.h"
 #include "output_pool.h"
 #include "pointwise_conv.h"
+#include "sas_head.h"
+#include "tile_gemm.h"
 #include "unified_focal_loss.h"

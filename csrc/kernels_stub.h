@@ -8,6 +8,7 @@
 #include "cpu_variant.h"
 #include "max_pool.h"
 #include "pointwise_conv.h"
+#include "sas_head.h"
 #include "unified_focal_loss.h"
 
 namespace unimri::UNIMRI_STUB_NS {
@@ -22,7 +23,7 @@ void loss_stats_state(const LossArgs&, float*, void*, LossDtype) {
 void loss_finish(const LossFinishArgs&) { TORCH_CHECK(false, "unimri: this CPU variant was not compiled"); }
 std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&, int64_t, double, int64_t) {
+                                                          const at::Tensor&, int64_t, double, int64_t, bool) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 std::vector<at::Tensor> attention_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -48,6 +49,19 @@ void pointwise_conv_forward(const PointwiseArgs&, const void*, const double*, co
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 void pointwise_conv_weight_grad(const PointwiseArgs&, const void*, const void*, double*, double*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void sas_head_moments(const SasHeadArgs&, const void*, const void*, double*, double*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void sas_head_apply(const SasHeadArgs&, const void*, const void*, const double*, const double*, void*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void sas_head_weight_grad(const SasHeadArgs&, const void*, const void*, const void*, double*, double*) {
+  TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
+}
+void sas_head_input_grad(const SasHeadArgs&, const void*, const void*, const void*, const double*, const double*,
+                         const double*, void*, void*) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 }  // namespace unimri::UNIMRI_STUB_NS

@@ -10,4 +10,5 @@ extern const bool kCompiled = true;
 #include "batch_norm_relu_kernel.h"
 #include "max_pool_kernel.h"
 #include "pointwise_conv_kernel.h"
+#include "sas_head_kernel.h"
 }  // namespace unimri::UNIMRI_VARIANT_NS

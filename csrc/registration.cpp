@@ -40,6 +40,14 @@ TORCH_LIBRARY(unimri, m) {
       "attention_gates_backward_cpu(Tensor grad_y, Tensor grad_alpha, Tensor x, Tensor g, "
       "Tensor theta_weight, Tensor phi_weight, Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, "
       "int subsample, float focal) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same, attention maps only (no y = alpha * x; for the folded SAS head), and its gradients.
+  m.def(
+      "attention_gates_alpha_cpu(Tensor x, Tensor g, Tensor theta_weight, Tensor phi_weight, "
+      "Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, int subsample, float focal) -> Tensor");
+  m.def(
+      "attention_gates_alpha_backward_cpu(Tensor grad_alpha, Tensor x, Tensor g, "
+      "Tensor theta_weight, Tensor phi_weight, Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, "
+      "int subsample, float focal) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Batch norm + ReLU fused (see csrc/batch_norm_relu.cpp): (out, mean, var), updating the
   // running statistics in training when given; and the gradients of x, weight and bias (the
   // last two float64).
@@ -57,6 +65,15 @@ TORCH_LIBRARY(unimri, m) {
   // gradients of x, weight and bias (the last two float64) (see csrc/pointwise_conv.cpp).
   m.def("pointwise_conv_cpu(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("pointwise_conv_backward_cpu(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor, Tensor)");
+  // The passes of the folded selective-attention head over x (B, C, *S) and the gates'
+  // attention maps alpha (B, K, *S), never materialising alpha_k * x (see csrc/sas_head.cpp):
+  // moments -> (sum, gram), apply -> out, and the backward's weight and input gradients.
+  m.def("sas_head_moments_cpu(Tensor x, Tensor alpha) -> (Tensor, Tensor)");
+  m.def("sas_head_apply_cpu(Tensor x, Tensor alpha, Tensor mat, Tensor bias) -> Tensor");
+  m.def("sas_head_weight_grad_cpu(Tensor grad_p, Tensor x, Tensor alpha) -> (Tensor, Tensor)");
+  m.def(
+      "sas_head_input_grad_cpu(Tensor grad_p, Tensor x, Tensor alpha, Tensor at, Tensor d, Tensor e) "
+      "-> (Tensor, Tensor)");
   // The CPU kernel build in use now and every one this machine runs (csrc/cpu_variant.h).
   m.def("cpu_variant() -> str", [] { return std::string(unimri::cpu_variant_name(unimri::cpu_variant())); });
   m.def("cpu_variants() -> str[]", [] { return unimri::supported_cpu_variants(); });

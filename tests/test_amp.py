@@ -163,18 +163,26 @@ def test_cli_train_with_amp_bf16_on_cpu(tmp_path):
 
 
 def test_bf16_training_matches_fp32_training(tmp_path):
-    """Same short run (UNet + SAS + unified loss, phantom) in fp32 and in bf16 autocast."""
+    """Same short runs (UNet + SAS + unified loss, phantom) in fp32 and in bf16 autocast, over
+    three seeds. With width 4 this run was bimodal: DSC 0 (all background) or about 0.45
+    depending on the seed, in fp32 as in bf16, so one seed could not tell a bf16 defect from
+    chance; width 8 converged for every seed tried (0-3), and the means are compared."""
     from unimri.train import TrainConfig, run_experiment
 
-    results = {}
-    for amp in ("none", "bf16"):
-        torch.manual_seed(0)
-        cfg = TrainConfig(model="unet", features=4, attention="sas", loss="unified", dataset="phantom",
-                          dataset_kwargs={"num_cases": 12, "size": 32, "fg_fraction": [0.08, 0.15]},
-                          stages=[16, 32], batch_size=2, epochs=[2, 6], patience=10, lr=0.1, folds=2,
-                          fold_indices=[0], progress=False, device="cpu", amp=amp)
-        results[amp] = run_experiment(cfg, str(tmp_path / amp))
-    loss32, loss16 = (results[a].histories[-1]["train_loss"] for a in ("none", "bf16"))
-    dsc32, dsc16 = (results[a].folds[0]["DSC"] for a in ("none", "bf16"))
-    assert abs(loss16 - loss32) <= 0.15 * loss32, (loss32, loss16)
-    assert abs(dsc16 - dsc32) <= 0.1 and dsc16 > 0.2, (dsc32, dsc16)
+    losses, dscs = {"none": [], "bf16": []}, {"none": [], "bf16": []}
+    for seed in range(3):
+        for amp in ("none", "bf16"):
+            torch.manual_seed(seed)
+            cfg = TrainConfig(model="unet", features=8, attention="sas", loss="unified",
+                              dataset="phantom",
+                              dataset_kwargs={"num_cases": 12, "size": 32, "fg_fraction": [0.08, 0.15]},
+                              stages=[16, 32], batch_size=2, epochs=[2, 6], patience=10, lr=0.1,
+                              folds=2, fold_indices=[0], progress=False, device="cpu", amp=amp,
+                              seed=seed)
+            result = run_experiment(cfg, str(tmp_path / f"{amp}{seed}"))
+            losses[amp].append(result.histories[-1]["train_loss"])
+            dscs[amp].append(result.folds[0]["DSC"])
+    loss32, loss16 = (sum(losses[a]) / 3 for a in ("none", "bf16"))
+    dsc32, dsc16 = (sum(dscs[a]) / 3 for a in ("none", "bf16"))
+    assert abs(loss16 - loss32) <= 0.15 * loss32, (losses, dscs)
+    assert abs(dsc16 - dsc32) <= 0.1 and dsc16 > 0.2, (losses, dscs)

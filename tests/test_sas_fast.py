@@ -14,7 +14,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from unimri.nn import AttentionGate, SelectiveAttention
 from unimri.nn.eager import OktayAttentionGate, OktaySelectiveAttention
-from unimri.nn.sas_head import FoldedMergeFn, foldable, foldable_gate
+from unimri.nn.sas_head import foldable, foldable_gate
+from unimri_kernels.ops.sas_head import sas_head
 from unimri_kernels.reference.attention_gate import attention_gate_reference
 
 F64 = torch.float64
@@ -176,12 +177,13 @@ def test_folded_merge_gradcheck():
     gamma = torch.rand(k, c, dtype=F64).add(0.5).requires_grad_()
     beta = torch.randn(k, c, dtype=F64, requires_grad=True)
     merge = torch.randn(c, k, c, dtype=F64, requires_grad=True)
-    ys = torch.randn(k, b, c, n, dtype=F64, requires_grad=True)  # stacked gated inputs
+    x = torch.randn(b, c, n, dtype=F64, requires_grad=True)
+    alpha = torch.rand(b, k, n, dtype=F64, requires_grad=True)  # the gates' attention maps
 
     def fn(*args):
-        return FoldedMergeFn.apply(1e-5, *args)[0]
+        return sas_head(*args, 1e-5)[0]
 
-    assert torch.autograd.gradcheck(fn, (w, gamma, beta, merge, ys))
+    assert torch.autograd.gradcheck(fn, (x, alpha, w, gamma, beta, merge))
 
 
 @pytest.mark.parametrize("module_cls", [SelectiveAttention, AttentionGate])

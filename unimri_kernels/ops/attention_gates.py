@@ -7,6 +7,10 @@ exactly ``unimri::attention_gate`` with its own parameters). Shapes (``d`` = 2 o
   psi_weight (Gn, Ci), psi_bias (Gn,)
 * y (Gn, B, Cx, *S) with ``y[k] = alpha[:, k:k+1] * x``, alpha (B, Gn, *S)
 
+:func:`attention_gates_alpha` returns alpha alone (``unimri::attention_gates_alpha``), for the
+folded SAS head (:mod:`unimri_kernels.ops.sas_head`), which reads x and alpha instead of y:
+the C++ forward then skips writing y and its backward reading grad_y.
+
 On the CPU one kernel runs every gate: x's patches and g are gathered once per tile, one
 matrix product gives all gates' pre-activations, and the backward sums the gates' x and g
 gradients inside the kernel (see csrc/attention_gate_kernel.h). On CUDA (Triton) and with the
@@ -149,6 +153,74 @@ def _backward(ctx, grad_y, grad_alpha):
 _attention_gates_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("unimri::attention_gates_alpha", mutates_args=(), device_types=("cpu", "cuda"))
+def _attention_gates_alpha_op(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    theta_weight: torch.Tensor,
+    phi_weight: torch.Tensor,
+    phi_bias: torch.Tensor,
+    psi_weight: torch.Tensor,
+    psi_bias: torch.Tensor,
+    subsample: int,
+    focal: float,
+) -> torch.Tensor:
+    check_attention_gates_inputs(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                                 subsample, focal)
+    args = [t.contiguous() for t in (x, g, theta_weight, phi_weight, phi_bias, psi_weight,
+                                     psi_bias)]
+    if backend_for(x) == "cpp":
+        return cpp_ops().attention_gates_alpha_cpu(*args, subsample, float(focal))
+    return _attention_gates_op(*args, subsample, focal)[1]
+
+
+@_attention_gates_alpha_op.register_fake
+def _attention_gates_alpha_fake(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                                subsample, focal):
+    return _attention_gates_fake(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                                 subsample, focal)[1]
+
+
+@torch.library.custom_op("unimri::attention_gates_alpha_backward", mutates_args=(),
+                         device_types=("cpu", "cuda"))
+def _attention_gates_alpha_backward_op(
+    grad_alpha: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    theta_weight: torch.Tensor,
+    phi_weight: torch.Tensor,
+    phi_bias: torch.Tensor,
+    psi_weight: torch.Tensor,
+    psi_bias: torch.Tensor,
+    subsample: int,
+    focal: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """The gradients of :func:`_attention_gates_backward_op` with no grad_y."""
+    args = [t.contiguous() for t in (grad_alpha, x, g, theta_weight, phi_weight, phi_bias,
+                                     psi_weight, psi_bias)]
+    if backend_for(x) == "cpp":
+        return tuple(cpp_ops().attention_gates_alpha_backward_cpu(*args, subsample, float(focal)))
+    grad_y = x.new_zeros((theta_weight.shape[0], *x.shape))
+    return _attention_gates_backward_op(grad_y, *args, subsample, focal)
+
+
+@_attention_gates_alpha_backward_op.register_fake
+def _attention_gates_alpha_backward_fake(grad_alpha, x, g, theta_weight, phi_weight, phi_bias,
+                                         psi_weight, psi_bias, subsample, focal):
+    return _attention_gates_backward_fake(None, grad_alpha, x, g, theta_weight, phi_weight,
+                                          phi_bias, psi_weight, psi_bias, subsample, focal)
+
+
+def _backward_alpha(ctx, grad_alpha):
+    grads = _attention_gates_alpha_backward_op(grad_alpha, *ctx.saved_tensors, ctx.subsample,
+                                               ctx.focal)
+    return *grads, None, None
+
+
+_attention_gates_alpha_op.register_autograd(_backward_alpha, setup_context=_setup_context)
+
+
 class EagerAttentionGates(torch.autograd.Function):
     """The C++ kernels without the custom op's per-call overhead (about 0.9 ms per forward +
     backward, measured at the deepest SAS level of the benchmark UNet), for eager mode on CPU
@@ -170,6 +242,49 @@ class EagerAttentionGates(torch.autograd.Function):
         return *grads, None, None
 
 
+class EagerAttentionGatesAlpha(torch.autograd.Function):
+    """:class:`EagerAttentionGates` for the attention maps alone."""
+
+    @staticmethod
+    def forward(ctx, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample: int,
+                focal: float):
+        params = (theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
+        ctx.save_for_backward(x, g, *params)
+        ctx.subsample, ctx.focal = subsample, focal
+        return cpp_ops().attention_gates_alpha_cpu(x, g, *params, subsample, focal)
+
+    @staticmethod
+    def backward(ctx, grad_alpha):
+        grads = cpp_ops().attention_gates_alpha_backward_cpu(grad_alpha.contiguous(), *ctx.saved_tensors,
+                                                              ctx.subsample, ctx.focal)
+        return *grads, None, None
+
+
+def _run_gates(eager_fn, op, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+               subsample, focal):
+    """Autocast casts, checks, then the eager C++ route (CPU, outside torch.compile) or the
+    custom op."""
+    if all(isinstance(t, torch.Tensor) for t in (x, g, theta_weight, phi_weight, phi_bias,
+                                                  psi_weight, psi_bias)):
+        x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias = autocast_inputs(
+            x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
+    check_attention_gates_inputs(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                                 subsample, focal)
+    if not torch.compiler.is_compiling() and x.device.type == "cpu" and backend_for(x) == "cpp":
+        args = [t.contiguous() for t in (x, g, theta_weight, phi_weight, phi_bias, psi_weight,
+                                         psi_bias)]
+        return eager_fn.apply(*args, int(subsample), float(focal))
+    return op(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, int(subsample),
+              float(focal))
+
+
+def attention_gates_alpha(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                          subsample: int = 2, focal: float = 1.0) -> torch.Tensor:
+    """The attention maps alpha (B, Gn, *S) of :func:`attention_gates`, without forming y."""
+    return _run_gates(EagerAttentionGatesAlpha, _attention_gates_alpha_op, x, g, theta_weight,
+                      phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal)
+
+
 def attention_gates(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -187,18 +302,9 @@ def attention_gates(
     See the module docstring for shapes. Under ``torch.autocast`` the gates run in the
     autocast dtype, as :func:`unimri_kernels.ops.attention_gate.attention_gate` does.
     """
-    if all(isinstance(t, torch.Tensor) for t in (x, g, theta_weight, phi_weight, phi_bias,
-                                                  psi_weight, psi_bias)):
-        x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias = autocast_inputs(
-            x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
-    check_attention_gates_inputs(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                                 subsample, focal)
-    if not torch.compiler.is_compiling() and x.device.type == "cpu" and backend_for(x) == "cpp":
-        args = [t.contiguous() for t in (x, g, theta_weight, phi_weight, phi_bias, psi_weight,
-                                         psi_bias)]
-        return EagerAttentionGates.apply(*args, int(subsample), float(focal))
-    return _attention_gates_op(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                               int(subsample), float(focal))
+    return _run_gates(EagerAttentionGates, _attention_gates_op, x, g, theta_weight, phi_weight,
+                      phi_bias, psi_weight, psi_bias, subsample, focal)
 
 
-__all__ = ["EagerAttentionGates", "attention_gates", "check_attention_gates_inputs"]
+__all__ = ["EagerAttentionGates", "EagerAttentionGatesAlpha", "attention_gates",
+           "attention_gates_alpha", "check_attention_gates_inputs"]

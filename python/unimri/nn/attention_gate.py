@@ -6,7 +6,8 @@ grid ``subsample`` times coarser than ``x``, resamples it to ``x``'s grid and re
 ``unimri::attention_gate`` op (Triton on CUDA, C++ on CPU). With batch norm (the default) or
 no norm, the output convolution and norm are evaluated folded into one (Cx, Cx) matrix
 product with the norm's statistics from the moments of ``alpha * x``
-(:mod:`unimri.nn.sas_head`); ``fold=False`` runs them as modules.
+(:mod:`unimri.nn.sas_head`), from x and alpha (``alpha * x`` itself is never formed on CPU);
+``fold=False`` runs them as modules.
 """
 from __future__ import annotations
 
@@ -17,9 +18,15 @@ import torch.nn as nn
 
 from unimri.nn.layers import check_channels, check_input, check_spatial_dims, conv_nd, create_norm
 from unimri.nn.norm_act import norm_relu
-from unimri.nn.sas_head import foldable, foldable_gate, gate_output_folded, merge_folded
+from unimri.nn.sas_head import (
+    foldable,
+    foldable_gate,
+    gate_output_folded,
+    merge_folded,
+    uses_batch_stats,
+)
 from unimri_kernels.ops.attention_gate import attention_gate
-from unimri_kernels.ops.attention_gates import attention_gates
+from unimri_kernels.ops.attention_gates import attention_gates, attention_gates_alpha
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
@@ -108,9 +115,15 @@ class AttentionGate(nn.Module):
                               self.psi_weight, self.psi_bias, self.subsample, self.focal)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fold and foldable_gate(self) and uses_batch_stats([self]):
+            x, g = self.checked_inputs(x, g)
+            alpha = attention_gates_alpha(x, g, self.theta_weight[None], self.phi_weight[None],
+                                          self.phi_bias[None], self.psi_weight[None],
+                                          self.psi_bias, self.subsample, self.focal)
+            return gate_output_folded(self, x, alpha), alpha
         y, alpha = self.gate(x, g)
         if self.fold and foldable_gate(self):
-            return gate_output_folded(self, y), alpha
+            return gate_output_folded(self, x, alpha, y), alpha
         return self.out_norm(self.out_conv(y)), alpha
 
 
@@ -148,19 +161,28 @@ class SelectiveAttention(nn.Module):
     def num_gates(self) -> int:
         return len(self.gates)
 
+    def _stacked(self) -> list[torch.Tensor]:
+        """The gates' parameters stacked as ``unimri::attention_gates`` takes them."""
+        stacked = [torch.stack([getattr(gate, name) for gate in self.gates])
+                   for name in ("theta_weight", "phi_weight", "phi_bias", "psi_weight")]
+        return [*stacked, torch.cat([gate.psi_bias for gate in self.gates])]
+
     def gate(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every gate's fused op at once (``unimri::attention_gates``): ``(ys, alpha)`` with
         ys (K, B, Cx, *S), ``ys[k] = alpha[:, k:k+1] * x``, and alpha (B, K, *S)."""
         first = self.gates[0]
         x, g = first.checked_inputs(x, g)
-        stacked = [torch.stack([getattr(gate, name) for gate in self.gates])
-                   for name in ("theta_weight", "phi_weight", "phi_bias", "psi_weight")]
-        psi_bias = torch.cat([gate.psi_bias for gate in self.gates])
-        return attention_gates(x, g, *stacked, psi_bias, first.subsample, first.focal)
+        return attention_gates(x, g, *self._stacked(), first.subsample, first.focal)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        fold = self.fold and foldable(self)
+        if fold and uses_batch_stats(self.gates):
+            first = self.gates[0]
+            x, g = first.checked_inputs(x, g)
+            alpha = attention_gates_alpha(x, g, *self._stacked(), first.subsample, first.focal)
+            return norm_relu(merge_folded(self, x, alpha), self.merge[1]), alpha
         ys, alpha = self.gate(x, g)
-        if self.fold and foldable(self):
-            return norm_relu(merge_folded(self, ys), self.merge[1]), alpha
+        if fold:
+            return norm_relu(merge_folded(self, x, alpha, ys), self.merge[1]), alpha
         outs = [gate.out_norm(gate.out_conv(y)) for gate, y in zip(self.gates, ys.unbind(0))]
         return self.merge(torch.cat(outs, dim=1)), alpha

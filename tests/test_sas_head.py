@@ -1,0 +1,240 @@
+"""``unimri::sas_head`` (the folded selective-attention head read from x and the gates' attention
+maps, never forming ``alpha_k * x`` on CPU) and ``unimri::attention_gates_alpha`` (the gates'
+attention maps alone) against their float64 references: hypothesis on random shapes, every CPU
+build, the BLAS and ATen tile products, low precision, gradcheck, opcheck, the reference
+backend, the eager route, torch.compile(fullgraph=True) of SelectiveAttention and bad input."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unimri.nn import AttentionGate, SelectiveAttention
+from unimri_kernels.dispatch import available_backends, cpp_ops, cpu_variants, use_backend
+from unimri_kernels.ops.attention_gates import attention_gates, attention_gates_alpha
+from unimri_kernels.ops.sas_head import _sas_head_backward_op, _sas_head_op, sas_head
+from unimri_kernels.reference.sas_head import sas_head_reference
+
+HAS_CPP = "cpp" in available_backends("cpu")
+needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+VARIANTS = cpu_variants() if HAS_CPP else []
+F64 = torch.float64
+NAMES = ["out", "grad_x", "grad_alpha", "grad_w", "grad_gamma", "grad_beta", "grad_merge"]
+
+
+def _inputs(shape, gates, out_channels, dtype=F64, seed=0, requires_grad=True):
+    """x (B, C, *S) >= 0 (post-ReLU features), alpha in (0, 1), parameters in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = torch.randn(shape, generator=gen, dtype=F64).relu().add(0.1).to(dtype)
+    alpha = torch.rand((shape[0], gates, *shape[2:]), generator=gen, dtype=F64).to(dtype)
+    w = torch.randn(gates, c, c, generator=gen, dtype=F64)
+    gamma = torch.rand(gates, c, generator=gen, dtype=F64).add(0.5)
+    beta = torch.randn(gates, c, generator=gen, dtype=F64)
+    merge = torch.randn(out_channels, gates, c, generator=gen, dtype=F64)
+    ins = [x, alpha, w, gamma, beta, merge]
+    return [t.requires_grad_(requires_grad) for t in ins]
+
+
+def _assert_matches(shape, gates, out_channels, dtype=F64, tol=1e-9, seed=0):
+    """Output, batch statistics and the six gradients of the op (current backend) against the
+    float64 reference on the same (rounded) inputs, relative to each tensor's largest value."""
+    ins = _inputs(shape, gates, out_channels, dtype, seed)
+    out, mean, var = sas_head(*ins)
+    gen = torch.Generator().manual_seed(seed + 1)
+    go = torch.randn(out.shape, generator=gen, dtype=F64).to(dtype)
+    got = torch.autograd.grad(out, ins, go)
+    ref_ins = [t.detach().double().requires_grad_() for t in ins]
+    ref, ref_mean, ref_var = sas_head_reference(*ref_ins)
+    want = torch.autograd.grad(ref, ref_ins, go.double())
+    assert out.shape == ref.shape and out.dtype == dtype
+    pairs = [(out, ref), *zip(got, want)]
+    for name, (a, e) in zip(NAMES, pairs):
+        err = (a.double() - e).abs().max().item()
+        assert err <= tol * (e.abs().max().item() + 1e-3), f"{name}: error {err} ({shape}, {dtype})"
+    for a, e in ((mean, ref_mean), (var, ref_var)):
+        assert (a.double() - e).abs().max().item() <= tol * (e.abs().max().item() + 1.0)
+
+
+@needs_cpp
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), channels=st.integers(1, 9), gates=st.integers(1, 3),
+       out_channels=st.integers(1, 6), spatial=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+       seed=st.integers(0, 2 ** 16))
+def test_cpp_matches_reference(batch, channels, gates, out_channels, spatial, seed):
+    if batch * int(torch.tensor(spatial).prod()) < 2:
+        spatial = [*spatial[:-1], spatial[-1] + 1]  # batch statistics need 2 values per channel
+    with use_backend("cpp"):
+        _assert_matches((batch, channels, *spatial), gates, out_channels, seed=seed)
+
+
+# pixel counts around the vector widths and the tiles (hundreds to thousands of pixels)
+SHAPES = [(2, 5, 1, 31), (1, 3, 33, 1), (2, 7, 45, 46), (3, 16, 70, 61)]
+
+
+@needs_cpp
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_cpu_build_matches_reference(variant, shape):
+    _assert_matches(shape, 2, shape[1])
+
+
+@needs_cpp
+@pytest.mark.parametrize("shape", SHAPES[2:])
+def test_aten_tile_products_match_blas(monkeypatch, shape):
+    """Where the BLAS symbols are absent the tile products fall back to at::mm; forced with
+    UNIMRI_TILE_GEMM=aten, the results agree with the BLAS route to rounding."""
+    ins = _inputs(shape, 2, 4, torch.float32, requires_grad=False)
+    ops = cpp_ops()
+    x, alpha = ins[0], ins[1]
+    mat, bias = torch.randn(2, 4, shape[1], dtype=F64), torch.randn(4, dtype=F64)
+    grad_p = torch.randn(shape[0], 4, *shape[2:])
+    mats = (torch.randn(2, shape[1], 4, dtype=F64), torch.randn(2, shape[1], shape[1], dtype=F64),
+            torch.randn(2, shape[1], dtype=F64))
+
+    def run():
+        return (*ops.sas_head_moments_cpu(x, alpha), ops.sas_head_apply_cpu(x, alpha, mat, bias),
+                *ops.sas_head_weight_grad_cpu(grad_p, x, alpha),
+                *ops.sas_head_input_grad_cpu(grad_p, x, alpha, *mats))
+
+    blas = run()
+    monkeypatch.setenv("UNIMRI_TILE_GEMM", "aten")
+    assert not torch.ops.unimri.tile_gemm_uses_blas()
+    for a, b in zip(run(), blas):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+@needs_cpp
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, 6e-2), (torch.float16, 1e-2)])
+def test_low_precision_against_float64(variant, dtype, tol):
+    _assert_matches((2, 6, 23, 19), 2, 6, dtype=dtype, tol=tol)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_gradcheck_and_opcheck(backend):
+    if backend == "cpp" and not HAS_CPP:
+        pytest.skip("C++ extension not built")
+    ins = _inputs((2, 3, 4, 5), 2, 4)
+    with use_backend(backend):
+        assert torch.autograd.gradcheck(lambda *a: sas_head(*a)[0], ins)
+        assert torch.autograd.gradcheck(lambda *a: _sas_head_op(*a, 1e-5)[0], ins)
+        torch.library.opcheck(_sas_head_op, (*ins, 1e-5))
+        out, _, _, m, gram = _sas_head_op(*ins, 1e-5)
+        torch.library.opcheck(_sas_head_backward_op,
+                              (torch.randn_like(out), *[t.detach() for t in ins], m, gram, 1e-5))
+
+
+def test_reference_backend_matches_reference():
+    with use_backend("reference"):
+        _assert_matches((2, 4, 6, 5), 3, 2)
+
+
+@needs_cpp
+def test_eager_route_equals_the_custom_op():
+    """The eager route (a small autograd Function) and the custom op (compiled graphs) run the
+    same code: identical outputs and gradients."""
+    ins = _inputs((2, 5, 9, 11), 2, 5, torch.float32)
+    go = torch.randn(2, 5, 9, 11)
+    with use_backend("cpp"):
+        out = sas_head(*ins)[0]
+        assert type(out.grad_fn).__name__ == "EagerSasHeadBackward"
+        got = torch.autograd.grad(out, ins, go)
+        want_out = _sas_head_op(*ins, 1e-5)[0]
+        want = torch.autograd.grad(want_out, ins, go)
+    assert torch.equal(out, want_out)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_alpha_only_gates_equal_the_gates_op(backend):
+    """``attention_gates_alpha`` gives the alpha of ``attention_gates`` and, for a gradient
+    through alpha alone, the same gradients of every input."""
+    if backend == "cpp" and not HAS_CPP:
+        pytest.skip("C++ extension not built")
+    torch.manual_seed(3)
+    gates, cx, cg, ci = 2, 4, 6, 3
+    x = torch.randn(2, cx, 9, 10, dtype=F64).relu().requires_grad_()   # odd edges: 9 = 2 * 4 + 1
+    g = torch.randn(2, cg, 4, 5, dtype=F64, requires_grad=True)
+    params = [torch.randn(gates, ci, cx, 2, 2, dtype=F64), torch.randn(gates, ci, cg, dtype=F64),
+              torch.randn(gates, ci, dtype=F64), torch.randn(gates, ci, dtype=F64),
+              torch.randn(gates, dtype=F64)]
+    params = [p.requires_grad_() for p in params]
+    with use_backend(backend):
+        alpha = attention_gates_alpha(x, g, *params)
+        _, want_alpha = attention_gates(x, g, *params)
+        ga = torch.randn_like(alpha)
+        got = torch.autograd.grad(alpha, [x, g, *params], ga)
+        want = torch.autograd.grad(want_alpha, [x, g, *params], ga)
+        assert torch.autograd.gradcheck(lambda *a: attention_gates_alpha(*a), (x, g, *params))
+        torch.library.opcheck(torch.ops.unimri.attention_gates_alpha, (x, g, *params, 2, 1.0))
+    torch.testing.assert_close(alpha, want_alpha, rtol=0, atol=0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@needs_cpp
+@pytest.mark.parametrize("module_cls", [SelectiveAttention, AttentionGate])
+def test_training_modules_take_the_alpha_route(module_cls):
+    """In training, the folded modules run the alpha-only gates and this op (no gated block);
+    in evaluation they keep the gated inputs of the gates' op."""
+    module = module_cls(4, 6)
+    x, g = torch.randn(2, 4, 8, 8).relu().requires_grad_(), torch.randn(2, 6, 4, 4)
+    out, _ = module(x, g)
+    names = set()
+    stack = [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and type(fn).__name__ not in names:
+            names.add(type(fn).__name__)
+            stack += [f for f, _ in fn.next_functions]
+    assert {"EagerSasHeadBackward", "EagerAttentionGatesAlphaBackward"} <= names
+    assert "EagerAttentionGatesBackward" not in names
+
+
+def test_compile_fullgraph_no_graph_break():
+    """torch.compile of a SelectiveAttention in training (both custom ops) in one frame, equal to
+    the per-gate modules: output, parameter gradients, running statistics."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch.manual_seed(0)
+    sas = SelectiveAttention(4, 6).double()
+    ref = copy.deepcopy(sas)
+    ref.fold = False
+    x, g = torch.randn(2, 4, 8, 10, dtype=F64).relu(), torch.randn(2, 6, 4, 5, dtype=F64)
+    counter = CompileCounterWithBackend("inductor")
+    out = torch.compile(lambda a, b: sas(a, b)[0], backend=counter, fullgraph=True)(x, g)
+    want = ref(x, g)[0]
+    out.square().sum().backward()
+    want.square().sum().backward()
+    assert counter.frame_count == 1
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    for p, q in zip(sas.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10)
+    for a, b in zip(sas.buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def _bad(**change):
+    ins = dict(zip(["x", "alpha", "w", "gamma", "beta", "merge"],
+                   _inputs((2, 3, 4, 5), 2, 4, requires_grad=False)))
+    ins.update(change)
+    return list(ins.values())
+
+
+@pytest.mark.parametrize("args,error,needle", [
+    (_bad(x=torch.ones(2, 3, 4, 5, dtype=torch.int64)), TypeError, "x must be a floating-point"),
+    (_bad(x=torch.randn(2, 3)), ValueError, "x must be a non-empty \\(B, C, \\*S\\)"),
+    (_bad(alpha=torch.rand(2, 2, 4, 6, dtype=F64)), ValueError, "alpha must be \\(B, K, \\*S\\)"),
+    (_bad(alpha=torch.rand(2, 2, 4, 5)), TypeError, "alpha must have x's dtype"),
+    (_bad(w=torch.randn(2, 3, 4, dtype=F64)), ValueError, "w must be \\(2, 3, 3\\)"),
+    (_bad(gamma=torch.rand(3, 3, dtype=F64)), ValueError, "gamma must be \\(2, 3\\)"),
+    (_bad(merge=torch.randn(4, 3, 3, dtype=F64)), ValueError, "merge must be \\(C_out, 2, 3\\)"),
+])
+def test_bad_input_names_the_argument(args, error, needle):
+    with pytest.raises(error, match=needle):
+        sas_head(*args)
