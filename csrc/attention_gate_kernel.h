@@ -11,7 +11,7 @@
 // Forward:
 //   pass 1, per tile of TILE coarse pixels (parallel over batch x tiles): gather the x
 //     patches (K = Cx * s^d rows) and g (resampled to the coarse grid in-tile) into
-//     tile-local buffers, pre = W_theta @ patch + W_phi @ g (BLAS), then
+//     tile-local buffers, pre = W_theta @ patch + W_phi @ g (BLAS, tile_gemm_kernel.h), then
 //     q = psi . relu(pre + b_phi) + b_psi, a = sigmoid(q)^f. Only a (Gn, B, Nc) leaves the
 //     tile: the (B, Gn * Ci, Nc) inter-channel tensor is never materialised.
 //   pass 2, per fine row (parallel): alpha = resample(a), y = alpha * x for every channel
@@ -115,11 +115,6 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& g, const at::Tenso
 template <typename acc_t>
 at::TensorOptions acc_options() {
   return at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
-}
-
-template <typename acc_t>
-at::Tensor wrap(acc_t* data, int64_t rows, int64_t cols) {
-  return at::from_blob(data, {rows, cols}, acc_options<acc_t>());
 }
 
 // Per-axis resampling tables: g grid -> coarse grid, coarse grid -> x grid.
@@ -289,9 +284,10 @@ void gather_gating(const Geometry& G, const Tables<acc_t>& T, const scalar_t* gb
 // pre (Gn * Ci, P) = W_theta @ patch + W_phi @ gbuf (bias added by the caller), by BLAS.
 template <typename acc_t>
 void tile_preactivation(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& t, int64_t P) {
-  at::Tensor pre = wrap(t.pre.data(), G.CiT(), P);
-  at::mm_out(pre, W.theta, wrap(t.patch.data(), G.K(), P));
-  pre.addmm_(W.phi, wrap(t.gbuf.data(), G.Cg, P));
+  tile_gemm(false, false, G.CiT(), P, G.K(), W.theta.template data_ptr<acc_t>(), G.K(), t.patch.data(), P,
+            acc_t(0), t.pre.data(), P);
+  tile_gemm(false, false, G.CiT(), P, G.Cg, W.phi.template data_ptr<acc_t>(), G.Cg, t.gbuf.data(), P, acc_t(1),
+            t.pre.data(), P);
 }
 
 // Loads coarse pixels [p0, p0 + P) of sample b into the tile: segments, x patches, g.
@@ -624,13 +620,13 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
         acc.psi[ci] += dpsi;
         acc.phi_bias[ci] += dbias;
       }
-      at::Tensor dpre = wrap(t.pre.data(), CiT, P);
-      at::Tensor patch = wrap(t.patch.data(), K, P), gate = wrap(t.gbuf.data(), G.Cg, P);
-      acc.theta.addmm_(dpre, patch.t());
-      acc.phi.addmm_(dpre, gate.t());
-      at::Tensor dpatch = wrap(gpatch.data(), K, P), dgate = wrap(ggate.data(), G.Cg, P);
-      at::mm_out(dpatch, W.theta.t(), dpre);  // sums the gates' patch gradients
-      at::mm_out(dgate, W.phi.t(), dpre);
+      const acc_t *dpre = t.pre.data(), *theta = W.theta.template data_ptr<acc_t>(),
+                  *phi = W.phi.template data_ptr<acc_t>();
+      tile_gemm(false, true, CiT, K, P, dpre, P, t.patch.data(), P, acc_t(1), acc.theta.template data_ptr<acc_t>(), K);
+      tile_gemm(false, true, CiT, G.Cg, P, dpre, P, t.gbuf.data(), P, acc_t(1), acc.phi.template data_ptr<acc_t>(),
+                G.Cg);
+      tile_gemm(true, false, K, P, CiT, theta, K, dpre, P, acc_t(0), gpatch.data(), P);  // sums the gates' patch gradients
+      tile_gemm(true, false, G.Cg, P, CiT, phi, G.Cg, dpre, P, acc_t(0), ggate.data(), P);
       // alpha of every gate on the patch pixels, in x's order (as d alpha in pass A): gate k,
       // patch row (dz, dy) at alpha[(k * area + r) * P], a segment's at s * seg.p.
       for (int64_t k = 0; k < Gn; ++k)

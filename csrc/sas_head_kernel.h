@@ -1,48 +1,17 @@
 // Selective-attention head CPU kernels, compiled once per CPU variant by kernels_<variant>.cpp
-// inside namespace unimri::<variant>, after unified_focal_loss_kernel.h (load_row, store_row)
-// and batch_norm_relu_kernel.h (vec_sum). The op entry points are in sas_head.cpp. No include
+// inside namespace unimri::<variant>, after unified_focal_loss_kernel.h (load_row, store_row),
+// batch_norm_relu_kernel.h (vec_sum) and tile_gemm_kernel.h. The op entry points are in sas_head.cpp. No include
 // guard on purpose. Maths: unimri_kernels/ops/sas_head.py and unimri_kernels/reference/sas_head.py.
 //
 // The head reads the gated inputs y_k = alpha_k * x of K gates through x (B, C, N) and their
 // attention maps alpha (B, K, N). Per tile of pixels of one sample, x's rows and alpha's rows
 // are converted to acc_t and the tile's gated rows Y (K * C, T) formed in L2; every product of
-// the head is then one BLAS call on tile-local operands (tile_gemm.h), so the (K, B, C, N)
+// the head is then one BLAS call on tile-local operands (tile_gemm_kernel.h), so the (K, B, C, N)
 // gated block is never written or read, nor its gradient. Reductions over pixels (moments,
 // weight gradients) run in a fixed number of task groups, each accumulating its tiles in
 // order, and the groups are summed in float64 in order: the result does not depend on the
 // thread count.
 namespace {
-
-// Row-major C (M, N) = beta * C + op(A) op(B), op(A) (M, K), op(B) (K, N), with leading
-// dimensions lda, ldb, ldc of the stored matrices; beta 0 or 1.
-template <typename acc_t>
-void tile_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t lda,
-               const acc_t* B, int64_t ldb, acc_t beta, acc_t* C, int64_t ldc) {
-  if (tile_gemm_uses_blas()) {
-    // column-major view: C^T = op(B)^T op(A)^T
-    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-    const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-    const acc_t one = 1;
-    if constexpr (std::is_same_v<acc_t, float>) {
-      sgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
-    } else {
-      dgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
-    }
-    return;
-  }
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  auto view = [&](const acc_t* p, int64_t r, int64_t c, int64_t ld, bool trans) {
-    at::Tensor t = at::from_blob(const_cast<acc_t*>(p), {trans ? c : r, trans ? r : c}, {ld, 1}, opts);
-    return trans ? t.t() : t;
-  };
-  at::Tensor out = at::from_blob(C, {M, N}, {ldc, 1}, opts);
-  if (beta == acc_t(0)) {
-    at::mm_out(out, view(A, M, K, lda, trans_a), view(B, K, N, ldb, trans_b));
-  } else {
-    out.addmm_(view(A, M, K, lda, trans_a), view(B, K, N, ldb, trans_b));
-  }
-}
 
 // Pixels per tile: `rows` acc_t rows fit in about 384 KB (L2); a multiple of 2 acc_t vectors
 // (load_row converts half/bf16 a whole reduced vector, 2 acc_t vectors, at a time).

@@ -194,12 +194,20 @@ def _passes(x: torch.Tensor):
 
 
 def _stats(w, gamma, beta, m, gram, eps):
-    """Per gate: batch mean and biased variance of z_k (K, C), rsqrt(var + eps), s, t."""
-    mu = torch.einsum("kij,kj->ki", w, m)
-    var = (torch.einsum("kij,kjl,kil->ki", w, gram, w) - mu * mu).clamp_min(0)
+    """Per gate: batch mean and biased variance of z_k (K, C), rsqrt(var + eps), s, t.
+    (Batched matrix products rather than einsum: a fifth of the per-call overhead, which
+    counts at the deep levels of a UNet.)"""
+    mu = torch.bmm(w, m.unsqueeze(2)).squeeze(2)
+    var = (torch.bmm(w, gram).mul_(w).sum(2) - mu * mu).clamp_min(0)
     r = torch.rsqrt(var + eps)
     s = gamma * r
     return mu, var, r, s, beta - mu * s
+
+
+def _fold(merge, w, s, t):
+    """``A_k = M_k diag(s_k) W_k`` (K, C_out, C) and ``c = sum_k M_k t_k`` (C_out,)."""
+    mk = merge.transpose(0, 1)                                   # (K, C_out, C)
+    return torch.bmm(mk * s.unsqueeze(1), w), torch.bmm(mk, t.unsqueeze(2)).sum(0).squeeze(1)
 
 
 def sas_head_forward(x, alpha, w, gamma, beta, merge, eps):
@@ -210,9 +218,7 @@ def sas_head_forward(x, alpha, w, gamma, beta, merge, eps):
     s_sum, g_sum = passes.moments(x, alpha)
     m, gram = s_sum / n, g_sum / n
     mu, var, _, s, t = _stats(w, gamma, beta, m, gram, eps)
-    mk = merge.transpose(0, 1)                                   # (K, C_out, C)
-    a = torch.einsum("koc,kc,kcd->kod", mk, s, w)                # A_k = M_k diag(s_k) W_k
-    c = torch.einsum("koc,kc->o", mk, t)
+    a, c = _fold(merge, w, s, t)
     return passes.apply(x, alpha, a, c), mu, var, m, gram
 
 
@@ -224,19 +230,18 @@ def sas_head_backward(grad_p, x, alpha, w, gamma, beta, merge, m, gram, eps):
     mu, _, r, s, t = _stats(w, gamma, beta, m, gram, eps)
     da, dc = passes.weight_grad(grad_p, x, alpha, w.dtype)     # (K, C_out, C), (C_out,)
     mk = merge.transpose(0, 1)                                   # (K, C_out, C)
-    ws = w * s[:, :, None]                                       # diag(s_k) W_k
-    dmerge = torch.einsum("koc,kdc->kod", da, ws) + dc[None, :, None] * t[:, None, :]
-    mta = torch.einsum("koc,kod->kcd", mk, da)                   # M_k^T dA_k
-    dt = torch.einsum("koc,o->kc", mk, dc)
+    wt = w.transpose(1, 2)
+    dmerge = torch.bmm(da, (w * s.unsqueeze(2)).transpose(1, 2)) + dc[:, None] * t.unsqueeze(1)
+    mta = torch.bmm(mk.transpose(1, 2), da)                      # M_k^T dA_k
+    dt = (mk * dc[:, None]).sum(1)
     ds = (mta * w).sum(2) - mu * dt
-    dw = s[:, :, None] * mta
     dvar = -0.5 * r ** 3 * gamma * ds
     dmu = -s * dt - 2 * mu * dvar
-    dw = dw + dvar[:, :, None] * torch.einsum("kij,kjl->kil", w, gram + gram.transpose(1, 2)) \
-        + dmu[:, :, None] * m[:, None, :]
-    dgram = torch.einsum("kic,ki,kid->kcd", w, dvar, w)
-    dm = torch.einsum("kic,ki->kc", w, dmu)
-    a = torch.einsum("koc,kc,kcd->kod", mk, s, w)
+    dw = s.unsqueeze(2) * mta + dvar.unsqueeze(2) * torch.bmm(w, gram + gram.transpose(1, 2)) \
+        + dmu.unsqueeze(2) * m.unsqueeze(1)
+    dgram = torch.bmm(wt, dvar.unsqueeze(2) * w)
+    dm = torch.bmm(wt, dmu.unsqueeze(2)).squeeze(2)
+    a, _ = _fold(merge, w, s, t)
     grad_x, grad_alpha = passes.input_grad(grad_p, x, alpha, a.transpose(1, 2).contiguous(),
                                            (2.0 / n) * dgram, dm / n)
     return grad_x, grad_alpha, dw, r * ds, dt, dmerge.transpose(0, 1).contiguous()
