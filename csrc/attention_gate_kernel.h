@@ -628,8 +628,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
       tile_gemm(true, false, K, P, CiT, theta, K, dpre, P, acc_t(0), gpatch.data(), P);  // sums the gates' patch gradients
       tile_gemm(true, false, G.Cg, P, CiT, phi, G.Cg, dpre, P, acc_t(0), ggate.data(), P);
       // alpha of every gate on the patch pixels, in x's order (as d alpha in pass A): gate k,
-      // patch row (dz, dy) at alpha[(k * area + r) * P], a segment's at s * seg.p.
-      for (int64_t k = 0; k < Gn; ++k)
+      // patch row (dz, dy) at alpha[(k * area + r) * P], a segment's at s * seg.p (only read
+      // with a grad_y).
+      for (int64_t k = 0; gyp && k < Gn; ++k)
         for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
           for (const Segment& seg : t.segments)
             alpha_span(G, T, a.data() + coarse(k, b), seg.z + dz, seg.y + dy, seg.x,

@@ -13,13 +13,15 @@
 // thread count.
 namespace {
 
-// Pixels per tile: `rows` acc_t rows fit in about 384 KB (L2); a multiple of 2 acc_t vectors
+// Pixels per tile for N pixels per sample: `rows` acc_t rows fit in about 384 KB (L2), the
+// sample split into tiles of equal length (no short last tile), a multiple of 2 acc_t vectors
 // (load_row converts half/bf16 a whole reduced vector, 2 acc_t vectors, at a time).
 template <typename acc_t>
-int64_t sas_head_tile(int64_t rows) {
+int64_t sas_head_tile(int64_t rows, int64_t N) {
   constexpr int64_t V2 = 2 * Vectorized<acc_t>::size();
-  const int64_t t = std::clamp<int64_t>(393216 / (static_cast<int64_t>(sizeof(acc_t)) * rows), 64, 4096);
-  return std::max<int64_t>(V2, t / V2 * V2);
+  const int64_t most = std::clamp<int64_t>(393216 / (static_cast<int64_t>(sizeof(acc_t)) * rows), 64, 4096);
+  const int64_t tiles = (N + most - 1) / most, even = (N + tiles - 1) / tiles;
+  return (even + V2 - 1) / V2 * V2;
 }
 
 // One tile of one sample: x's rows (C, T), alpha's rows (K, T) as acc_t (zero-padded to whole
@@ -100,7 +102,7 @@ std::vector<double> reduce_tiles(const SasHeadArgs& a, const scalar_t* x, const 
                                  int64_t size, Fn&& fn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t head = a.C + a.K + a.K * a.C, rows = head + extra_rows;
-  const int64_t T = sas_head_tile<acc_t>(rows), tiles = (a.N + T - 1) / T, tasks = a.B * tiles;
+  const int64_t T = sas_head_tile<acc_t>(rows, a.N), tiles = (a.N + T - 1) / T, tasks = a.B * tiles;
   std::vector<acc_t> part(std::min<int64_t>(tasks, 64) * size, acc_t(0));
   const int64_t groups = for_task_groups(tasks, [&](int64_t g, int64_t task) {
     thread_local std::vector<acc_t> buf;
@@ -119,7 +121,7 @@ template <typename scalar_t, typename Fn>
 void for_each_tile(const SasHeadArgs& a, const scalar_t* x, const scalar_t* alpha, int64_t extra_rows, Fn&& fn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t head = a.C + a.K + a.K * a.C, rows = head + extra_rows;
-  const int64_t T = sas_head_tile<acc_t>(rows), tiles = (a.N + T - 1) / T;
+  const int64_t T = sas_head_tile<acc_t>(rows, a.N), tiles = (a.N + T - 1) / T;
   at::parallel_for(0, a.B * tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc_t> buf(rows * T);
     HeadTile<acc_t> t;
