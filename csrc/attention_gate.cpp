@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -27,7 +28,7 @@ using ForwardKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, 
 using BackwardKernel = std::vector<at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                   double, int64_t);
+                                                   double, int64_t, const at::Tensor&);
 
 ForwardKernel forward_kernel() { return UNIMRI_KERNEL_FOR(cpu_variant(), attention_gate_forward); }
 
@@ -83,16 +84,21 @@ using GateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at:
 GateGrads gates_backward(const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x,
                          const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,
                          const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias,
-                         int64_t subsample, double focal, int64_t gates) {
+                         int64_t subsample, double focal, int64_t gates,
+                         const at::Tensor& grad_x_in = at::Tensor()) {
   check_contiguous({&grad_alpha, &x, &g});
+  TORCH_CHECK(!grad_x_in.defined() || (grad_x_in.is_contiguous() && grad_x_in.sizes() == x.sizes()),
+              "attention_gate_backward_cpu: grad_x_in must be a contiguous tensor shaped like x ", x.sizes(), ", got ",
+              grad_x_in.sizes());
   at::AutoDispatchBelowADInplaceOrView no_autograd;
   TORCH_CHECK(!grad_y.defined() || (grad_y.is_contiguous() && grad_y.numel() == gates * x.numel()),
               "attention_gate_backward_cpu: grad_y shape ", grad_y.sizes());
   TORCH_CHECK(grad_alpha.numel() * x.size(1) == gates * x.numel(), "attention_gate_backward_cpu: grad_alpha shape ",
               grad_alpha.sizes());
   const at::Tensor gy = grad_y.defined() ? grad_y.to(x.scalar_type()) : grad_y, ga = grad_alpha.to(x.scalar_type());
+  const at::Tensor gx_in = grad_x_in.defined() ? grad_x_in.to(x.scalar_type()) : grad_x_in;
   const std::vector<at::Tensor> r = backward_kernel()(gy, ga, x, g, theta_weight, phi_weight, phi_bias, psi_weight,
-                                                      psi_bias, subsample, focal, gates);
+                                                      psi_bias, subsample, focal, gates, gx_in);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
 }
 
@@ -116,15 +122,18 @@ GateGrads attention_gates_backward_cpu(const at::Tensor& grad_y, const at::Tenso
                         subsample, focal, theta_weight.size(0));
 }
 
-// Gradients of attention_gates_alpha_cpu (no y, so no grad_y).
+// Gradients of attention_gates_alpha_cpu (no y, so no grad_y); grad_x_in (laid out like x), when
+// given, is added to grad_x in the kernel's one write of it (another consumer's share of x's
+// gradient, e.g. the SAS head's).
 GateGrads attention_gates_alpha_backward_cpu(const at::Tensor& grad_alpha, const at::Tensor& x, const at::Tensor& g,
                                              const at::Tensor& theta_weight, const at::Tensor& phi_weight,
                                              const at::Tensor& phi_bias, const at::Tensor& psi_weight,
-                                             const at::Tensor& psi_bias, int64_t subsample, double focal) {
+                                             const at::Tensor& psi_bias, int64_t subsample, double focal,
+                                             const std::optional<at::Tensor>& grad_x_in) {
   TORCH_CHECK(theta_weight.dim() == x.dim() + 1,
               "attention_gates_alpha_backward_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
   return gates_backward(at::Tensor(), grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                        subsample, focal, theta_weight.size(0));
+                        subsample, focal, theta_weight.size(0), grad_x_in.value_or(at::Tensor()));
 }
 
 }  // namespace

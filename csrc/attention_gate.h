@@ -13,7 +13,8 @@ namespace unimri {
 // Per variant (namespaces base, avx2, avx512), for `gates` gates on the same (x, g) whose
 // parameters are stacked along their first dimension. forward: (y (gates, B, Cx, *S),
 // alpha (B, gates, *S)), y undefined unless write_y; backward (grad_y, grad_alpha laid out
-// like y, alpha; an undefined grad_y is zero): gradients of
+// like y, alpha; an undefined grad_y is zero; grad_x_in, if defined, is added to grad_x):
+// gradients of
 // x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, each shaped like its input.
 // Inputs contiguous, on the CPU.
 #define UNIMRI_DECLARE_GATE_KERNELS(ns)                                                                           \
@@ -26,7 +27,7 @@ namespace unimri {
       const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x, const at::Tensor& g,           \
       const at::Tensor& theta_weight, const at::Tensor& phi_weight, const at::Tensor& phi_bias,                   \
       const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample, double focal,                 \
-      int64_t gates);                                                                                             \
+      int64_t gates, const at::Tensor& grad_x_in);                                                                \
   }
 UNIMRI_DECLARE_GATE_KERNELS(base)
 UNIMRI_DECLARE_GATE_KERNELS(avx2)

@@ -25,7 +25,7 @@
 //   B. per tile: d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi, b_phi;
 //      d pre = d q * psi * [h > 0]; W grads and patch / g grads by BLAS; grad_x on the
 //      patch pixels = W_theta^T d pre + sum_k resample(a_k) * grad_y_k, written once.
-// An undefined grad_y counts as zero (alpha-only forward: the head returns grad_alpha and its
+// grad_x_in, when defined (laid out like x), is added to grad_x in its one write. An undefined grad_y counts as zero (alpha-only forward: the head returns grad_alpha and its
 // share of grad_x itself).
 // Outputs and buffers of >= 1 MiB come from the pool of recycled blocks (output_pool.h).
 // All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
@@ -476,7 +476,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
                                       const at::Tensor& tw, const at::Tensor& pw,
                                       const at::Tensor& pb, const at::Tensor& sw,
                                       const at::Tensor& sb, int64_t subsample, double focal,
-                                      int64_t gates) {
+                                      int64_t gates, const at::Tensor& gx_in) {
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry G = make_geometry(x, g, tw, pw, subsample, gates);
   const Tables<acc_t> T(G);
@@ -486,6 +486,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* gp = g.data_ptr<scalar_t>();
   const scalar_t* gyp = gy.defined() ? gy.data_ptr<scalar_t>() : nullptr;  // undefined: zero
+  const scalar_t* gxin = gx_in.defined() ? gx_in.data_ptr<scalar_t>() : nullptr;  // added to grad_x
   const scalar_t* gap = galpha.data_ptr<scalar_t>();
   const int64_t TL = G.tile(), tiles = (Nc + TL - 1) / TL;
   const acc_t f = static_cast<acc_t>(focal);
@@ -649,6 +650,10 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
             const acc_t* al = alpha.data() + (k * area + kr % area) * P + s * seg.p;
             for (int64_t i = 0; i < len; ++i) run[i] += al[i] * static_cast<acc_t>(src[i]);
           }
+          if (gxin) {
+            const scalar_t* add = gxin + b * G.Cx * N + plane_off + seg.origin;
+            for (int64_t i = 0; i < len; ++i) run[i] += static_cast<acc_t>(add[i]);
+          }
           scalar_t* dst = gxb + plane_off + seg.origin;
           for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<scalar_t>(run[i]);
         }
@@ -696,7 +701,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
         const int64_t base = (z * G.H + y) * G.W;
         for (int64_t c = 0; c < G.Cx; ++c) {
           const int64_t off = c * N + base;
-          std::fill(run.begin(), run.begin() + (x1 - x0), acc_t(0));
+          for (int64_t i = x0; i < x1; ++i)
+            run[i - x0] = gxin ? static_cast<acc_t>(gxin[b * G.Cx * N + off + i]) : acc_t(0);
           for (int64_t k = 0; gyp && k < Gn; ++k) {
             const scalar_t* gyb = gy_of(k, b);
             const acc_t* arow = arows.data() + k * G.W;
@@ -755,11 +761,11 @@ std::vector<at::Tensor> attention_gate_backward(const at::Tensor& grad_y, const 
                                                 const at::Tensor& theta_weight, const at::Tensor& phi_weight,
                                                 const at::Tensor& phi_bias, const at::Tensor& psi_weight,
                                                 const at::Tensor& psi_bias, int64_t subsample, double focal,
-                                                int64_t gates) {
+                                                int64_t gates, const at::Tensor& grad_x_in) {
   std::vector<at::Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_backward_cpu", [&] {
     r = backward_impl<scalar_t>(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                                subsample, focal, gates);
+                                subsample, focal, gates, grad_x_in);
   });
   return r;
 }

@@ -29,7 +29,7 @@ std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor&, con
 std::vector<at::Tensor> attention_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                double, int64_t) {
+                                                double, int64_t, const at::Tensor&) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 void batch_norm_relu_forward(const BnReluArgs&, const void*, void*, double*, double*, double*, double*) {

@@ -177,23 +177,58 @@ def test_alpha_only_gates_equal_the_gates_op(backend):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@needs_cpp
-@pytest.mark.parametrize("module_cls", [SelectiveAttention, AttentionGate])
-def test_training_modules_take_the_alpha_route(module_cls):
-    """In training, the folded modules run the alpha-only gates and this op (no gated block);
-    in evaluation they keep the gated inputs of the gates' op."""
-    module = module_cls(4, 6)
-    x, g = torch.randn(2, 4, 8, 8).relu().requires_grad_(), torch.randn(2, 6, 4, 4)
-    out, _ = module(x, g)
-    names = set()
-    stack = [out.grad_fn]
+def _backward_nodes(out: torch.Tensor) -> set[str]:
+    names, stack = set(), [out.grad_fn]
     while stack:
         fn = stack.pop()
         if fn is not None and type(fn).__name__ not in names:
             names.add(type(fn).__name__)
             stack += [f for f, _ in fn.next_functions]
-    assert {"EagerSasHeadBackward", "EagerAttentionGatesAlphaBackward"} <= names
-    assert "EagerAttentionGatesBackward" not in names
+    return names
+
+
+@needs_cpp
+@pytest.mark.parametrize("module_cls", [SelectiveAttention, AttentionGate])
+def test_training_modules_take_the_gates_and_head_route(module_cls):
+    """In training, the folded modules run the alpha-only gates and this op as one node (no
+    gated block); in evaluation they keep the gated inputs of the gates' op."""
+    module = module_cls(4, 6)
+    x, g = torch.randn(2, 4, 8, 8).relu().requires_grad_(), torch.randn(2, 6, 4, 4)
+    names = _backward_nodes(module(x, g)[0])
+    assert "EagerGatesAndHeadBackward" in names and "EagerAttentionGatesBackward" not in names
+    module.eval()
+    assert "EagerGatesAndHeadBackward" not in _backward_nodes(module(x, g)[0])
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_gates_and_head_node_equals_the_two_ops(dtype):
+    """The one-node eager route (the head's share of grad x added inside the gate kernel) gives
+    what the two custom ops give: alpha exactly, outputs and every gradient to rounding (the
+    merge's norm is F.batch_norm here, the fused batch norm + ReLU in the module)."""
+    torch.manual_seed(5)
+    sas = SelectiveAttention(5, 7, num_gates=3).to(dtype)
+    x = torch.randn(2, 5, 11, 10, dtype=dtype).relu().requires_grad_()   # odd edge rows
+    g = torch.randn(2, 7, 5, 5, dtype=dtype, requires_grad=True)
+    go = torch.randn(2, 5, 11, 10, dtype=dtype)
+    leaves = [x, g, *sas.parameters()]
+    out, alpha = sas(x, g)
+    got = torch.autograd.grad((out * go).sum() + alpha.square().sum(), leaves)
+    stacked = sas._stacked()
+    w = torch.stack([gate.out_conv.weight.reshape(5, 5) for gate in sas.gates])
+    gamma = torch.stack([gate.out_norm.weight for gate in sas.gates])
+    beta = torch.stack([gate.out_norm.bias for gate in sas.gates])
+    merge = sas.merge[0].weight.reshape(5, 3, 5)
+    want_alpha = torch.ops.unimri.attention_gates_alpha(x, g, *stacked, 2, 1.0)
+    merged = _sas_head_op(x, want_alpha, w, gamma, beta, merge, 1e-5)[0]
+    want_out = torch.relu(torch.nn.functional.batch_norm(
+        merged, None, None, sas.merge[1].weight, sas.merge[1].bias, True, 0.0, 1e-5))
+    want = torch.autograd.grad((want_out * go).sum() + want_alpha.square().sum(), leaves)
+    assert torch.equal(alpha, want_alpha)
+    torch.testing.assert_close(out, want_out, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-10,
+                                   atol=1e-5 if dtype == torch.float32 else 1e-10)
 
 
 def test_compile_fullgraph_no_graph_break():

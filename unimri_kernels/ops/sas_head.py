@@ -36,6 +36,8 @@ import contextlib
 import torch
 
 from unimri_kernels.dispatch import backend_for, cpp_ops, pooled_empty
+from unimri_kernels.ops.attention_gate import autocast_inputs
+from unimri_kernels.ops.attention_gates import attention_gates_alpha, check_attention_gates_inputs
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -380,5 +382,56 @@ def sas_head(x: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor, gamma: torch
     return _sas_head_op(x, alpha, w, gamma, beta, merge, float(eps))[:3]
 
 
-__all__ = ["EagerSasHead", "apply_folded", "check_sas_head_inputs", "compute_dtype", "gated",
+class EagerGatesAndHead(torch.autograd.Function):
+    """The gates (alpha only) and the head as one autograd node, for eager mode on CPU: in the
+    backward the head's share of ``grad x`` goes into the gate kernel's one write of
+    ``grad x`` (``grad_x_in``) instead of a separate sum by autograd. Inputs checked and
+    contiguous, in x's dtype (the head's parameters in any floating dtype)."""
+
+    @staticmethod
+    def forward(ctx, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, w, gamma, beta,
+                merge, subsample: int, focal: float, eps: float):
+        gate_params = (theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
+        alpha = cpp_ops().attention_gates_alpha_cpu(x, g, *gate_params, subsample, focal)
+        out, mean, var, m, gram = _forward(x, alpha, w, gamma, beta, merge, eps)
+        ctx.save_for_backward(x, g, *gate_params, alpha, w, gamma, beta, merge, m, gram)
+        ctx.args = (subsample, focal, eps)
+        ctx.mark_non_differentiable(mean, var)
+        return out, alpha, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_alpha, _gm, _gv):
+        x, g, *gate_params, alpha, w, gamma, beta, merge, m, gram = ctx.saved_tensors
+        subsample, focal, eps = ctx.args
+        gx_head, galpha, *head_grads = _backward_impl(grad_out, x, alpha, w, gamma, beta, merge, m,
+                                                      gram, eps)
+        if grad_alpha is not None:
+            galpha = galpha + grad_alpha
+        gate_grads = cpp_ops().attention_gates_alpha_backward_cpu(
+            galpha.contiguous(), x, g, *gate_params, subsample, focal, gx_head.contiguous())
+        return *gate_grads, *head_grads, None, None, None
+
+
+def gates_and_head(x: torch.Tensor, g: torch.Tensor, gate_params: list[torch.Tensor],
+                   w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, merge: torch.Tensor,
+                   subsample: int, focal: float, eps: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(P, alpha, mean, var)``: the gates' attention maps
+    (:func:`~unimri_kernels.ops.attention_gates.attention_gates_alpha`, parameters stacked
+    along a gates dimension) and the folded head in training mode (:func:`sas_head`) on them.
+    Under autocast the gates and the head's input run in the autocast dtype."""
+    x, g, *gate_params = autocast_inputs(x, g, *gate_params)
+    check_attention_gates_inputs(x, g, *gate_params, subsample, focal)
+    if not torch.compiler.is_compiling() and x.device.type == "cpu" and backend_for(x) == "cpp":
+        alpha_shape = (x.shape[0], gate_params[0].shape[0], *x.shape[2:])
+        check_sas_head_inputs(x, x.new_empty(alpha_shape), w, gamma, beta, merge)
+        args = [t.contiguous() for t in (x, g, *gate_params)]
+        return EagerGatesAndHead.apply(*args, w, gamma, beta, merge, int(subsample), float(focal),
+                                       float(eps))
+    alpha = attention_gates_alpha(x, g, *gate_params, subsample, focal)
+    out, mean, var = sas_head(x, alpha, w, gamma, beta, merge, eps)
+    return out, alpha, mean, var
+
+
+__all__ = ["EagerGatesAndHead", "EagerSasHead", "gates_and_head", "apply_folded", "check_sas_head_inputs", "compute_dtype", "gated",
            "no_autocast", "sas_head"]

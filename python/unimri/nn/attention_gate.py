@@ -22,11 +22,13 @@ from unimri.nn.sas_head import (
     foldable,
     foldable_gate,
     gate_output_folded,
+    gate_output_with_gate,
     merge_folded,
+    merge_with_gates,
     uses_batch_stats,
 )
 from unimri_kernels.ops.attention_gate import attention_gate
-from unimri_kernels.ops.attention_gates import attention_gates, attention_gates_alpha
+from unimri_kernels.ops.attention_gates import attention_gates
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
@@ -51,9 +53,11 @@ class AttentionGate(nn.Module):
     Returns ``out`` (B, Cx, *S) and ``alpha`` (B, 1, *S) in [0, 1].
 
     With batch norm or no norm the output conv and norm run folded
-    (:func:`unimri.nn.sas_head.gate_output_folded`): the same maths and parameters
+    (:func:`unimri.nn.sas_head.gate_output_with_gate` in training,
+    :func:`~unimri.nn.sas_head.gate_output_folded` otherwise): the same maths and parameters
     (state-dict keys unchanged) as ``out_norm(out_conv(y))``, without their full-resolution
-    intermediates. ``fold=False`` (attribute, settable) runs the modules.
+    intermediates (in training not even ``y``). ``fold=False`` (attribute, settable) runs
+    the modules.
     """
 
     def __init__(self, in_channels: int, gating_channels: int | None = None,
@@ -116,14 +120,10 @@ class AttentionGate(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fold and foldable_gate(self) and uses_batch_stats([self]):
-            x, g = self.checked_inputs(x, g)
-            alpha = attention_gates_alpha(x, g, self.theta_weight[None], self.phi_weight[None],
-                                          self.phi_bias[None], self.psi_weight[None],
-                                          self.psi_bias, self.subsample, self.focal)
-            return gate_output_folded(self, x, alpha), alpha
+            return gate_output_with_gate(self, *self.checked_inputs(x, g))
         y, alpha = self.gate(x, g)
         if self.fold and foldable_gate(self):
-            return gate_output_folded(self, x, alpha, y), alpha
+            return gate_output_folded(self, y), alpha
         return self.out_norm(self.out_conv(y)), alpha
 
 
@@ -177,12 +177,11 @@ class SelectiveAttention(nn.Module):
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         fold = self.fold and foldable(self)
         if fold and uses_batch_stats(self.gates):
-            first = self.gates[0]
-            x, g = first.checked_inputs(x, g)
-            alpha = attention_gates_alpha(x, g, *self._stacked(), first.subsample, first.focal)
-            return norm_relu(merge_folded(self, x, alpha), self.merge[1]), alpha
+            x, g = self.gates[0].checked_inputs(x, g)
+            merged, alpha = merge_with_gates(self, x, g, self._stacked())
+            return norm_relu(merged, self.merge[1]), alpha
         ys, alpha = self.gate(x, g)
         if fold:
-            return norm_relu(merge_folded(self, x, alpha, ys), self.merge[1]), alpha
+            return norm_relu(merge_folded(self, ys), self.merge[1]), alpha
         outs = [gate.out_norm(gate.out_conv(y)) for gate, y in zip(self.gates, ys.unbind(0))]
         return self.merge(torch.cat(outs, dim=1)), alpha

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from unimri.nn.norm_act import update_running_stats
-from unimri_kernels.ops.sas_head import apply_folded, sas_head
+from unimri_kernels.ops.sas_head import apply_folded, gates_and_head
 
 
 def _foldable_norms(gates: list[nn.Module]) -> bool:
@@ -59,68 +59,101 @@ def foldable_gate(gate: nn.Module) -> bool:
 
 def uses_batch_stats(gates: nn.ModuleList | list[nn.Module]) -> bool:
     """Whether the folded head of these gates normalises with batch statistics (training, or
-    no running statistics): then it reads x and the attention maps (:func:`sas_head`); else
-    (evaluation, no norm) it needs the gated inputs ``alpha_k * x``."""
+    no running statistics): then it runs from x and the attention maps
+    (:func:`merge_with_gates`, :func:`gate_output_with_gate`); else (evaluation, no norm) from
+    the gated inputs ``alpha_k * x`` (:func:`merge_folded`, :func:`gate_output_folded`)."""
     norm = gates[0].out_norm
     return isinstance(norm, _BatchNorm) and (norm.training or norm.running_mean is None)
 
 
-def merge_folded(sas: nn.Module, x: torch.Tensor, alpha: torch.Tensor,
-                 ys: torch.Tensor | None = None) -> torch.Tensor:
-    """The merge convolution's output (before its norm and ReLU) of a SelectiveAttention for
-    which :func:`foldable` holds: equal to
-    ``merge[0](cat([gate.out_norm(gate.out_conv(alpha_k * x))]))`` for x (B, C, *S) and the
-    gates' attention maps alpha (B, K, *S); ``ys`` (K, B, C, *S), the gated inputs from the
-    gates' op, is needed unless :func:`uses_batch_stats`. Updates the gates' batch-norm
-    running statistics in training as the norms would."""
+def _merge_matrix(sas: nn.Module) -> torch.Tensor:
     conv = sas.merge[0]
-    m = conv.weight.reshape(conv.weight.shape[0], len(sas.gates), -1)            # (C_out, K, C)
-    return _folded(list(sas.gates), m, conv.bias, x, alpha, ys)
+    return conv.weight.reshape(conv.weight.shape[0], len(sas.gates), -1)          # (C_out, K, C)
 
 
-def gate_output_folded(gate: nn.Module, x: torch.Tensor, alpha: torch.Tensor,
-                       y: torch.Tensor | None = None) -> torch.Tensor:
-    """``gate.out_norm(gate.out_conv(alpha * x))`` (B, C, *S) of an AttentionGate for which
-    :func:`foldable_gate` holds, from x (B, C, *S) and its attention map alpha (B, 1, *S), or
-    the gated input y (B, C, *S) unless :func:`uses_batch_stats` (running statistics updated
-    in training as the norm itself would)."""
-    c = x.shape[1]
-    eye = torch.eye(c, dtype=gate.out_conv.weight.dtype, device=x.device).reshape(c, 1, c)
-    return _folded([gate], eye, None, x, alpha, None if y is None else y.unsqueeze(0))
+def _identity_merge(gate: nn.Module, c: int, device: torch.device) -> torch.Tensor:
+    return torch.eye(c, dtype=gate.out_conv.weight.dtype, device=device).reshape(c, 1, c)
+
+
+def merge_with_gates(sas: nn.Module, x: torch.Tensor, g: torch.Tensor,
+                     gate_params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(merge output before its norm and ReLU, alpha)`` of a SelectiveAttention for which
+    :func:`foldable` and :func:`uses_batch_stats` hold: the gates' attention maps (parameters
+    ``gate_params`` stacked) and the folded head on x (B, C, *S) and them
+    (:func:`~unimri_kernels.ops.sas_head.gates_and_head`); updates the gates' running
+    statistics as their norms would."""
+    first = sas.gates[0]
+    return _gates_and_folded(list(sas.gates), _merge_matrix(sas), x, g, gate_params,
+                             first.subsample, first.focal)
+
+
+def gate_output_with_gate(gate: nn.Module, x: torch.Tensor,
+                          g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gate.out_norm(gate.out_conv(alpha * x)), alpha)`` of an AttentionGate for which
+    :func:`foldable_gate` and :func:`uses_batch_stats` hold (running statistics updated as the
+    norm itself would)."""
+    params = [gate.theta_weight[None], gate.phi_weight[None], gate.phi_bias[None],
+              gate.psi_weight[None], gate.psi_bias]
+    return _gates_and_folded([gate], _identity_merge(gate, x.shape[1], x.device), x, g, params,
+                             gate.subsample, gate.focal)
+
+
+def _head_params(gates: list[nn.Module], c: int) -> tuple[torch.Tensor, ...]:
+    """The gates' output convolutions (K, C, C) and norms' affine parameters (K, C), stacked."""
+    norms = [gate.out_norm for gate in gates]
+    return (torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates]),
+            torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]))
+
+
+def _gates_and_folded(gates: list[nn.Module], m: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
+                      gate_params: list[torch.Tensor], subsample: int, focal: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    first = gates[0].out_norm
+    n = x.numel() // x.shape[1]
+    if first.training and n < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                         f"size {tuple(x.shape)}")
+    out, alpha, mean, var = gates_and_head(x, g, gate_params, *_head_params(gates, x.shape[1]), m,
+                                           subsample, focal, first.eps)
+    if first.training and first.track_running_stats:
+        update_running_stats([gate.out_norm for gate in gates], mean, var, n)
+    return out, alpha
+
+
+def merge_folded(sas: nn.Module, ys: torch.Tensor) -> torch.Tensor:
+    """The merge convolution's output (before its norm and ReLU) of a SelectiveAttention for
+    which :func:`foldable` holds and not :func:`uses_batch_stats` (evaluation, or no norms),
+    from the gated inputs ys (K, B, C, *S): equal to
+    ``merge[0](cat([gate.out_norm(gate.out_conv(y)) for y in ys]))``."""
+    return _folded(list(sas.gates), _merge_matrix(sas), sas.merge[0].bias, ys)
+
+
+def gate_output_folded(gate: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``gate.out_norm(gate.out_conv(y))`` (B, C, *S) of an AttentionGate for which
+    :func:`foldable_gate` holds and not :func:`uses_batch_stats`, from the gated input y."""
+    return _folded([gate], _identity_merge(gate, y.shape[1], y.device), None, y.unsqueeze(0))
 
 
 def _folded(gates: list[nn.Module], m: torch.Tensor, merge_bias: torch.Tensor | None,
-            x: torch.Tensor, alpha: torch.Tensor, ys: torch.Tensor | None) -> torch.Tensor:
-    """``sum_k m[:, k] norm_k(conv_k(alpha_k * x)) (+ merge_bias)`` (B, C_out, *S) for K gates,
-    x (B, C, *S), alpha (B, K, *S) and the gated inputs ys (K, B, C, *S) (only read without
-    batch statistics); ``merge_bias`` only with norm-free gates (see :func:`foldable`)."""
-    bsz, c = x.shape[:2]
-    spatial = x.shape[2:]
-    if x.dtype != alpha.dtype:  # autocast ran the gates in its dtype
-        x = x.to(alpha.dtype)
-    w = torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates])      # (K, C, C)
-    norms = [gate.out_norm for gate in gates]
-    first = norms[0]
+            ys: torch.Tensor) -> torch.Tensor:
+    """``sum_k m[:, k] norm_k(conv_k(ys[k])) (+ merge_bias)`` (B, C_out, *S) with the norms'
+    running statistics (or none) for K gates and their gated inputs ys (K, B, C, *S);
+    ``merge_bias`` only with norm-free gates (see :func:`foldable`)."""
+    bsz, c = ys.shape[1:3]
+    spatial = ys.shape[3:]
+    flat = ys.flatten(3)
+    first = gates[0].out_norm
     if isinstance(first, nn.Identity):
+        w = torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates])  # (K, C, C)
         bias = torch.stack([gate.out_conv.bias for gate in gates])                # (K, C)
         a = torch.einsum("okc,kcd->kod", m, w)
         c0 = torch.einsum("okc,kc->o", m, bias)
-        out = apply_folded(ys.flatten(3), a, c0 if merge_bias is None else c0 + merge_bias)
+        out = apply_folded(flat, a, c0 if merge_bias is None else c0 + merge_bias)
         return out.view(bsz, -1, *spatial)
-    gamma = torch.stack([n.weight for n in norms])
-    beta = torch.stack([n.bias for n in norms])
-    n = x.numel() // c
-    if first.training or first.running_mean is None:
-        if first.training and n < 2:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input "
-                             f"size {tuple(x.shape)}")
-        out, mean, var = sas_head(x, alpha, w, gamma, beta, m, first.eps)
-        if first.training and first.track_running_stats:
-            update_running_stats(norms, mean, var, n)
-        return out
-    rm = torch.stack([n.running_mean for n in norms])
-    rv = torch.stack([n.running_var for n in norms])
+    w, gamma, beta = _head_params(gates, c)
+    rm = torch.stack([gate.out_norm.running_mean for gate in gates])
+    rv = torch.stack([gate.out_norm.running_var for gate in gates])
     s = gamma * torch.rsqrt(rv + first.eps)
     t = beta - rm * s
     a = torch.einsum("okc,kc,kcd->kod", m, s, w)
-    return apply_folded(ys.flatten(3), a, torch.einsum("okc,kc->o", m, t)).view(bsz, -1, *spatial)
+    return apply_folded(flat, a, torch.einsum("okc,kc->o", m, t)).view(bsz, -1, *spatial)
