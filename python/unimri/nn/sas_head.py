@@ -6,15 +6,17 @@ Per gate ``k`` the official block is ``u_k = BN_k(W_k y_k)`` with ``y_k = alpha_
 then norm + ReLU. Batch norm is an affine map per channel, so the K convolutions, K norms and
 the merge fold into one (C, C) matrix per gate, ``sum_k A_k y_k + c``, with the training
 statistics from the moments of ``y_k``: the op :func:`unimri_kernels.ops.sas_head.sas_head`
-(maths and backward there), which reads x and the attention maps and never forms the gated
-inputs on CPU. In evaluation (running statistics) and without norms the folded matrices come
-from the parameters alone and the gated inputs are formed with torch operations.
+(maths and backward there), run with the gates' alpha-only op by
+:func:`~unimri_kernels.ops.sas_head.gates_and_head` (:func:`merge_with_gates`), which reads x
+and the attention maps and never forms the gated inputs on CPU. In evaluation (running
+statistics) and without norms the folded matrices come from the parameters alone and apply
+to the gated inputs from the gates' op (:func:`merge_folded`).
 
 Same maths as the modules it replaces (tests check forward, gradients and running statistics
 against them); the rounding differs (see the op's docstring).
 
 A single :class:`~unimri.nn.AttentionGate` uses the same machinery with K = 1 and the identity
-as merge (:func:`gate_output_folded`).
+as merge (:func:`gate_output_with_gate`, :func:`gate_output_folded`).
 """
 from __future__ import annotations
 
