@@ -172,6 +172,13 @@ def release_cpu_pool() -> None:
         torch.ops.unimri.cpu_pool_release()
 
 
+def eager_cpp_route(x: torch.Tensor) -> bool:
+    """Whether an op on ``x`` may call the C++ kernels through a small autograd Function
+    instead of its custom op (eager mode, a CPU tensor, the cpp backend): the custom op costs
+    some 0.1-0.5 ms per forward + backward in Python."""
+    return not torch.compiler.is_compiling() and x.device.type == "cpu" and backend_for(x) == "cpp"
+
+
 def cpp_ops():
     """The ``torch.ops.unimri`` namespace after loading ``_C`` (raises if it is missing)."""
     if _load_cpp() is None:

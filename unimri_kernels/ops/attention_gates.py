@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from unimri_kernels.dispatch import backend_for, cpp_ops
+from unimri_kernels.dispatch import backend_for, cpp_ops, eager_cpp_route
 from unimri_kernels.ops.attention_gate import (
     _attention_gate_backward_op,
     _attention_gate_op,
@@ -270,7 +270,7 @@ def _run_gates(eager_fn, op, x, g, theta_weight, phi_weight, phi_bias, psi_weigh
             x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
     check_attention_gates_inputs(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
                                  subsample, focal)
-    if not torch.compiler.is_compiling() and x.device.type == "cpu" and backend_for(x) == "cpp":
+    if eager_cpp_route(x):
         args = [t.contiguous() for t in (x, g, theta_weight, phi_weight, phi_bias, psi_weight,
                                          psi_bias)]
         return eager_fn.apply(*args, int(subsample), float(focal))

@@ -35,7 +35,7 @@ import contextlib
 
 import torch
 
-from unimri_kernels.dispatch import backend_for, cpp_ops, pooled_empty
+from unimri_kernels.dispatch import backend_for, cpp_ops, eager_cpp_route, pooled_empty
 from unimri_kernels.ops.attention_gate import autocast_inputs
 from unimri_kernels.ops.attention_gates import attention_gates_alpha, check_attention_gates_inputs
 
@@ -251,16 +251,19 @@ def sas_head_backward(grad_p, x, alpha, w, gamma, beta, merge, m, gram, eps):
 
 # --- the op: checks, custom op (torch.compile, opcheck), eager route ---
 
-def check_sas_head_inputs(x, alpha, w, gamma, beta, merge) -> None:
-    """Raise ``TypeError``/``ValueError`` naming the argument when the inputs do not fit."""
-    named = {"x": x, "alpha": alpha, "w": w, "gamma": gamma, "beta": beta, "merge": merge}
+def _check_floating(named: dict) -> None:
     for name, t in named.items():
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise TypeError(f"sas_head: {name} must be a floating-point tensor, got "
                             f"{getattr(t, 'dtype', type(t).__name__)}")
+
+
+def check_sas_head_inputs(x, alpha, w, gamma, beta, merge) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the argument when the inputs do not fit."""
+    _check_floating({"x": x, "alpha": alpha})
     if x.dim() < 3 or x.numel() == 0:
         raise ValueError(f"sas_head: x must be a non-empty (B, C, *S) tensor, got shape {tuple(x.shape)}")
-    bsz, c = x.shape[:2]
+    bsz = x.shape[0]
     if alpha.dim() != x.dim() or alpha.shape[0] != bsz or alpha.shape[2:] != x.shape[2:] \
             or alpha.shape[1] < 1:
         raise ValueError(f"sas_head: alpha must be (B, K, *S) = ({bsz}, K, "
@@ -268,7 +271,17 @@ def check_sas_head_inputs(x, alpha, w, gamma, beta, merge) -> None:
                          f"{tuple(alpha.shape)}")
     if alpha.dtype != x.dtype:
         raise TypeError(f"sas_head: alpha must have x's dtype {x.dtype}, got {alpha.dtype}")
-    k = alpha.shape[1]
+    if alpha.device != x.device:
+        raise ValueError(f"sas_head: alpha is on {alpha.device} but x is on {x.device}")
+    check_head_parameters(x, alpha.shape[1], w, gamma, beta, merge)
+
+
+def check_head_parameters(x, k, w, gamma, beta, merge) -> None:
+    """The parameter checks of :func:`check_sas_head_inputs` for a checked x (B, C, *S) and k
+    gates (without needing alpha)."""
+    named = {"w": w, "gamma": gamma, "beta": beta, "merge": merge}
+    _check_floating(named)
+    c = x.shape[1]
     for name, t, shape in (("w", w, (k, c, c)), ("gamma", gamma, (k, c)), ("beta", beta, (k, c))):
         if tuple(t.shape) != shape:
             raise ValueError(f"sas_head: {name} must be {shape} for {k} gates and {c} channels, got "
@@ -422,9 +435,8 @@ def gates_and_head(x: torch.Tensor, g: torch.Tensor, gate_params: list[torch.Ten
     Under autocast the gates and the head's input run in the autocast dtype."""
     x, g, *gate_params = autocast_inputs(x, g, *gate_params)
     check_attention_gates_inputs(x, g, *gate_params, subsample, focal)
-    if not torch.compiler.is_compiling() and x.device.type == "cpu" and backend_for(x) == "cpp":
-        alpha_shape = (x.shape[0], gate_params[0].shape[0], *x.shape[2:])
-        check_sas_head_inputs(x, x.new_empty(alpha_shape), w, gamma, beta, merge)
+    if eager_cpp_route(x):
+        check_head_parameters(x, gate_params[0].shape[0], w, gamma, beta, merge)
         args = [t.contiguous() for t in (x, g, *gate_params)]
         return EagerGatesAndHead.apply(*args, w, gamma, beta, merge, int(subsample), float(focal),
                                        float(eps))
@@ -433,5 +445,6 @@ def gates_and_head(x: torch.Tensor, g: torch.Tensor, gate_params: list[torch.Ten
     return out, alpha, mean, var
 
 
-__all__ = ["EagerGatesAndHead", "EagerSasHead", "gates_and_head", "apply_folded", "check_sas_head_inputs", "compute_dtype", "gated",
-           "no_autocast", "sas_head"]
+__all__ = ["EagerGatesAndHead", "EagerSasHead", "apply_folded", "check_head_parameters",
+           "check_sas_head_inputs", "compute_dtype", "gated", "gates_and_head", "no_autocast",
+           "sas_head"]
