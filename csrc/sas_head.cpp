@@ -55,6 +55,16 @@ std::vector<int64_t> with_channels(const at::Tensor& x, int64_t channels) {
   return sizes;
 }
 
+// The checked arguments of a backward pass for grad_p (B, C_out, *S), and grad_p in x's dtype,
+// contiguous.
+std::tuple<SasHeadArgs, at::Tensor> grad_args(const at::Tensor& grad_p, const at::Tensor& x, const at::Tensor& alpha,
+                                              const char* op) {
+  TORCH_CHECK(grad_p.dim() == x.dim(), op, ": grad_p must be (B, C_out, *S), got ", grad_p.sizes());
+  const SasHeadArgs a = make_args(x, alpha, grad_p.size(1), op);
+  TORCH_CHECK(grad_p.sizes() == at::IntArrayRef(with_channels(x, a.Co)), op, ": grad_p shape ", grad_p.sizes());
+  return {a, grad_p.to(x.scalar_type()).contiguous()};
+}
+
 // (sum (K, C), gram (K, C, C)) of y_k = alpha_k * x over batch and pixels, float64.
 std::tuple<at::Tensor, at::Tensor> sas_head_moments_cpu(const at::Tensor& x, const at::Tensor& alpha) {
   const SasHeadArgs a = make_args(x, alpha, -1, "sas_head_moments_cpu");
@@ -81,12 +91,7 @@ at::Tensor sas_head_apply_cpu(const at::Tensor& x, const at::Tensor& alpha, cons
 // float64.
 std::tuple<at::Tensor, at::Tensor> sas_head_weight_grad_cpu(const at::Tensor& grad_p, const at::Tensor& x,
                                                             const at::Tensor& alpha) {
-  TORCH_CHECK(grad_p.dim() == x.dim(), "sas_head_weight_grad_cpu: grad_p must be (B, C_out, *S), got ",
-              grad_p.sizes());
-  const SasHeadArgs a = make_args(x, alpha, grad_p.size(1), "sas_head_weight_grad_cpu");
-  TORCH_CHECK(grad_p.sizes() == at::IntArrayRef(with_channels(x, a.Co)), "sas_head_weight_grad_cpu: grad_p shape ",
-              grad_p.sizes());
-  const at::Tensor g = grad_p.to(x.scalar_type()).contiguous();
+  const auto [a, g] = grad_args(grad_p, x, alpha, "sas_head_weight_grad_cpu");
   at::Tensor grad_mat = at::empty({a.K, a.Co, a.C}, f64()), grad_bias = at::empty({a.Co}, f64());
   UNIMRI_KERNEL_FOR(cpu_variant(), sas_head_weight_grad)(a, g.data_ptr(), x.data_ptr(), alpha.data_ptr(),
                                                           grad_mat.data_ptr<double>(), grad_bias.data_ptr<double>());
@@ -98,12 +103,7 @@ std::tuple<at::Tensor, at::Tensor> sas_head_weight_grad_cpu(const at::Tensor& gr
 std::tuple<at::Tensor, at::Tensor> sas_head_input_grad_cpu(const at::Tensor& grad_p, const at::Tensor& x,
                                                            const at::Tensor& alpha, const at::Tensor& at_mat,
                                                            const at::Tensor& d, const at::Tensor& e) {
-  TORCH_CHECK(grad_p.dim() == x.dim(), "sas_head_input_grad_cpu: grad_p must be (B, C_out, *S), got ",
-              grad_p.sizes());
-  const SasHeadArgs a = make_args(x, alpha, grad_p.size(1), "sas_head_input_grad_cpu");
-  TORCH_CHECK(grad_p.sizes() == at::IntArrayRef(with_channels(x, a.Co)), "sas_head_input_grad_cpu: grad_p shape ",
-              grad_p.sizes());
-  const at::Tensor g = grad_p.to(x.scalar_type()).contiguous();
+  const auto [a, g] = grad_args(grad_p, x, alpha, "sas_head_input_grad_cpu");
   const at::Tensor atc = f64_contiguous(at_mat, {a.K, a.C, a.Co}, "sas_head_input_grad_cpu", "at");
   const at::Tensor dc = f64_contiguous(d, {a.K, a.C, a.C}, "sas_head_input_grad_cpu", "d");
   const at::Tensor ec = f64_contiguous(e, {a.K, a.C}, "sas_head_input_grad_cpu", "e");
