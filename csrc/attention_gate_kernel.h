@@ -28,7 +28,9 @@
 // grad_x_in, when defined (laid out like x), is added to grad_x in its one write. An undefined grad_y counts as zero (alpha-only forward: the head returns grad_alpha and its
 // share of grad_x itself).
 // Outputs and buffers of >= 1 MiB come from the pool of recycled blocks (output_pool.h).
-// All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
+// All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64), except that the
+// GEMM operands of bf16/fp16 gates (x patches, g, d pre, theta and phi) stay in that type where
+// MKL multiplies it (float32 accumulation; tile_gemm_half_products in tile_gemm.h).
 namespace {
 
 // Linear resampling along one axis with F.interpolate(align_corners=False) semantics
@@ -125,15 +127,16 @@ struct Tables {
       : gz(G.Dg, G.Dc), gy(G.Hg, G.Hc), gx(G.Wg, G.Wc), az(G.Dc, G.D), ay(G.Hc, G.H), ax(G.Wc, G.W) {}
 };
 
-// Model parameters of every gate converted to acc_t once, stacked gate after gate.
-template <typename acc_t>
+// Model parameters of every gate converted once, stacked gate after gate: the GEMM weights to
+// prod_t (the type the tile products read, tile_gemm_kernel.h), the rest to acc_t.
+template <typename acc_t, typename prod_t>
 struct Params {
-  at::Tensor theta, phi;  // (Gn * Ci, K), (Gn * Ci, Cg) contiguous acc_t
+  at::Tensor theta, phi;  // (Gn * Ci, K), (Gn * Ci, Cg) contiguous prod_t
   std::vector<acc_t> phi_bias, psi, psi_bias;  // (Gn * Ci), (Gn * Ci), (Gn)
   Params(const at::Tensor& tw, const at::Tensor& pw, const at::Tensor& pb, const at::Tensor& sw,
          const at::Tensor& sb, const Geometry& G) {
-    theta = tw.reshape({G.CiT(), G.K()}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    phi = pw.reshape({G.CiT(), G.Cg}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    theta = tw.reshape({G.CiT(), G.K()}).to(c10::CppTypeToScalarType<prod_t>::value).contiguous();
+    phi = pw.reshape({G.CiT(), G.Cg}).to(c10::CppTypeToScalarType<prod_t>::value).contiguous();
     auto to_vec = [](const at::Tensor& t) {
       at::Tensor c = t.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
       return std::vector<acc_t>(c.data_ptr<acc_t>(), c.data_ptr<acc_t>() + c.numel());
@@ -154,17 +157,22 @@ struct Segment {
   int64_t z, y, x;  // fine coordinates of the first patch's corner
 };
 
-// Tile-local work buffers (one set per parallel chunk).
-template <typename acc_t>
+// Tile-local work buffers (one set per parallel chunk): the GEMM operands x patches, g and
+// d pre (backward; only when prod_t is not acc_t, else d pre stays in pre) as prod_t.
+template <typename acc_t, typename prod_t>
 struct Tile {
-  std::vector<acc_t> patch, gbuf, pre, q;
+  static constexpr bool kConverts = !std::is_same_v<acc_t, prod_t>;
+  std::vector<prod_t> patch, gbuf, dpre;
+  std::vector<acc_t> pre, q, row;  // row: one resampled g row before its conversion to prod_t
   std::vector<Segment> segments;
-  Tile(const Geometry& G, int64_t T) : patch(G.K() * T), gbuf(G.Cg * T), pre(G.CiT() * T), q(G.Gn * T) {}
+  Tile(const Geometry& G, int64_t T)
+      : patch(G.K() * T), gbuf(G.Cg * T), dpre(kConverts ? G.CiT() * T : 0), pre(G.CiT() * T), q(G.Gn * T),
+        row(kConverts ? T : 0) {}
 };
 
 // Splits coarse pixels [p0, p0 + P) into runs along coarse rows (t.segments).
-template <typename acc_t>
-void tile_segments(const Geometry& G, int64_t p0, int64_t P, Tile<acc_t>& t) {
+template <typename acc_t, typename prod_t>
+void tile_segments(const Geometry& G, int64_t p0, int64_t P, Tile<acc_t, prod_t>& t) {
   const int64_t HW = G.H * G.W;
   t.segments.clear();
   for (int64_t p = 0; p < P;) {
@@ -187,50 +195,40 @@ void for_patch_rows(const Geometry& G, Fn&& fn) {
       for (int64_t dy = 0; dy < G.s; ++dy, k += G.s) fn(k, c * G.N() + dz * HW + dy * G.W);
 }
 
-// Fills tile.patch (K, P) with the x patches of coarse pixels [p0, p0 + P) of one batch item
-// (call tile_segments first). Reads each x row once, de-interleaving the s columns.
-template <typename scalar_t, typename acc_t>
-void gather_patches(const Geometry& G, const scalar_t* xb, int64_t P, Tile<acc_t>& t) {
-  const int64_t s = G.s;
-  for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
-    acc_t* rows = t.patch.data() + k * P;
-    for (const Segment& seg : t.segments) {
-      const scalar_t* src = xb + plane_off + seg.origin;
-      acc_t* r0 = rows + seg.p;
-      if (s == 2) {
-        acc_t* r1 = r0 + P;
-        for (int64_t j = 0; j < seg.len; ++j) {
-          r0[j] = static_cast<acc_t>(src[2 * j]);
-          r1[j] = static_cast<acc_t>(src[2 * j + 1]);
-        }
-      } else {
-        for (int64_t dx = 0; dx < s; ++dx)
-          for (int64_t j = 0; j < seg.len; ++j) r0[dx * P + j] = static_cast<acc_t>(src[s * j + dx]);
-      }
+// r0[j] = src[2 j], r1[j] = src[2 j + 1] for j < n, as dst_t. A copy of 16-bit values goes through
+// their bit patterns: the compiler vectorises that, not a loop over c10::BFloat16 / c10::Half.
+template <typename src_t, typename dst_t>
+void deinterleave2(const src_t* src, dst_t* r0, dst_t* r1, int64_t n) {
+  if constexpr (std::is_same_v<src_t, dst_t> && sizeof(src_t) == 2) {
+    const auto* in = reinterpret_cast<const uint16_t*>(src);
+    auto *o0 = reinterpret_cast<uint16_t*>(r0), *o1 = reinterpret_cast<uint16_t*>(r1);
+    for (int64_t j = 0; j < n; ++j) {
+      o0[j] = in[2 * j];
+      o1[j] = in[2 * j + 1];
     }
-  });
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      r0[j] = static_cast<dst_t>(src[2 * j]);
+      r1[j] = static_cast<dst_t>(src[2 * j + 1]);
+    }
+  }
 }
 
-// Writes patch gradients (K, P) into grad_x at the patch positions (each x element belongs
-// to at most one patch, so tiles never collide). Uses the segments of gather_patches.
-template <typename scalar_t, typename acc_t>
-void scatter_patches(const Geometry& G, const acc_t* gpatch, int64_t P, const Tile<acc_t>& t,
-                     scalar_t* gxb) {
+// Fills tile.patch (K, P) with the x patches of coarse pixels [p0, p0 + P) of one batch item
+// (call tile_segments first). Reads each x row once, de-interleaving the s columns.
+template <typename scalar_t, typename acc_t, typename prod_t>
+void gather_patches(const Geometry& G, const scalar_t* xb, int64_t P, Tile<acc_t, prod_t>& t) {
   const int64_t s = G.s;
   for_patch_rows(G, [&](int64_t k, int64_t plane_off) {
-    const acc_t* rows = gpatch + k * P;
+    prod_t* rows = t.patch.data() + k * P;
     for (const Segment& seg : t.segments) {
-      scalar_t* dst = gxb + plane_off + seg.origin;
-      const acc_t* r0 = rows + seg.p;
+      const scalar_t* src = xb + plane_off + seg.origin;
+      prod_t* r0 = rows + seg.p;
       if (s == 2) {
-        const acc_t* r1 = r0 + P;
-        for (int64_t j = 0; j < seg.len; ++j) {
-          dst[2 * j] = static_cast<scalar_t>(r0[j]);
-          dst[2 * j + 1] = static_cast<scalar_t>(r1[j]);
-        }
+        deinterleave2(src, r0, r0 + P, seg.len);
       } else {
         for (int64_t dx = 0; dx < s; ++dx)
-          for (int64_t j = 0; j < seg.len; ++j) dst[s * j + dx] = static_cast<scalar_t>(r0[dx * P + j]);
+          for (int64_t j = 0; j < seg.len; ++j) r0[dx * P + j] = static_cast<prod_t>(src[s * j + dx]);
       }
     }
   });
@@ -256,15 +254,19 @@ int g_corners(const Geometry& G, const Tables<acc_t>& T, int64_t n, int64_t* off
 }
 
 // Fills tile.gbuf (Cg, P) with g resampled to coarse pixels [p0, p0 + P).
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename prod_t>
 void gather_gating(const Geometry& G, const Tables<acc_t>& T, const scalar_t* gb, int64_t p0,
-                   int64_t P, Tile<acc_t>& t, std::vector<int64_t>& offs, std::vector<acc_t>& ws) {
+                   int64_t P, Tile<acc_t, prod_t>& t, std::vector<int64_t>& offs, std::vector<acc_t>& ws) {
   const int64_t Ng = G.Ng();
   if (G.g_same()) {
     for (int64_t c = 0; c < G.Cg; ++c) {
       const scalar_t* src = gb + c * Ng + p0;
-      acc_t* row = t.gbuf.data() + c * P;
-      for (int64_t p = 0; p < P; ++p) row[p] = static_cast<acc_t>(src[p]);
+      prod_t* row = t.gbuf.data() + c * P;
+      if constexpr (std::is_same_v<scalar_t, prod_t>) {
+        std::copy(src, src + P, row);
+      } else {
+        at::vec::convert(src, row, P);
+      }
     }
     return;
   }
@@ -272,28 +274,31 @@ void gather_gating(const Geometry& G, const Tables<acc_t>& T, const scalar_t* gb
   for (int64_t p = 0; p < P; ++p) m = g_corners(G, T, p0 + p, &offs[8 * p], &ws[8 * p]);
   for (int64_t c = 0; c < G.Cg; ++c) {
     const scalar_t* src = gb + c * Ng;
-    acc_t* row = t.gbuf.data() + c * P;
+    prod_t* row = t.gbuf.data() + c * P;
+    acc_t* out = nullptr;
+    if constexpr (Tile<acc_t, prod_t>::kConverts) out = t.row.data(); else out = row;
     for (int64_t p = 0; p < P; ++p) {
       acc_t v = 0;
       for (int j = 0; j < m; ++j) v += ws[8 * p + j] * static_cast<acc_t>(src[offs[8 * p + j]]);
-      row[p] = v;
+      out[p] = v;
     }
+    if constexpr (Tile<acc_t, prod_t>::kConverts) at::vec::convert(out, row, P);
   }
 }
 
 // pre (Gn * Ci, P) = W_theta @ patch + W_phi @ gbuf (bias added by the caller), by BLAS.
-template <typename acc_t>
-void tile_preactivation(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& t, int64_t P) {
-  tile_gemm(false, false, G.CiT(), P, G.K(), W.theta.template data_ptr<acc_t>(), G.K(), t.patch.data(), P,
+template <typename acc_t, typename prod_t>
+void tile_preactivation(const Geometry& G, const Params<acc_t, prod_t>& W, Tile<acc_t, prod_t>& t, int64_t P) {
+  tile_gemm(false, false, G.CiT(), P, G.K(), W.theta.template data_ptr<prod_t>(), G.K(), t.patch.data(), P,
             acc_t(0), t.pre.data(), P);
-  tile_gemm(false, false, G.CiT(), P, G.Cg, W.phi.template data_ptr<acc_t>(), G.Cg, t.gbuf.data(), P, acc_t(1),
+  tile_gemm(false, false, G.CiT(), P, G.Cg, W.phi.template data_ptr<prod_t>(), G.Cg, t.gbuf.data(), P, acc_t(1),
             t.pre.data(), P);
 }
 
 // Loads coarse pixels [p0, p0 + P) of sample b into the tile: segments, x patches, g.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename prod_t>
 void load_tile(const Geometry& G, const Tables<acc_t>& T, const scalar_t* x, const scalar_t* g, int64_t b,
-               int64_t p0, int64_t P, Tile<acc_t>& t, std::vector<int64_t>& offs, std::vector<acc_t>& ws) {
+               int64_t p0, int64_t P, Tile<acc_t, prod_t>& t, std::vector<int64_t>& offs, std::vector<acc_t>& ws) {
   tile_segments(G, p0, P, t);
   gather_patches(G, x + b * G.Cx * G.N(), P, t);
   gather_gating(G, T, g + b * G.Cg * G.Ng(), p0, P, t, offs, ws);
@@ -301,8 +306,8 @@ void load_tile(const Geometry& G, const Tables<acc_t>& T, const scalar_t* x, con
 
 // q[k * P + p] = psi_k . relu(pre_k[:, p] + b_phi_k) + b_psi_k for gate k; turns t.pre into
 // h = relu(pre + b_phi).
-template <typename acc_t>
-void tile_psi(const Geometry& G, const Params<acc_t>& W, Tile<acc_t>& t, int64_t P) {
+template <typename acc_t, typename prod_t>
+void tile_psi(const Geometry& G, const Params<acc_t, prod_t>& W, Tile<acc_t, prod_t>& t, int64_t P) {
   for (int64_t k = 0; k < G.Gn; ++k) {
     acc_t* q = t.q.data() + k * P;
     std::fill(q, q + P, W.psi_bias[k]);
@@ -382,12 +387,12 @@ void for_edge_spans(const Geometry& G, int64_t r0, int64_t r1, Fn&& fn) {
 }
 
 // Coarse attention a (Gn, B, Nc) = sigmoid(q)^f, tile by tile (forward pass 1).
-template <typename scalar_t, typename acc_t>
-void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<acc_t>& W,
+template <typename scalar_t, typename acc_t, typename prod_t>
+void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<acc_t, prod_t>& W,
                       const scalar_t* x, const scalar_t* g, double focal, acc_t* a) {
   const int64_t TL = G.tile(), Nc = G.Nc(), tiles = (Nc + TL - 1) / TL;
   at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
-    Tile<acc_t> t(G, TL);
+    Tile<acc_t, prod_t> t(G, TL);
     std::vector<int64_t> offs(8 * TL);
     std::vector<acc_t> ws(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
@@ -404,7 +409,7 @@ void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<ac
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename prod_t>
 std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& g,
                                                 const at::Tensor& tw, const at::Tensor& pw,
                                                 const at::Tensor& pb, const at::Tensor& sw,
@@ -413,9 +418,9 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry G = make_geometry(x, g, tw, pw, subsample, gates);
   const Tables<acc_t> T(G);
-  const Params<acc_t> W(tw, pw, pb, sw, sb, G);
+  const Params<acc_t, prod_t> W(tw, pw, pb, sw, sb, G);
   std::vector<acc_t> a(G.Gn * G.B * G.Nc());
-  coarse_attention<scalar_t, acc_t>(G, T, W, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+  coarse_attention<scalar_t, acc_t, prod_t>(G, T, W, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
                                     focal, a.data());
 
   std::vector<int64_t> alpha_sizes = x.sizes().vec(), y_sizes = x.sizes().vec();
@@ -470,7 +475,7 @@ void for_area_rows(const Geometry& G, Fn&& fn) {
     for (int64_t dy = 0; dy < G.s; ++dy) fn((dz * G.s + dy) * G.s, dz, dy);
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename prod_t>
 std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& galpha,
                                       const at::Tensor& x, const at::Tensor& g,
                                       const at::Tensor& tw, const at::Tensor& pw,
@@ -480,7 +485,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry G = make_geometry(x, g, tw, pw, subsample, gates);
   const Tables<acc_t> T(G);
-  const Params<acc_t> W(tw, pw, pb, sw, sb, G);
+  const Params<acc_t, prod_t> W(tw, pw, pb, sw, sb, G);
   const int64_t N = G.N(), Nc = G.Nc(), Ng = G.Ng(), K = G.K(), s = G.s, Gn = G.Gn, CiT = G.CiT();
   const int64_t HW = G.H * G.W, area = G.sd * s * s, rows = G.B * G.D * G.H;
   const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -507,7 +512,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t>& da = da_slots[at::get_thread_num()];
     if (da.empty()) da.assign(Gn * G.B * Nc, acc_t(0));
-    Tile<acc_t> t(G, TL);
+    Tile<acc_t, prod_t> t(G, TL);
     std::vector<acc_t> dal(area * TL), tmp(G.Wc), ws(8 * TL);
     std::vector<int64_t> offs(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
@@ -592,7 +597,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   for (int i = 0; i < nthreads; ++i) slots.emplace_back(G);
   at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
     WeightGrads<acc_t>& acc = slots[at::get_thread_num()];
-    Tile<acc_t> t(G, TL);
+    Tile<acc_t, prod_t> t(G, TL);
     std::vector<acc_t> gpatch(K * TL), ggate(G.Cg * TL), ws(8 * TL), alpha(Gn * area * TL),
         tmp(G.Wc), run(s * TL);
     std::vector<int64_t> offs(8 * TL);
@@ -621,8 +626,14 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
         acc.psi[ci] += dpsi;
         acc.phi_bias[ci] += dbias;
       }
-      const acc_t *dpre = t.pre.data(), *theta = W.theta.template data_ptr<acc_t>(),
-                  *phi = W.phi.template data_ptr<acc_t>();
+      const prod_t* dpre;
+      if constexpr (!Tile<acc_t, prod_t>::kConverts) {
+        dpre = t.pre.data();
+      } else {  // d pre as the products' type
+        at::vec::convert(t.pre.data(), t.dpre.data(), CiT * P);
+        dpre = t.dpre.data();
+      }
+      const prod_t *theta = W.theta.template data_ptr<prod_t>(), *phi = W.phi.template data_ptr<prod_t>();
       tile_gemm(false, true, CiT, K, P, dpre, P, t.patch.data(), P, acc_t(1), acc.theta.template data_ptr<acc_t>(), K);
       tile_gemm(false, true, CiT, G.Cg, P, dpre, P, t.gbuf.data(), P, acc_t(1), acc.phi.template data_ptr<acc_t>(),
                 G.Cg);
@@ -742,6 +753,10 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
 
 }  // namespace
 
+// The smallest inner dimension of the gates' tile products (x patch rows, g's channels, the
+// stacked gates' inter channels; the others run over pixels).
+inline int64_t gate_product_inner(const Geometry& G) { return std::min({G.K(), G.Cg, G.CiT()}); }
+
 std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor& x, const at::Tensor& g,
                                                           const at::Tensor& theta_weight,
                                                           const at::Tensor& phi_weight, const at::Tensor& phi_bias,
@@ -750,8 +765,11 @@ std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor& x, c
                                                           bool write_y) {
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_cpu", [&] {
-    out = forward_impl<scalar_t>(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal,
-                                 gates, write_y);
+    const int64_t inner = gate_product_inner(make_geometry(x, g, theta_weight, phi_weight, subsample, gates));
+    with_product_type<scalar_t>(inner, [&](auto p) {
+      out = forward_impl<scalar_t, decltype(p)>(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                                                subsample, focal, gates, write_y);
+    });
   });
   return out;
 }
@@ -764,8 +782,11 @@ std::vector<at::Tensor> attention_gate_backward(const at::Tensor& grad_y, const 
                                                 int64_t gates, const at::Tensor& grad_x_in) {
   std::vector<at::Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_backward_cpu", [&] {
-    r = backward_impl<scalar_t>(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                                subsample, focal, gates, grad_x_in);
+    const int64_t inner = gate_product_inner(make_geometry(x, g, theta_weight, phi_weight, subsample, gates));
+    with_product_type<scalar_t>(inner, [&](auto p) {
+      r = backward_impl<scalar_t, decltype(p)>(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias,
+                                               psi_weight, psi_bias, subsample, focal, gates, grad_x_in);
+    });
   });
   return r;
 }

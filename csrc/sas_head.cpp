@@ -7,23 +7,14 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <tuple>
 #include <vector>
 
 #include "cpu_variant.h"
 #include "output_pool.h"
 #include "sas_head.h"
-#include "tile_gemm.h"
 
 namespace unimri {
-
-bool tile_gemm_uses_blas() {
-  if (sgemm_ == nullptr || dgemm_ == nullptr) return false;
-  const char* env = std::getenv("UNIMRI_TILE_GEMM");
-  return env == nullptr || std::strcmp(env, "aten") != 0;
-}
 
 namespace {
 
@@ -123,11 +114,6 @@ TORCH_LIBRARY_IMPL(unimri, CPU, m) {
   m.impl("sas_head_apply_cpu", &sas_head_apply_cpu);
   m.impl("sas_head_weight_grad_cpu", &sas_head_weight_grad_cpu);
   m.impl("sas_head_input_grad_cpu", &sas_head_input_grad_cpu);
-}
-
-TORCH_LIBRARY_FRAGMENT(unimri, m) {
-  // Whether the head's tile products call the BLAS directly (else at::mm; csrc/tile_gemm.h).
-  m.def("tile_gemm_uses_blas() -> bool", [] { return unimri::tile_gemm_uses_blas(); });
 }
 
 }  // namespace unimri

@@ -34,4 +34,35 @@ void tile_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, cons
   }
 }
 
+// The same product of bf16 or fp16 operands into float32 C, by MKL's mixed-precision GEMM; only
+// where tile_gemm_half_products(dtype) (kernels choose float32 tiles otherwise).
+template <typename half_t, std::enable_if_t<c10::is_reduced_floating_point_v<half_t>, int> = 0>
+void tile_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const half_t* A, int64_t lda,
+               const half_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const float one = 1;
+  const auto* a = reinterpret_cast<const uint16_t*>(B);
+  const auto* b = reinterpret_cast<const uint16_t*>(A);
+  if constexpr (std::is_same_v<half_t, c10::BFloat16>) {
+    gemm_bf16bf16f32_(&ta, &tb, &m, &n, &k, &one, a, &la, b, &lb, &beta, C, &lc);
+  } else {
+    gemm_f16f16f32_(&ta, &tb, &m, &n, &k, &one, a, &la, b, &lb, &beta, C, &lc);
+  }
+}
+
+// Calls fn(prod_t{}) with the type the tile products of a scalar_t op read: scalar_t for
+// bf16/fp16 where the BLAS multiplies them and they pay for products whose smallest inner
+// dimension is min_inner (tile_gemm_half_products, tile_gemm.h), else the compute type.
+template <typename scalar_t, typename Fn>
+void with_product_type(int64_t min_inner, Fn&& fn) {
+  if constexpr (c10::is_reduced_floating_point_v<scalar_t>) {
+    const HalfProducts half = tile_gemm_half_products(c10::CppTypeToScalarType<scalar_t>::value);
+    if (half == HalfProducts::kAlways || (half == HalfProducts::kWherePaying && min_inner >= kHalfProductMinInner))
+      return fn(scalar_t{});
+  }
+  fn(at::opmath_type<scalar_t>{});
+}
+
 }  // namespace

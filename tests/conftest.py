@@ -41,6 +41,34 @@ def variant(request, monkeypatch):
         yield request.param
 
 
+@pytest.fixture
+def tile_products(request, monkeypatch):
+    """UNIMRI_TILE_GEMM for the CPU kernels' tile products, named by the indirect parameter:
+    "auto" (the default rule: bf16/fp16 tiles multiplied in their own type where the CPU has AMX
+    for it and the product's inner dimensions are >= 32) or "half" (in their own type wherever
+    the BLAS has the mixed-precision GEMM: every kernel pass on any shape)."""
+    monkeypatch.setenv("UNIMRI_TILE_GEMM", request.param)
+    yield request.param
+
+
+def require_half_products(dtype: torch.dtype) -> None:
+    """Skips where the BLAS has no mixed-precision GEMM for ``dtype`` (then the kernels only
+    ever multiply float32 tiles, which the other tests cover)."""
+    import unimri_kernels._C  # noqa: F401  (registers the op)
+
+    before = os.environ.get("UNIMRI_TILE_GEMM")
+    os.environ["UNIMRI_TILE_GEMM"] = "half"
+    try:
+        present = torch.ops.unimri.tile_gemm_half_products(dtype) == "always"
+    finally:
+        if before is None:
+            del os.environ["UNIMRI_TILE_GEMM"]
+        else:
+            os.environ["UNIMRI_TILE_GEMM"] = before
+    if not present:
+        pytest.skip(f"this BLAS has no mixed-precision GEMM for {dtype}")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

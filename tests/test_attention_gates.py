@@ -1,6 +1,7 @@
 """``unimri::attention_gates`` (several gates on the same (x, g), one CPU kernel) against its
 float64 reference: hypothesis on random shapes and gate counts, fixed edge cases, gradcheck,
-opcheck, torch.compile(fullgraph=True), low precision and bad input."""
+opcheck, torch.compile(fullgraph=True), low precision (also with bf16/fp16 tile products and
+the rule choosing them) and bad input."""
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import require_half_products
 from test_attention_gate import CPU_BACKENDS, FIXED, HAS_CPP, Case, cases
-from unimri_kernels.dispatch import use_backend
+from unimri_kernels.dispatch import cpu_variants, use_backend
 from unimri_kernels.ops.attention_gates import attention_gates
 from unimri_kernels.reference.attention_gates import attention_gates_reference
 
@@ -94,14 +96,56 @@ def test_gates_are_independent_single_gates():
 def test_low_precision_against_float64(dtype, tol):
     """fp32 accumulation: errors stay within the input rounding (relative to the max), as
     for the single gate."""
-    case = Case(2, 16, 8, 8, (21, 19), (6, 5), 2, 1.5)
     with use_backend("cpp"):
-        got, cot = results(attention_gates, case, 2, dtype)
+        assert_within_rounding(Case(2, 16, 8, 8, (21, 19), (6, 5), 2, 1.5), dtype, tol)
+
+
+def assert_within_rounding(case: Case, dtype: torch.dtype, tol: float) -> None:
+    """Two gates of ``case`` in ``dtype`` (current backend) against the float64 reference: every
+    output and gradient within ``tol`` of the largest reference value."""
+    got, cot = results(attention_gates, case, 2, dtype)
     want, _ = results(attention_gates_reference, case, 2, torch.float64, cot)
     for name, a, b in zip(NAMES, got, want):
         assert a.dtype == dtype
         err = (a.double() - b).abs().max().item()
-        assert err <= tol * (b.abs().max().item() + 1e-3), f"{name}: max error {err} ({dtype})"
+        assert err <= tol * (b.abs().max().item() + 1e-3), f"{name}: max error {err} ({dtype}, {case})"
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("variant", cpu_variants() if HAS_CPP else [], indirect=True)
+@pytest.mark.parametrize("tile_products", ["half"], indirect=True)
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 6e-2)], ids=str)
+def test_half_tile_products_against_float64(variant, tile_products, dtype, tol):
+    """bf16/fp16 tile products (x patches, g, d pre and the weights in their own type, float32
+    accumulation), forced on every shape: within the same tolerance of the float64 reference,
+    g on its own grid (resampled in the tile) and on the coarse grid (copied)."""
+    require_half_products(dtype)
+    for case in (Case(2, 16, 8, 8, (21, 19), (6, 5), 2, 1.5), Case(1, 8, 6, 4, (12, 10), (6, 5), 2, 1.0)):
+        assert_within_rounding(case, dtype, tol)
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("cx,ci", [(16, 8), (32, 16)])
+def test_default_tile_products_follow_the_rule(monkeypatch, cx, ci):
+    """By default bf16 gates multiply bf16 tiles where the CPU has AMX for bf16 and every inner
+    dimension (x patch rows, g channels, the gates' stacked inter channels) is >= 32, else
+    float32 tiles; the two differ by bf16 rounding only."""
+    require_half_products(torch.bfloat16)
+    monkeypatch.delenv("UNIMRI_TILE_GEMM", raising=False)
+    paying = torch.ops.unimri.tile_gemm_half_products(torch.bfloat16) == "where_paying"
+    case = Case(2, cx, 2 * cx, ci, (16, 14), (8, 7), 2, 1.0)
+    runs = {}
+    with use_backend("cpp"):
+        for mode in ("auto", "half", "fp32"):
+            monkeypatch.setenv("UNIMRI_TILE_GEMM", mode)
+            runs[mode], cot = results(attention_gates, case, 2, torch.bfloat16, None if not runs else cot)
+    expected = "half" if paying and min(4 * cx, 2 * cx, 2 * ci) >= 32 else "fp32"
+    for name, a, b in zip(NAMES, runs["auto"], runs[expected]):
+        assert torch.equal(a, b), f"{name}: default differs from {expected} tiles"
+    assert not all(torch.equal(a, b) for a, b in zip(runs["half"], runs["fp32"])), "half and fp32 tiles agree"
+    for name, a, b in zip(NAMES, runs["half"], runs["fp32"]):
+        torch.testing.assert_close(a.double(), b.double(), rtol=5e-2, atol=5e-2 * b.abs().max().item(),
+                                   msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")

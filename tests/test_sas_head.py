@@ -1,7 +1,8 @@
 """``unimri::sas_head`` (the folded selective-attention head read from x and the gates' attention
 maps, never forming ``alpha_k * x`` on CPU) and ``unimri::attention_gates_alpha`` (the gates'
 attention maps alone) against their float64 references: hypothesis on random shapes, every CPU
-build, the BLAS and ATen tile products, low precision, gradcheck, opcheck, the reference
+build, the BLAS and ATen tile products, bf16/fp16 tile products and the rule choosing them,
+low precision, gradcheck, opcheck, the reference
 backend, the eager route, torch.compile(fullgraph=True) of SelectiveAttention and bad input."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import require_half_products
 from unimri.nn import AttentionGate, SelectiveAttention
 from unimri_kernels.dispatch import available_backends, cpp_ops, cpu_variants, use_backend
 from unimri_kernels.ops.attention_gates import attention_gates, attention_gates_alpha
@@ -112,6 +114,62 @@ def test_aten_tile_products_match_blas(monkeypatch, shape):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, 6e-2), (torch.float16, 1e-2)])
 def test_low_precision_against_float64(variant, dtype, tol):
     _assert_matches((2, 6, 23, 19), 2, 6, dtype=dtype, tol=tol)
+
+
+@needs_cpp
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("tile_products", ["half"], indirect=True)
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 6e-2), (torch.float16, 1e-2)])
+def test_half_tile_products_against_float64(variant, tile_products, dtype, tol):
+    """bf16/fp16 tiles multiplied in their own type (MKL's mixed-precision GEMM, float32
+    accumulation) on every pass and shape: within the same tolerance of the float64 reference
+    as the float32 tile products, also over several tiles per sample."""
+    require_half_products(dtype)
+    _assert_matches((2, 6, 23, 19), 2, 6, dtype=dtype, tol=tol)
+    _assert_matches((2, 40, 70, 61), 2, 40, dtype=dtype, tol=tol)
+
+
+def _head_passes(x, alpha, out_channels):
+    """Every C++ pass of the head on fixed random matrices: moments, output, weight and input
+    gradients."""
+    gen = torch.Generator().manual_seed(5)
+    c, k = x.shape[1], alpha.shape[1]
+    mat = torch.randn(k, out_channels, c, generator=gen, dtype=F64)
+    bias = torch.randn(out_channels, generator=gen, dtype=F64)
+    grad_p = torch.randn(x.shape[0], out_channels, *x.shape[2:], generator=gen).to(x.dtype)
+    mats = (torch.randn(k, c, out_channels, generator=gen, dtype=F64),
+            torch.randn(k, c, c, generator=gen, dtype=F64) / c, torch.randn(k, c, generator=gen, dtype=F64))
+    ops = cpp_ops()
+    return {"moments": ops.sas_head_moments_cpu(x, alpha), "apply": (ops.sas_head_apply_cpu(x, alpha, mat, bias),),
+            "weight_grad": ops.sas_head_weight_grad_cpu(grad_p, x, alpha),
+            "input_grad": ops.sas_head_input_grad_cpu(grad_p, x, alpha, *mats)}
+
+
+@needs_cpp
+@pytest.mark.parametrize("channels", [16, 32])
+def test_default_tile_products_follow_the_rule(monkeypatch, channels):
+    """By default a bf16 pass multiplies bf16 tiles exactly where the rule says (AMX for bf16 on
+    this CPU, and every inner dimension of its products >= 32: the pixels for moments and
+    weight gradients, K * C for the output, C and C_out for the input gradients), else float32
+    tiles; the two differ by bf16 rounding only."""
+    require_half_products(torch.bfloat16)
+    monkeypatch.delenv("UNIMRI_TILE_GEMM", raising=False)
+    paying = torch.ops.unimri.tile_gemm_half_products(torch.bfloat16) == "where_paying"
+    ins = _inputs((2, channels, 12, 10), 2, channels, torch.bfloat16, requires_grad=False)
+    x, alpha = ins[0].detach(), ins[1].detach()
+    inner = {"moments": 120, "apply": 2 * channels, "weight_grad": 120, "input_grad": channels}
+    runs = {}
+    for mode in ("auto", "half", "fp32"):
+        monkeypatch.setenv("UNIMRI_TILE_GEMM", mode)
+        runs[mode] = _head_passes(x, alpha, channels)
+    for name, got in runs["auto"].items():
+        expected = "half" if paying and inner[name] >= 32 else "fp32"
+        for a, b in zip(got, runs[expected][name]):
+            assert torch.equal(a, b), f"{name}: default differs from {expected} tiles"
+        assert not all(torch.equal(a, b) for a, b in zip(runs["half"][name], runs["fp32"][name])), \
+            f"{name}: half and fp32 tiles gave identical results"
+        for a, b in zip(runs["half"][name], runs["fp32"][name]):
+            torch.testing.assert_close(a.double(), b.double(), rtol=3e-2, atol=3e-2 * b.abs().max().item())
 
 
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
