@@ -7,7 +7,8 @@
 // attention maps alpha (B, K, N). Per tile of pixels of one sample, x's rows and alpha's rows
 // are converted to acc_t and the tile's gated rows Y (K * C, T) formed in L2; every product of
 // the head is then one BLAS call on tile-local operands (tile_gemm_kernel.h), so the (K, B, C, N)
-// gated block is never written or read, nor its gradient. Reductions over pixels (moments,
+// gated block is never written or read, nor its gradient (the input-gradient pass needs no
+// gated rows at all: d_k y_k = alpha_k (d_k x), one product for every gate). Reductions over pixels (moments,
 // weight gradients) run in a fixed number of task groups, each accumulating its tiles in
 // order, and the groups are summed in float64 in order: the result does not depend on the
 // thread count.
@@ -25,10 +26,19 @@ int64_t sas_head_tile(int64_t bytes, int64_t N) {
 }
 
 // The rows a pass needs per tile beyond the head's own: `acc` rows of acc_t and `prod` rows of
-// prod_t (the type the tile products read).
+// prod_t (the type the tile products read); gated false: the tile's products read x rather
+// than the gated rows (then y holds x's rows as prod_t).
 struct ExtraRows {
   int64_t acc = 0, prod = 0;
+  bool gated = true;
 };
+
+// Rows of y in a tile: the gated rows (K * C), x's rows (C) where prod_t is not acc_t, or none
+// (y is x itself).
+template <typename acc_t, typename prod_t>
+int64_t y_rows(const SasHeadArgs& a, const ExtraRows& extra) {
+  return extra.gated ? a.K * a.C : (std::is_same_v<acc_t, prod_t> ? 0 : a.C);
+}
 
 // One tile of one sample: x's rows (C, T), alpha's rows (K, T) as acc_t (zero-padded to whole
 // vectors), the gated rows Y (K * C, T), y_k = alpha_k * x, as prod_t (scalar_t itself for
@@ -47,20 +57,24 @@ struct HeadBuffers {
   std::vector<prod_t> prod;
 
   void fit(const SasHeadArgs& a, const ExtraRows& extra, int64_t T, HeadTile<acc_t, prod_t>& t) {
+    const int64_t ys = y_rows<acc_t, prod_t>(a, extra);
     acc.resize((a.C + a.K + extra.acc) * T);
-    prod.resize((a.K * a.C + extra.prod) * T);
+    prod.resize((ys + extra.prod) * T);
     t.x = acc.data();
     t.alpha = t.x + a.C * T;
     t.acc = t.alpha + a.K * T;
     t.y = prod.data();
-    t.prod = t.y + a.K * a.C * T;
+    if constexpr (std::is_same_v<acc_t, prod_t>) {
+      if (!extra.gated) t.y = t.x;
+    }
+    t.prod = prod.data() + ys * T;
   }
 };
 
 template <typename acc_t, typename prod_t>
 int64_t head_tile_length(const SasHeadArgs& a, const ExtraRows& extra) {
   const int64_t bytes = static_cast<int64_t>(sizeof(acc_t)) * (a.C + a.K + extra.acc) +
-                        static_cast<int64_t>(sizeof(prod_t)) * (a.K * a.C + extra.prod);
+                        static_cast<int64_t>(sizeof(prod_t)) * (y_rows<acc_t, prod_t>(a, extra) + extra.prod);
   return sas_head_tile<acc_t>(bytes, a.N);
 }
 
@@ -81,8 +95,8 @@ void gated_row(const acc_t* alpha, const acc_t* x, int64_t nv, prod_t* y) {
 }
 
 template <typename scalar_t, typename acc_t, typename prod_t>
-void load_head_tile(const SasHeadArgs& a, const scalar_t* x, const scalar_t* alpha, int64_t task, int64_t tiles,
-                    int64_t T, HeadTile<acc_t, prod_t>& t) {
+void load_head_tile(const SasHeadArgs& a, const scalar_t* x, const scalar_t* alpha, bool gated, int64_t task,
+                    int64_t tiles, int64_t T, HeadTile<acc_t, prod_t>& t) {
   constexpr int64_t V = Vectorized<acc_t>::size();
   t.b = task / tiles;
   t.p0 = (task % tiles) * T;
@@ -90,8 +104,12 @@ void load_head_tile(const SasHeadArgs& a, const scalar_t* x, const scalar_t* alp
   t.nv = (t.n + V - 1) / V * V;
   for (int64_t c = 0; c < a.C; ++c) load_row(x + (t.b * a.C + c) * a.N + t.p0, t.x + c * T, t.n);
   for (int64_t k = 0; k < a.K; ++k) load_row(alpha + (t.b * a.K + k) * a.N + t.p0, t.alpha + k * T, t.n);
-  for (int64_t k = 0; k < a.K; ++k)
-    for (int64_t c = 0; c < a.C; ++c) gated_row(t.alpha + k * T, t.x + c * T, t.nv, t.y + (k * a.C + c) * T);
+  if (gated) {
+    for (int64_t k = 0; k < a.K; ++k)
+      for (int64_t c = 0; c < a.C; ++c) gated_row(t.alpha + k * T, t.x + c * T, t.nv, t.y + (k * a.C + c) * T);
+  } else if constexpr (!std::is_same_v<acc_t, prod_t>) {
+    for (int64_t c = 0; c < a.C; ++c) load_row(x + (t.b * a.C + c) * a.N + t.p0, t.y + c * T, t.n);
+  }
 }
 
 // Rows of one sample's (rows, N) block at the tile's pixels, as row_t (zero-padded to whole
@@ -160,7 +178,7 @@ std::vector<double> reduce_tiles(const SasHeadArgs& a, const scalar_t* x, const 
     thread_local HeadBuffers<acc_t, prod_t> buf;
     HeadTile<acc_t, prod_t> t;
     buf.fit(a, extra, T, t);
-    load_head_tile(a, x, alpha, task, tiles, T, t);
+    load_head_tile(a, x, alpha, extra.gated, task, tiles, T, t);
     fn(t, T, part.data() + g * size);
   });
   std::vector<double> total(size);
@@ -178,7 +196,7 @@ void for_each_tile(const SasHeadArgs& a, const scalar_t* x, const scalar_t* alph
     HeadTile<acc_t, prod_t> t;
     buf.fit(a, extra, T, t);
     for (int64_t task = t0; task < t1; ++task) {
-      load_head_tile(a, x, alpha, task, tiles, T, t);
+      load_head_tile(a, x, alpha, extra.gated, task, tiles, T, t);
       fn(t, T);
     }
   });
@@ -249,25 +267,26 @@ void sas_input_grad_impl(const SasHeadArgs& a, const scalar_t* gp, const scalar_
   constexpr int64_t V = Vec::size();
   const std::vector<prod_t> atm = as_vector<prod_t>(at_mat, a.K * a.C * a.Co), d = as_vector<prod_t>(d_mat, a.K * a.C * a.C);
   const std::vector<acc_t> e = as_vector<acc_t>(e_vec, a.K * a.C);
-  // extra rows: grad y of every gate (K * C), grad_x (C), grad_alpha (K); grad_p (Co) as prod_t
-  const ExtraRows extra{a.K * a.C + a.C + a.K, a.Co};
+  // extra rows: the two terms of grad y below for every gate (2 K C), grad_x (C), grad_alpha
+  // (K); grad_p (Co) as prod_t. The products read x, not the gated rows (d_k y_k = alpha_k d_k x).
+  const ExtraRows extra{2 * a.K * a.C + a.C + a.K, a.Co, false};
   for_each_tile<scalar_t, prod_t>(a, x, alpha, extra, [&](const HeadTile<acc_t, prod_t>& t, int64_t T) {
-    acc_t *gy = t.acc, *gx = gy + a.K * a.C * T, *ga = gx + a.C * T;
+    acc_t *gy = t.acc, *dx = gy + a.K * a.C * T, *gx = dx + a.K * a.C * T, *ga = gx + a.C * T;
     prod_t* gt = t.prod;
     load_rows(gp + t.b * a.Co * a.N, a.Co, a.N, t, T, gt);
-    // grad y_k (C, T) = at_k grad_p + d_k y_k (+ e_k below), all gates' first terms at once
+    // grad y_k (C, T) = at_k grad_p + alpha_k d_k x + e_k; the products of all gates at once:
+    // gy = at grad_p (K C, T), dx = d x (K C, T) with d (K C, C)
     tile_gemm(false, false, a.K * a.C, t.nv, a.Co, atm.data(), a.Co, gt, T, acc_t(0), gy, T);
-    for (int64_t k = 0; k < a.K; ++k)
-      tile_gemm(false, false, a.C, t.nv, a.C, d.data() + k * a.C * a.C, a.C, t.y + k * a.C * T, T, acc_t(1),
-                gy + k * a.C * T, T);
+    tile_gemm(false, false, a.K * a.C, t.nv, a.C, d.data(), a.C, t.y, T, acc_t(0), dx, T);
     for (int64_t k = 0; k < a.K; ++k) {
       acc_t* gak = ga + k * T;
       for (int64_t c = 0; c < a.C; ++c) {
-        const acc_t *gyr = gy + (k * a.C + c) * T, *xr = t.x + c * T, *ar = t.alpha + k * T;
+        const acc_t *gyr = gy + (k * a.C + c) * T, *dxr = dx + (k * a.C + c) * T, *xr = t.x + c * T,
+                    *ar = t.alpha + k * T;
         acc_t* gxr = gx + c * T;
         const Vec ek(e[k * a.C + c]);
         for (int64_t j = 0; j < t.nv; j += V) {
-          const Vec g = Vec::loadu(gyr + j) + ek;
+          const Vec g = at::vec::fmadd(Vec::loadu(ar + j), Vec::loadu(dxr + j), Vec::loadu(gyr + j) + ek);
           const Vec gprev = k == 0 ? Vec(0) : Vec::loadu(gxr + j);
           const Vec aprev = c == 0 ? Vec(0) : Vec::loadu(gak + j);
           at::vec::fmadd(Vec::loadu(ar + j), g, gprev).store(gxr + j);
