@@ -24,11 +24,12 @@ void check_contiguous(std::initializer_list<const at::Tensor*> ts) {
 
 using ForwardKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                             const at::Tensor&, int64_t, double, int64_t, bool);
+                                                             const at::Tensor&, int64_t, double, int64_t, bool,
+                                                             GateSaved*);
 using BackwardKernel = std::vector<at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                   double, int64_t, const at::Tensor&);
+                                                   double, int64_t, const at::Tensor&, const GateSaved&);
 
 ForwardKernel forward_kernel() { return UNIMRI_KERNEL_FOR(cpu_variant(), attention_gate_forward); }
 
@@ -45,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> attention_gate_cpu(const at::Tensor& x, const
   check_contiguous({&x, &g});
   at::AutoDispatchBelowADInplaceOrView no_autograd;  // internal BLAS calls use out= buffers
   auto [y, alpha] = forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample,
-                                     focal, 1, true);
+                                     focal, 1, true, nullptr);
   return {y.view(x.sizes()), alpha};
 }
 
@@ -63,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> attention_gates_cpu(const at::Tensor& x, cons
   TORCH_CHECK(theta_weight.dim() == x.dim() + 1, "attention_gates_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
   at::AutoDispatchBelowADInplaceOrView no_autograd;
   return forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal,
-                          theta_weight.size(0), true);
+                          theta_weight.size(0), true, nullptr);
 }
 
 // The same gates, attention maps only: alpha (B, Gn, *S) (for the folded SAS head, which reads
@@ -76,7 +77,23 @@ at::Tensor attention_gates_alpha_cpu(const at::Tensor& x, const at::Tensor& g, c
   TORCH_CHECK(theta_weight.dim() == x.dim() + 1, "attention_gates_alpha_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
   at::AutoDispatchBelowADInplaceOrView no_autograd;
   return std::get<1>(forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample,
-                                      focal, theta_weight.size(0), false));
+                                      focal, theta_weight.size(0), false, nullptr));
+}
+
+// The same, also returning what the backward would recompute (GateSaved: h, coarse), for
+// attention_gates_alpha_backward_cpu's saved_h / saved_coarse.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_gates_alpha_saving_cpu(
+    const at::Tensor& x, const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,
+    const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,
+    double focal) {
+  check_contiguous({&x, &g});
+  TORCH_CHECK(theta_weight.dim() == x.dim() + 1,
+              "attention_gates_alpha_saving_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
+  at::AutoDispatchBelowADInplaceOrView no_autograd;
+  GateSaved saved;
+  at::Tensor alpha = std::get<1>(forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
+                                                  subsample, focal, theta_weight.size(0), false, &saved));
+  return {alpha, saved.h, saved.coarse};
 }
 
 using GateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -85,7 +102,7 @@ GateGrads gates_backward(const at::Tensor& grad_y, const at::Tensor& grad_alpha,
                          const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,
                          const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias,
                          int64_t subsample, double focal, int64_t gates,
-                         const at::Tensor& grad_x_in = at::Tensor()) {
+                         const at::Tensor& grad_x_in = at::Tensor(), const GateSaved& saved = {}) {
   check_contiguous({&grad_alpha, &x, &g});
   TORCH_CHECK(!grad_x_in.defined() || (grad_x_in.is_contiguous() && grad_x_in.sizes() == x.sizes()),
               "attention_gate_backward_cpu: grad_x_in must be a contiguous tensor shaped like x ", x.sizes(), ", got ",
@@ -98,7 +115,7 @@ GateGrads gates_backward(const at::Tensor& grad_y, const at::Tensor& grad_alpha,
   const at::Tensor gy = grad_y.defined() ? grad_y.to(x.scalar_type()) : grad_y, ga = grad_alpha.to(x.scalar_type());
   const at::Tensor gx_in = grad_x_in.defined() ? grad_x_in.to(x.scalar_type()) : grad_x_in;
   const std::vector<at::Tensor> r = backward_kernel()(gy, ga, x, g, theta_weight, phi_weight, phi_bias, psi_weight,
-                                                      psi_bias, subsample, focal, gates, gx_in);
+                                                      psi_bias, subsample, focal, gates, gx_in, saved);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
 }
 
@@ -129,11 +146,16 @@ GateGrads attention_gates_alpha_backward_cpu(const at::Tensor& grad_alpha, const
                                              const at::Tensor& theta_weight, const at::Tensor& phi_weight,
                                              const at::Tensor& phi_bias, const at::Tensor& psi_weight,
                                              const at::Tensor& psi_bias, int64_t subsample, double focal,
-                                             const std::optional<at::Tensor>& grad_x_in) {
+                                             const std::optional<at::Tensor>& grad_x_in,
+                                             const std::optional<at::Tensor>& saved_h,
+                                             const std::optional<at::Tensor>& saved_coarse) {
   TORCH_CHECK(theta_weight.dim() == x.dim() + 1,
               "attention_gates_alpha_backward_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
+  TORCH_CHECK(saved_h.has_value() == saved_coarse.has_value(),
+              "attention_gates_alpha_backward_cpu: saved_h and saved_coarse go together");
   return gates_backward(at::Tensor(), grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                        subsample, focal, theta_weight.size(0), grad_x_in.value_or(at::Tensor()));
+                        subsample, focal, theta_weight.size(0), grad_x_in.value_or(at::Tensor()),
+                        GateSaved{saved_h.value_or(at::Tensor()), saved_coarse.value_or(at::Tensor())});
 }
 
 }  // namespace
@@ -145,6 +167,7 @@ TORCH_LIBRARY_IMPL(unimri, CPU, m) {
   m.impl("attention_gates_backward_cpu", &attention_gates_backward_cpu);
   m.impl("attention_gates_alpha_cpu", &attention_gates_alpha_cpu);
   m.impl("attention_gates_alpha_backward_cpu", &attention_gates_alpha_backward_cpu);
+  m.impl("attention_gates_alpha_saving_cpu", &attention_gates_alpha_saving_cpu);
 }
 
 }  // namespace unimri

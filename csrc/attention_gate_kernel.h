@@ -386,10 +386,12 @@ void for_edge_spans(const Geometry& G, int64_t r0, int64_t r1, Fn&& fn) {
   }
 }
 
-// Coarse attention a (Gn, B, Nc) = sigmoid(q)^f, tile by tile (forward pass 1).
+// Coarse attention a (Gn, B, Nc) = sigmoid(q)^f, tile by tile (forward pass 1); where hs and sig
+// are given, also the tiles' h (B * tiles, Gn * Ci, TILE) and sigmoid(q) (Gn, B, Nc).
 template <typename scalar_t, typename acc_t, typename prod_t>
 void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<acc_t, prod_t>& W,
-                      const scalar_t* x, const scalar_t* g, double focal, acc_t* a) {
+                      const scalar_t* x, const scalar_t* g, double focal, acc_t* a, acc_t* hs = nullptr,
+                      acc_t* sig = nullptr) {
   const int64_t TL = G.tile(), Nc = G.Nc(), tiles = (Nc + TL - 1) / TL;
   at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
     Tile<acc_t, prod_t> t(G, TL);
@@ -400,10 +402,12 @@ void coarse_attention(const Geometry& G, const Tables<acc_t>& T, const Params<ac
       load_tile(G, T, x, g, b, p0, P, t, offs, ws);
       tile_preactivation(G, W, t, P);
       tile_psi(G, W, t, P);
+      if (hs) std::copy(t.pre.begin(), t.pre.begin() + G.CiT() * P, hs + job * G.CiT() * TL);
       for (int64_t k = 0; k < G.Gn; ++k)
         for (int64_t p = 0; p < P; ++p) {
           const acc_t sg = sigmoid(t.q[k * P + p]);
           a[(k * G.B + b) * Nc + p0 + p] = focal == 1.0 ? sg : std::pow(sg, static_cast<acc_t>(focal));
+          if (sig) sig[(k * G.B + b) * Nc + p0 + p] = sg;
         }
     }
   });
@@ -414,14 +418,27 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
                                                 const at::Tensor& tw, const at::Tensor& pw,
                                                 const at::Tensor& pb, const at::Tensor& sw,
                                                 const at::Tensor& sb, int64_t subsample,
-                                                double focal, int64_t gates, bool write_y) {
+                                                double focal, int64_t gates, bool write_y, GateSaved* save) {
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry G = make_geometry(x, g, tw, pw, subsample, gates);
   const Tables<acc_t> T(G);
   const Params<acc_t, prod_t> W(tw, pw, pb, sw, sb, G);
-  std::vector<acc_t> a(G.Gn * G.B * G.Nc());
-  coarse_attention<scalar_t, acc_t, prod_t>(G, T, W, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                    focal, a.data());
+  const int64_t coarse_size = G.Gn * G.B * G.Nc();
+  std::vector<acc_t> a_local;
+  acc_t *a = nullptr, *hs = nullptr, *sig = nullptr;
+  if (save) {  // a and sigmoid(q) into save->coarse, h into save->h
+    const int64_t tiles = (G.Nc() + G.tile() - 1) / G.tile();
+    save->h = pooled_empty({G.B * tiles * G.CiT() * G.tile()}, acc_options<acc_t>());
+    save->coarse = at::empty({2, G.Gn, G.B, G.Nc()}, acc_options<acc_t>());
+    a = save->coarse.template data_ptr<acc_t>();
+    sig = a + coarse_size;
+    hs = save->h.template data_ptr<acc_t>();
+  } else {
+    a_local.resize(coarse_size);
+    a = a_local.data();
+  }
+  coarse_attention<scalar_t, acc_t, prod_t>(G, T, W, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), focal, a,
+                                            hs, sig);
 
   std::vector<int64_t> alpha_sizes = x.sizes().vec(), y_sizes = x.sizes().vec();
   alpha_sizes[1] = G.Gn;
@@ -438,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::T
       const int64_t b = r / (G.D * G.H), zy = r % (G.D * G.H), z = zy / G.H, yy = zy % G.H;
       const int64_t base = zy * G.W;
       for (int64_t k = 0; k < G.Gn; ++k) {
-        alpha_span(G, T, a.data() + (k * G.B + b) * G.Nc(), z, yy, 0, G.W, tmp.data(), arow.data());
+        alpha_span(G, T, a + (k * G.B + b) * G.Nc(), z, yy, 0, G.W, tmp.data(), arow.data());
         scalar_t* arow_out = ap + (b * G.Gn + k) * N + base;
         for (int64_t i = 0; i < G.W; ++i) arow_out[i] = static_cast<scalar_t>(arow[i]);
         if (!yp) continue;
@@ -481,7 +498,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
                                       const at::Tensor& tw, const at::Tensor& pw,
                                       const at::Tensor& pb, const at::Tensor& sw,
                                       const at::Tensor& sb, int64_t subsample, double focal,
-                                      int64_t gates, const at::Tensor& gx_in) {
+                                      int64_t gates, const at::Tensor& gx_in, const GateSaved& saved) {
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry G = make_geometry(x, g, tw, pw, subsample, gates);
   const Tables<acc_t> T(G);
@@ -505,9 +522,18 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
   // Pass A, per tile: the forward (h = relu(pre + b_phi) kept for pass B, sigmoid and a) and,
   // per gate, d alpha = grad_alpha + sum_c grad_y * x on the tile's patch pixels, whose
   // resampling adjoint is added into a per-thread d a (Gn, B, Nc) (tiles share coarse neighbours).
-  at::Tensor h_store = pooled_empty({G.B * tiles * CiT * TL}, acc_options<acc_t>());
+  // From the forward where saved (then pass A only gathers d alpha), else recomputed below.
+  const bool reuse = saved.h.defined();
+  if (reuse)
+    TORCH_CHECK(saved.h.scalar_type() == c10::CppTypeToScalarType<acc_t>::value && saved.h.is_contiguous() &&
+                    saved.h.numel() == G.B * tiles * CiT * TL && saved.coarse.scalar_type() == saved.h.scalar_type() &&
+                    saved.coarse.is_contiguous() && saved.coarse.numel() == 2 * Gn * G.B * Nc,
+                "attention_gates_alpha_backward_cpu: saved_h / saved_coarse do not match these inputs");
+  at::Tensor h_store = reuse ? saved.h : pooled_empty({G.B * tiles * CiT * TL}, acc_options<acc_t>());
   acc_t* hs = h_store.data_ptr<acc_t>();
-  std::vector<acc_t> a(Gn * G.B * Nc), sig(Gn * G.B * Nc);
+  std::vector<acc_t> a_local(reuse ? 0 : 2 * Gn * G.B * Nc);
+  acc_t* a = reuse ? saved.coarse.data_ptr<acc_t>() : a_local.data();
+  acc_t* sig = a + Gn * G.B * Nc;
   std::vector<std::vector<acc_t>> da_slots(nthreads);
   at::parallel_for(0, G.B * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t>& da = da_slots[at::get_thread_num()];
@@ -517,16 +543,20 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
     std::vector<int64_t> offs(8 * TL);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * TL, P = std::min(TL, Nc - p0);
-      load_tile(G, T, xp, gp, b, p0, P, t, offs, ws);
-      tile_preactivation(G, W, t, P);
-      tile_psi(G, W, t, P);
-      std::copy(t.pre.begin(), t.pre.begin() + CiT * P, hs + job * CiT * TL);
-      for (int64_t k = 0; k < Gn; ++k)
-        for (int64_t p = 0; p < P; ++p) {
-          const acc_t sg = sigmoid(t.q[k * P + p]);
-          sig[coarse(k, b) + p0 + p] = sg;
-          a[coarse(k, b) + p0 + p] = focal == 1.0 ? sg : std::pow(sg, f);
-        }
+      if (reuse) {
+        tile_segments(G, p0, P, t);
+      } else {
+        load_tile(G, T, xp, gp, b, p0, P, t, offs, ws);
+        tile_preactivation(G, W, t, P);
+        tile_psi(G, W, t, P);
+        std::copy(t.pre.begin(), t.pre.begin() + CiT * P, hs + job * CiT * TL);
+        for (int64_t k = 0; k < Gn; ++k)
+          for (int64_t p = 0; p < P; ++p) {
+            const acc_t sg = sigmoid(t.q[k * P + p]);
+            sig[coarse(k, b) + p0 + p] = sg;
+            a[coarse(k, b) + p0 + p] = focal == 1.0 ? sg : std::pow(sg, f);
+          }
+      }
       const scalar_t* xb = xp + b * G.Cx * N;
       for (int64_t k = 0; k < Gn; ++k) {
         // d alpha on the patch pixels in x's order: patch row (dz, dy) of the tile holds s * P
@@ -645,7 +675,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
       for (int64_t k = 0; gyp && k < Gn; ++k)
         for_area_rows(G, [&](int64_t r, int64_t dz, int64_t dy) {
           for (const Segment& seg : t.segments)
-            alpha_span(G, T, a.data() + coarse(k, b), seg.z + dz, seg.y + dy, seg.x,
+            alpha_span(G, T, a + coarse(k, b), seg.z + dz, seg.y + dy, seg.x,
                        seg.x + s * seg.len, tmp.data(), alpha.data() + (k * area + r) * P + s * seg.p);
         });
       scalar_t* gxb = gxp + b * G.Cx * N;
@@ -708,7 +738,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gy, const at::Tensor& ga
       const int64_t r0 = std::max(begin, b * DH) - b * DH, r1 = std::min(end, (b + 1) * DH) - b * DH;
       for_edge_spans(G, r0, r1, [&](int64_t z, int64_t y, int64_t x0, int64_t x1) {
         for (int64_t k = 0; k < Gn; ++k)
-          alpha_span(G, T, a.data() + coarse(k, b), z, y, x0, x1, tmp.data(), arows.data() + k * G.W);
+          alpha_span(G, T, a + coarse(k, b), z, y, x0, x1, tmp.data(), arows.data() + k * G.W);
         const int64_t base = (z * G.H + y) * G.W;
         for (int64_t c = 0; c < G.Cx; ++c) {
           const int64_t off = c * N + base;
@@ -762,13 +792,13 @@ std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor& x, c
                                                           const at::Tensor& phi_weight, const at::Tensor& phi_bias,
                                                           const at::Tensor& psi_weight, const at::Tensor& psi_bias,
                                                           int64_t subsample, double focal, int64_t gates,
-                                                          bool write_y) {
+                                                          bool write_y, GateSaved* save) {
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_cpu", [&] {
     const int64_t inner = gate_product_inner(make_geometry(x, g, theta_weight, phi_weight, subsample, gates));
     with_product_type<scalar_t>(inner, [&](auto p) {
       out = forward_impl<scalar_t, decltype(p)>(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                                                subsample, focal, gates, write_y);
+                                                subsample, focal, gates, write_y, save);
     });
   });
   return out;
@@ -779,13 +809,14 @@ std::vector<at::Tensor> attention_gate_backward(const at::Tensor& grad_y, const 
                                                 const at::Tensor& theta_weight, const at::Tensor& phi_weight,
                                                 const at::Tensor& phi_bias, const at::Tensor& psi_weight,
                                                 const at::Tensor& psi_bias, int64_t subsample, double focal,
-                                                int64_t gates, const at::Tensor& grad_x_in) {
+                                                int64_t gates, const at::Tensor& grad_x_in,
+                                                const GateSaved& saved) {
   std::vector<at::Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_backward_cpu", [&] {
     const int64_t inner = gate_product_inner(make_geometry(x, g, theta_weight, phi_weight, subsample, gates));
     with_product_type<scalar_t>(inner, [&](auto p) {
       r = backward_impl<scalar_t, decltype(p)>(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias,
-                                               psi_weight, psi_bias, subsample, focal, gates, grad_x_in);
+                                               psi_weight, psi_bias, subsample, focal, gates, grad_x_in, saved);
     });
   });
   return r;

@@ -23,13 +23,14 @@ void loss_stats_state(const LossArgs&, float*, void*, LossDtype) {
 void loss_finish(const LossFinishArgs&) { TORCH_CHECK(false, "unimri: this CPU variant was not compiled"); }
 std::tuple<at::Tensor, at::Tensor> attention_gate_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&, int64_t, double, int64_t, bool) {
+                                                          const at::Tensor&, int64_t, double, int64_t, bool,
+                                                          GateSaved*) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 std::vector<at::Tensor> attention_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                double, int64_t, const at::Tensor&) {
+                                                double, int64_t, const at::Tensor&, const GateSaved&) {
   TORCH_CHECK(false, "unimri: this CPU variant was not compiled");
 }
 void batch_norm_relu_forward(const BnReluArgs&, const void*, void*, double*, double*, double*, double*) {

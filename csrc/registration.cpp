@@ -47,7 +47,13 @@ TORCH_LIBRARY(unimri, m) {
   m.def(
       "attention_gates_alpha_backward_cpu(Tensor grad_alpha, Tensor x, Tensor g, "
       "Tensor theta_weight, Tensor phi_weight, Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, "
-      "int subsample, float focal, Tensor? grad_x_in=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int subsample, float focal, Tensor? grad_x_in=None, Tensor? saved_h=None, Tensor? saved_coarse=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The alpha-only forward also returning what its backward would recompute (saved_h,
+  // saved_coarse: csrc/attention_gate.h, GateSaved), for the eager SAS route.
+  m.def(
+      "attention_gates_alpha_saving_cpu(Tensor x, Tensor g, Tensor theta_weight, Tensor phi_weight, "
+      "Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, int subsample, float focal) -> (Tensor, Tensor, Tensor)");
   // Batch norm + ReLU fused (see csrc/batch_norm_relu.cpp): (out, mean, var), updating the
   // running statistics in training when given; and the gradients of x, weight and bias (the
   // last two float64).

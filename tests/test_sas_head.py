@@ -235,6 +235,41 @@ def test_alpha_only_gates_equal_the_gates_op(backend):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@needs_cpp
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("size,g_size", [((9, 10), (4, 5)), ((12, 10), (6, 5)), ((5, 6, 7), (2, 3, 3))],
+                         ids=["2d-odd-edges", "2d-g-on-coarse-grid", "3d"])
+def test_gates_backward_from_saved_forward_equals_recomputed(monkeypatch, dtype, size, g_size):
+    """The eager route keeps what the gates' forward computed (tiles' h, coarse attention)
+    instead of letting the backward recompute it: identical alpha and gradients, bit for bit
+    (also with bf16 tiles multiplied in bf16); saved tensors of other inputs are refused."""
+    if dtype == torch.bfloat16:
+        require_half_products(dtype)
+        monkeypatch.setenv("UNIMRI_TILE_GEMM", "half")
+    torch.manual_seed(4)
+    gates, cx, cg, ci = 2, 5, 6, 3
+    d = len(size)
+    x = torch.randn(2, cx, *size, dtype=F64).relu().to(dtype)
+    g = torch.randn(2, cg, *g_size, dtype=F64).to(dtype)
+    params = [t.to(dtype) for t in (torch.randn(gates, ci, cx, *(2,) * d, dtype=F64), torch.randn(gates, ci, cg, dtype=F64),
+                                     torch.randn(gates, ci, dtype=F64), torch.randn(gates, ci, dtype=F64),
+                                     torch.randn(gates, dtype=F64))]
+    ga, gx_in = torch.randn(2, gates, *size).to(dtype), torch.randn_like(x)
+    ops = cpp_ops()
+    alpha, saved_h, saved_coarse = ops.attention_gates_alpha_saving_cpu(x, g, *params, 2, 1.5)
+    assert torch.equal(alpha, ops.attention_gates_alpha_cpu(x, g, *params, 2, 1.5))
+    want = ops.attention_gates_alpha_backward_cpu(ga, x, g, *params, 2, 1.5, gx_in)
+    got = ops.attention_gates_alpha_backward_cpu(ga, x, g, *params, 2, 1.5, gx_in, saved_h, saved_coarse)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    _, other_h, other_coarse = ops.attention_gates_alpha_saving_cpu(x[:1].contiguous(), g[:1].contiguous(), *params,
+                                                                    2, 1.5)
+    with pytest.raises(RuntimeError, match="saved_h / saved_coarse do not match"):
+        ops.attention_gates_alpha_backward_cpu(ga, x, g, *params, 2, 1.5, None, other_h, other_coarse)
+    with pytest.raises(RuntimeError, match="go together"):
+        ops.attention_gates_alpha_backward_cpu(ga, x, g, *params, 2, 1.5, None, saved_h, None)
+
+
 def _backward_nodes(out: torch.Tensor) -> set[str]:
     names, stack = set(), [out.grad_fn]
     while stack:

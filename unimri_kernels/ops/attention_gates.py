@@ -249,14 +249,17 @@ class EagerAttentionGatesAlpha(torch.autograd.Function):
     def forward(ctx, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample: int,
                 focal: float):
         params = (theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
-        ctx.save_for_backward(x, g, *params)
+        # the activations that the backward would recompute are kept (saved_h, saved_coarse)
+        alpha, saved_h, saved_coarse = cpp_ops().attention_gates_alpha_saving_cpu(x, g, *params, subsample, focal)
+        ctx.save_for_backward(x, g, *params, saved_h, saved_coarse)
         ctx.subsample, ctx.focal = subsample, focal
-        return cpp_ops().attention_gates_alpha_cpu(x, g, *params, subsample, focal)
+        return alpha
 
     @staticmethod
     def backward(ctx, grad_alpha):
-        grads = cpp_ops().attention_gates_alpha_backward_cpu(grad_alpha.contiguous(), *ctx.saved_tensors,
-                                                              ctx.subsample, ctx.focal)
+        *inputs, saved_h, saved_coarse = ctx.saved_tensors
+        grads = cpp_ops().attention_gates_alpha_backward_cpu(grad_alpha.contiguous(), *inputs, ctx.subsample,
+                                                              ctx.focal, None, saved_h, saved_coarse)
         return *grads, None, None
 
 

@@ -405,23 +405,25 @@ class EagerGatesAndHead(torch.autograd.Function):
     def forward(ctx, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, w, gamma, beta,
                 merge, subsample: int, focal: float, eps: float):
         gate_params = (theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
-        alpha = cpp_ops().attention_gates_alpha_cpu(x, g, *gate_params, subsample, focal)
+        # the gates' activations that their backward would recompute are kept (saved_*)
+        alpha, saved_h, saved_coarse = cpp_ops().attention_gates_alpha_saving_cpu(x, g, *gate_params, subsample,
+                                                                                   focal)
         out, mean, var, m, gram = _forward(x, alpha, w, gamma, beta, merge, eps)
-        ctx.save_for_backward(x, g, *gate_params, alpha, w, gamma, beta, merge, m, gram)
+        ctx.save_for_backward(x, g, *gate_params, alpha, w, gamma, beta, merge, m, gram, saved_h, saved_coarse)
         ctx.args = (subsample, focal, eps)
         ctx.mark_non_differentiable(mean, var)
         return out, alpha, mean, var
 
     @staticmethod
     def backward(ctx, grad_out, grad_alpha, _gm, _gv):
-        x, g, *gate_params, alpha, w, gamma, beta, merge, m, gram = ctx.saved_tensors
+        x, g, *gate_params, alpha, w, gamma, beta, merge, m, gram, saved_h, saved_coarse = ctx.saved_tensors
         subsample, focal, eps = ctx.args
         gx_head, galpha, *head_grads = _backward_impl(grad_out, x, alpha, w, gamma, beta, merge, m,
                                                       gram, eps)
         if grad_alpha is not None:
             galpha = galpha + grad_alpha
         gate_grads = cpp_ops().attention_gates_alpha_backward_cpu(
-            galpha.contiguous(), x, g, *gate_params, subsample, focal, gx_head.contiguous())
+            galpha.contiguous(), x, g, *gate_params, subsample, focal, gx_head.contiguous(), saved_h, saved_coarse)
         return *gate_grads, *head_grads, None, None, None
 
 
