@@ -244,18 +244,20 @@ template <typename scalar_t, typename prod_t>
 void sas_weight_grad_impl(const SasHeadArgs& a, const scalar_t* gp, const scalar_t* x, const scalar_t* alpha,
                           double* grad_a, double* grad_c) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t size = a.Co * a.K * a.C + a.Co;  // (Co, K * C), then the sums of grad_p (Co)
+  // grad_a transposed, (K * C, Co) (MKL forms it faster with the many rows first), then the
+  // sums of grad_p (Co)
+  const int64_t size = a.K * a.C * a.Co + a.Co;
   const std::vector<double> total = reduce_tiles<scalar_t, prod_t>(
       a, x, alpha, {0, a.Co}, size, [&](const HeadTile<acc_t, prod_t>& t, int64_t T, acc_t* dst) {
         prod_t* gt = t.prod;
         load_rows(gp + t.b * a.Co * a.N, a.Co, a.N, t, T, gt);
-        tile_gemm(false, true, a.Co, a.K * a.C, t.nv, gt, T, t.y, T, acc_t(1), dst, a.K * a.C);
-        add_row_sums(gt, a.Co, T, t.nv, dst + a.Co * a.K * a.C);
+        tile_gemm(false, true, a.K * a.C, a.Co, t.nv, t.y, T, gt, T, acc_t(1), dst, a.Co);
+        add_row_sums(gt, a.Co, T, t.nv, dst + a.K * a.C * a.Co);
       });
   for (int64_t k = 0; k < a.K; ++k)
     for (int64_t o = 0; o < a.Co; ++o)
-      for (int64_t c = 0; c < a.C; ++c) grad_a[(k * a.Co + o) * a.C + c] = total[(o * a.K + k) * a.C + c];
-  std::copy(total.begin() + a.Co * a.K * a.C, total.end(), grad_c);
+      for (int64_t c = 0; c < a.C; ++c) grad_a[(k * a.Co + o) * a.C + c] = total[(k * a.C + c) * a.Co + o];
+  std::copy(total.begin() + a.K * a.C * a.Co, total.end(), grad_c);
 }
 
 template <typename scalar_t, typename prod_t>
