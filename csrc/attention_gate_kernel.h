@@ -16,7 +16,8 @@
 //     tile: the (B, Gn * Ci, Nc) inter-channel tensor is never materialised.
 //   pass 2, per fine row (parallel): alpha = resample(a), y = alpha * x for every channel
 //     (y only when asked for: the folded SAS head reads x and alpha instead, csrc/sas_head.cpp).
-// Backward (autograd saves only the inputs; the forward is recomputed once per tile):
+// Backward (the custom ops save only the inputs and recompute the forward once per tile; the
+// eager routes keep the forward's h and coarse attention, GateSaved, and skip A's recomputation):
 //   A. per tile: pre, h = relu(pre + b_phi) (kept in a transient (B, tiles, Gn * Ci, TILE)
 //      buffer for B), sigmoid, a; per gate, d alpha = grad_alpha + sum_c grad_y * x on the
 //      tile's patch pixels (in x's order, read straight from x and grad_y), folded into d a
@@ -25,7 +26,8 @@
 //   B. per tile: d q = d a * f * a * (1 - sigmoid); grads of psi, b_psi, b_phi;
 //      d pre = d q * psi * [h > 0]; W grads and patch / g grads by BLAS; grad_x on the
 //      patch pixels = W_theta^T d pre + sum_k resample(a_k) * grad_y_k, written once.
-// grad_x_in, when defined (laid out like x), is added to grad_x in its one write. An undefined grad_y counts as zero (alpha-only forward: the head returns grad_alpha and its
+// grad_x_in, when defined (laid out like x), is added to grad_x in its one write. An undefined
+// grad_y counts as zero (alpha-only forward: the head returns grad_alpha and its
 // share of grad_x itself).
 // Outputs and buffers of >= 1 MiB come from the pool of recycled blocks (output_pool.h).
 // All arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64), except that the

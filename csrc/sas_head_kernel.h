@@ -8,8 +8,8 @@
 // are converted to acc_t and the tile's gated rows Y (K * C, T) formed in L2; every product of
 // the head is then one BLAS call on tile-local operands (tile_gemm_kernel.h), so the (K, B, C, N)
 // gated block is never written or read, nor its gradient (the input-gradient pass needs no
-// gated rows at all: d_k y_k = alpha_k (d_k x), one product for every gate). Reductions over pixels (moments,
-// weight gradients) run in a fixed number of task groups, each accumulating its tiles in
+// gated rows at all: d_k y_k = alpha_k (d_k x), one product for every gate). Reductions over
+// pixels (moments, weight gradients) run in a fixed number of task groups, each accumulating its tiles in
 // order, and the groups are summed in float64 in order: the result does not depend on the
 // thread count.
 namespace {

@@ -3,21 +3,30 @@
 // sas_head_kernel.h). No include guard on purpose. The BLAS symbols: tile_gemm.h.
 namespace {
 
+// The Fortran (column-major) BLAS arguments of row-major C (M, N) = op(A) op(B): the BLAS
+// computes C^T = op(B)^T op(A)^T, so B is passed first.
+struct ColumnMajorGemm {
+  char ta, tb;
+  int m, n, k, lda, ldb, ldc;  // of the column-major call: its A is our B, its B our A
+  ColumnMajorGemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda_a, int64_t ldb_b,
+                  int64_t ldc_c)
+      : ta(trans_b ? 'T' : 'N'), tb(trans_a ? 'T' : 'N'), m(static_cast<int>(N)), n(static_cast<int>(M)),
+        k(static_cast<int>(K)), lda(static_cast<int>(ldb_b)), ldb(static_cast<int>(lda_a)),
+        ldc(static_cast<int>(ldc_c)) {}
+};
+
 // Row-major C (M, N) = beta * C + op(A) op(B), op(A) (M, K), op(B) (K, N), with leading
 // dimensions lda, ldb, ldc of the stored matrices; beta 0 or 1.
 template <typename acc_t>
 void tile_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t lda,
                const acc_t* B, int64_t ldb, acc_t beta, acc_t* C, int64_t ldc) {
   if (tile_gemm_uses_blas()) {
-    // column-major view: C^T = op(B)^T op(A)^T
-    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-    const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+    const ColumnMajorGemm g(trans_a, trans_b, M, N, K, lda, ldb, ldc);
     const acc_t one = 1;
     if constexpr (std::is_same_v<acc_t, float>) {
-      sgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+      sgemm_(&g.ta, &g.tb, &g.m, &g.n, &g.k, &one, B, &g.lda, A, &g.ldb, &beta, C, &g.ldc);
     } else {
-      dgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+      dgemm_(&g.ta, &g.tb, &g.m, &g.n, &g.k, &one, B, &g.lda, A, &g.ldb, &beta, C, &g.ldc);
     }
     return;
   }
@@ -39,16 +48,14 @@ void tile_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, cons
 template <typename half_t, std::enable_if_t<c10::is_reduced_floating_point_v<half_t>, int> = 0>
 void tile_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const half_t* A, int64_t lda,
                const half_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const ColumnMajorGemm g(trans_a, trans_b, M, N, K, lda, ldb, ldc);
   const float one = 1;
   const auto* a = reinterpret_cast<const uint16_t*>(B);
   const auto* b = reinterpret_cast<const uint16_t*>(A);
   if constexpr (std::is_same_v<half_t, c10::BFloat16>) {
-    gemm_bf16bf16f32_(&ta, &tb, &m, &n, &k, &one, a, &la, b, &lb, &beta, C, &lc);
+    gemm_bf16bf16f32_(&g.ta, &g.tb, &g.m, &g.n, &g.k, &one, a, &g.lda, b, &g.ldb, &beta, C, &g.ldc);
   } else {
-    gemm_f16f16f32_(&ta, &tb, &m, &n, &k, &one, a, &la, b, &lb, &beta, C, &lc);
+    gemm_f16f16f32_(&g.ta, &g.tb, &g.m, &g.n, &g.k, &one, a, &g.lda, b, &g.ldb, &beta, C, &g.ldc);
   }
 }
 
