@@ -55,6 +55,10 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], di
         ValueError naming the file if it is missing, truncated, corrupt or of an unknown type.
     """
     path = os.fspath(path)
+    from .dicom import is_dicom_path, read_dicom
+
+    if is_dicom_path(path):  # a DICOM series folder or a .dcm file
+        return read_dicom(path)
     if not os.path.isfile(path):
         raise ValueError(f"image file {path!r} does not exist")
     suffix = suffix_of(path)
@@ -247,16 +251,23 @@ def _itk_image(sitk, stored: np.ndarray, affine: np.ndarray):
 
 
 def write_image(path: str, array: np.ndarray, affine: np.ndarray | None = None,
-                dtype: Any | None = None) -> str:
+                dtype: Any | None = None, source: str | None = None) -> str:
     """Write a volume or 2D image by suffix (NIfTI, NRRD/MetaImage, PNG/BMP/JPG), atomically.
 
     3D arrays are (X, Y, Z) (4D: (X, Y, Z, T)) with a RAS ``affine`` (converted to LPS for
     ITK formats; .nrrd and .mha are written compressed); 2D images (H, W) or (H, W, 3)
-    ignore the affine.
+    ignore the affine. A ``.dcm`` path writes a DICOM SEG of the label volume on the grid of
+    ``source``, the DICOM series it was computed from (:func:`unimri.data.dicom.write_seg`).
     """
     path = os.fspath(path)
     suffix = suffix_of(path)
     array = np.asarray(array)
+    if suffix == ".dcm":
+        from .dicom import write_seg
+
+        if source is None:
+            raise ValueError(f"cannot write {path!r}: a DICOM SEG needs the source DICOM series (source=)")
+        return write_seg(path, array, source)
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     if suffix in NIFTI_SUFFIXES:
         return write_nifti(path, array, affine, dtype)

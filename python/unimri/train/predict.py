@@ -285,8 +285,11 @@ def _prepare_input(src: str, spec: InferenceSpec, replace_nonfinite: float | Non
 def _check_output_path(output: str, input_path: str) -> None:
     from unimri.data.io import IMAGE_2D_SUFFIXES, suffix_of
 
+    from unimri.data.dicom import is_dicom_path
+
     suffix = suffix_of(output)
     allowed = OUTPUT_SUFFIXES + ((".png",) if suffix_of(input_path) in IMAGE_2D_SUFFIXES else ())
+    allowed += (".dcm",) if is_dicom_path(input_path) else ()  # DICOM SEG on the source series
     if suffix not in allowed:
         raise ValueError(f"output: expected a path ending in one of {allowed}, got {output!r}")
 
@@ -299,7 +302,8 @@ def predict_path(checkpoint: str, input_path: str, output: str, *, overwrite: bo
     """Segment an image file, or every image file of a folder, into label files.
 
     A file input writes ``output``, whose suffix (.nii, .nii.gz, .nrrd, .mha; .png for 2D
-    pictures) picks the format. A folder input writes ``output/<name>_seg<suffix>`` per
+    pictures; .dcm, a DICOM SEG, for a DICOM input) picks the format. A DICOM series
+    folder (or .dcm file) is one input. A folder input writes ``output/<name>_seg<suffix>`` per
     image, the suffix being ``output_format`` or else the input's own format; only image
     files are considered and label files (``label_patterns``, e.g. ``*_seg*``) are skipped,
     so rerunning into the input folder does not segment earlier outputs. The label volume
@@ -316,7 +320,9 @@ def predict_path(checkpoint: str, input_path: str, output: str, *, overwrite: bo
 
     if not os.path.exists(input_path):
         raise ValueError(f"input: {input_path!r} does not exist")
-    many = os.path.isdir(input_path)
+    from unimri.data.dicom import is_dicom_path
+
+    many = os.path.isdir(input_path) and not is_dicom_path(input_path)  # a DICOM folder is one series
     if many:
         inputs, skipped = list_inputs(input_path, label_patterns)
         if not inputs:
@@ -359,5 +365,5 @@ def predict_path(checkpoint: str, input_path: str, output: str, *, overwrite: bo
         labels = predict_labels(model, as_tensor(checked.image), spec, device=device, batch_size=batch_size,
                                 overlap=overlap).numpy()
         dtype = np.int16 if spec.num_classes > 255 else np.uint8
-        written.append(write_image(dst, labels.astype(dtype), checked.affine, dtype=dtype))
+        written.append(write_image(dst, labels.astype(dtype), checked.affine, dtype=dtype, source=src))
     return written
