@@ -27,6 +27,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from unimri.integrations.nnunet import cli as nnunet_cli
+
 S = argparse.SUPPRESS
 
 # flag -> (config key, parser of the text); defaults are TrainConfig's (shown in --help)
@@ -532,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", help="folder layout (default: detected)")
     p.add_argument("--dataset-kwargs", help="JSON dict for the dataset loader")
     p.set_defaults(func=cmd_datasets)
+    nnunet_cli.add_parsers(sub)
     return ap
 
 

@@ -1,0 +1,273 @@
+"""nnU-Net as the quality peer: test DSC against training CPU time, nnU-Net vs unimri's trainers.
+
+For each outer fold of the 2D phantom (split by case; the fold's test cases are written
+to ``imagesTs`` and never seen by planning, preprocessing, training or nnU-Net's own
+train/val split), nnU-Net plans and preprocesses the training side, then each trainer
+trains at each epoch budget from scratch (``nnUNetTrainerBudget`` = nnU-Net's default
+trainer, ``nnUNetTrainerUnifiedFocalSAS`` = unimri's loss and gates, both on nnU-Net's
+plans, poly LR schedule over the budget, nnU-Net's internal fold 0 for its validation),
+predicts the test cases and scores the lesion DSC per test case. Writes
+
+  <out>.csv   one row per (fold, trainer, epochs): CPU seconds of training (user+sys of
+              the nnUNetv2_train process), wall seconds, mean test DSC, test cases
+  <out>.md    provenance (commit, command, machine, ISA, load, torch/nnunetv2 versions,
+              date), the protocol, and the per-budget table with paired differences
+  <out>.png   mean test DSC (per-fold points) against mean training CPU time
+  <out>_folds.json  the outer split
+
+Runs where nnunetv2 imports (the environment of scripts/test_nnunet.sh). The default
+run (3 folds, 24 cases of 64x64, budgets 1/2/4/8 epochs of 40 iterations) takes about
+20-30 minutes on 2 CPU cores; ``--smoke`` runs the smallest budget on a tiny set.
+
+    python benchmarks/nnunet_curve.py --out benchmarks/results/nnunet_curve
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+TRAINERS = ("nnUNetTrainerBudget", "nnUNetTrainerUnifiedFocalSAS")
+LABELS = {"nnUNetTrainerBudget": "nnU-Net default (Dice+CE)",
+          "nnUNetTrainerUnifiedFocalSAS": "nnU-Net + unimri (unified focal + SAS)"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "nnunet_curve"), help="output path prefix")
+    ap.add_argument("--work", default=None, help="nnU-Net workspace folder (default: <out>_work, removed after)")
+    ap.add_argument("--folds", type=int, default=3, help="outer folds (default 3)")
+    ap.add_argument("--cases", type=int, default=24, help="phantom cases (default 24)")
+    ap.add_argument("--size", type=int, default=64, help="image edge in pixels (default 64)")
+    ap.add_argument("--epochs", default="1,2,4,8", help="epoch budgets, comma-separated (default 1,2,4,8)")
+    ap.add_argument("--iterations", type=int, default=40, help="training iterations per epoch (default 40)")
+    ap.add_argument("--val-iterations", type=int, default=5, help="validation iterations per epoch (default 5)")
+    ap.add_argument("--trainers", default=",".join(TRAINERS), help="trainers, comma-separated")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads per nnU-Net process (default 2)")
+    ap.add_argument("--seed", type=int, default=0, help="phantom and split seed")
+    ap.add_argument("--keep-work", action="store_true", help="keep the nnU-Net workspace")
+    ap.add_argument("--smoke", action="store_true",
+                    help="smallest budget on a tiny set (2 folds, 12 cases of 48x48, 1 epoch of 5 iterations)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.folds, args.cases, args.size, args.epochs, args.iterations, args.val_iterations = 2, 12, 48, "1", 5, 2
+    try:
+        args.epoch_list = sorted({int(e) for e in args.epochs.split(",")})
+    except ValueError:
+        ap.error(f"--epochs: expected whole numbers separated by commas, got {args.epochs!r}")
+    if min(args.epoch_list) < 1 or args.iterations < 1 or args.val_iterations < 1:
+        ap.error("--epochs, --iterations and --val-iterations must be >= 1")
+    if args.folds < 2 or args.cases - -(-args.cases // args.folds) < 5:
+        ap.error(f"--folds/--cases: need >= 2 folds and enough cases for nnU-Net's 5-fold split of each "
+                 f"training side (got {args.folds} folds, {args.cases} cases)")
+    args.trainer_list = [t.strip() for t in args.trainers.split(",") if t.strip()]
+    return args
+
+
+def provenance(args: argparse.Namespace) -> dict:
+    import torch
+    from harness import cpu_isa, device_name
+
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    try:
+        from importlib.metadata import version
+
+        nnunet_version = version("nnunetv2")
+    except Exception:  # noqa: BLE001
+        nnunet_version = "?"
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"commit": commit + (" (uncommitted changes)" if dirty else ""),
+            "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+            "machine": device_name("cpu"), "isa": cpu_isa(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "nnunetv2": nnunet_version,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "load_before": os.getloadavg()[0]}
+
+
+def dice(pred: np.ndarray, label: np.ndarray) -> float:
+    """DSC of the foreground (label > 0); 1 when both are empty."""
+    p, t = pred > 0, label > 0
+    denom = p.sum() + t.sum()
+    return 1.0 if denom == 0 else float(2 * np.logical_and(p, t).sum() / denom)
+
+
+def timed(cmd: list[str], env: dict, augmentation_workers: int | None = None) -> tuple[float, float]:
+    """(CPU seconds of the child, wall seconds) of one nnU-Net command."""
+    from unimri.integrations.nnunet.workspace import run_nnunet
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    run_nnunet(cmd, env, timeout=3600, augmentation_workers=augmentation_workers)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
+
+
+def nnunet_bin(name: str) -> str:
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return path if os.path.exists(path) else name
+
+
+def run_fold(args, fold: int, train, test, work: str, rows: list[dict], progress) -> None:
+    import nibabel as nib
+
+    from unimri.integrations.nnunet.workspace import nnunet_environment, write_raw_dataset
+
+    dataset = 950 + fold
+    base = os.path.join(work, f"fold{fold}")
+    env = nnunet_environment(base, threads=args.threads)
+    folder = write_raw_dataset(env["nnUNet_raw"], dataset, f"PhantomFold{fold}", train, test)
+    progress(f"fold {fold}: plan and preprocess ({len(train)} training cases, {len(test)} test cases)")
+    timed([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", "2d", "-np", "1"], env)
+    for trainer in args.trainer_list:
+        for epochs in args.epoch_list:
+            results = os.path.join(base, f"results_{trainer}_{epochs}")
+            run_env = {**env, "nnUNet_results": results, "UNIMRI_NNUNET_EPOCHS": str(epochs),
+                       "UNIMRI_NNUNET_ITERATIONS": str(args.iterations),
+                       "UNIMRI_NNUNET_VAL_ITERATIONS": str(args.val_iterations)}
+            os.makedirs(results, exist_ok=True)
+            progress(f"fold {fold}: {trainer}, {epochs} epoch(s) x {args.iterations} iterations")
+            cpu, wall = timed([nnunet_bin("nnUNetv2_train"), str(dataset), "2d", "0", "-tr", trainer,
+                               "-device", "cpu"], run_env, augmentation_workers=0)
+            pred = os.path.join(base, f"pred_{trainer}_{epochs}")
+            pcpu, _ = timed([nnunet_bin("nnUNetv2_predict"), "-i", os.path.join(folder, "imagesTs"), "-o", pred,
+                             "-d", str(dataset), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
+                             "--disable_tta", "-npp", "1", "-nps", "1"], run_env)
+            scores = []
+            for name in sorted(os.listdir(os.path.join(folder, "labelsTs"))):
+                label = np.asarray(nib.load(os.path.join(folder, "labelsTs", name)).dataobj)
+                seg = np.asarray(nib.load(os.path.join(pred, name)).dataobj)
+                scores.append(dice(seg, label))
+            rows.append({"fold": fold, "trainer": trainer, "epochs": epochs, "iterations": args.iterations,
+                         "train_cpu_s": round(cpu, 2), "train_wall_s": round(wall, 2),
+                         "predict_cpu_s": round(pcpu, 2), "test_dsc": round(float(np.mean(scores)), 4),
+                         "test_cases": len(scores)})
+            progress(f"  test DSC {np.mean(scores):.3f}, training {cpu:.0f} CPU s ({wall:.0f} s wall)")
+
+
+def summary_table(rows: list[dict], trainers: list[str], epochs: list[int]) -> list[str]:
+    lines = ["| epochs | " + " | ".join(f"{LABELS.get(t, t)}: DSC / CPU s" for t in trainers)
+             + (" | paired DSC difference (2nd − 1st), per fold |" if len(trainers) == 2 else " |"),
+             "|---" * (len(trainers) + 1 + (len(trainers) == 2)) + "|"]
+    for e in epochs:
+        cells = []
+        per = {}
+        for t in trainers:
+            sel = sorted((r for r in rows if r["trainer"] == t and r["epochs"] == e), key=lambda r: r["fold"])
+            per[t] = [r["test_dsc"] for r in sel]
+            cells.append(f"{np.mean(per[t]):.3f} ± {np.std(per[t]):.3f} / {np.mean([r['train_cpu_s'] for r in sel]):.0f}")
+        if len(trainers) == 2:
+            diff = np.array(per[trainers[1]]) - np.array(per[trainers[0]])
+            cells.append(f"{diff.mean():+.3f} ({', '.join(f'{d:+.3f}' for d in diff)})")
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(rows: list[dict], trainers: list[str], epochs: list[int], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for t, colour in zip(trainers, ("tab:gray", "tab:red", "tab:blue", "tab:green")):
+        xs, ys = [], []
+        for e in epochs:
+            sel = [r for r in rows if r["trainer"] == t and r["epochs"] == e]
+            x = np.mean([r["train_cpu_s"] for r in sel])
+            ax.scatter([r["train_cpu_s"] for r in sel], [r["test_dsc"] for r in sel], s=12, color=colour, alpha=0.4)
+            xs.append(x)
+            ys.append(np.mean([r["test_dsc"] for r in sel]))
+        ax.plot(xs, ys, "-o", color=colour, label=LABELS.get(t, t))
+        for x, y, e in zip(xs, ys, epochs):
+            ax.annotate(f"{e} ep", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("training CPU time per fold (s, user+sys)")
+    ax.set_ylabel("test DSC (lesion), mean over outer folds")
+    ax.set_title("Phantom 2D: test DSC vs CPU budget (dots: single folds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError as exc:
+        print(f"nnunet_curve: nnunetv2 cannot be imported ({exc}); run in the environment of "
+              f"scripts/test_nnunet.sh", file=sys.stderr)
+        return 2
+    from unimri.data.phantom import phantom_cases
+    from unimri.data.splits import kfold_split
+
+    prov = provenance(args)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    work = args.work or args.out + "_work"
+    if os.path.exists(work):
+        shutil.rmtree(work)
+    started = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)
+
+    cases = phantom_cases(args.cases, spatial_dims=2, seed=args.seed, size=args.size)
+    ids = [c.case_id for c in cases]
+    folds = kfold_split(ids, k=args.folds, seed=args.seed)
+    with open(args.out + "_folds.json", "w", encoding="utf-8") as fh:
+        json.dump({"k": args.folds, "seed": args.seed, "note": "test = the outer fold; nnU-Net splits the "
+                   "training side into its own 5 folds and validates on its fold 0",
+                   "folds": [{"train": tr, "test": te} for tr, te in folds]}, fh, indent=1)
+    by_id = dict(zip(ids, cases))
+    rows: list[dict] = []
+    for fold, (train_ids, test_ids) in enumerate(folds):
+        run_fold(args, fold, [by_id[i] for i in train_ids], [by_id[i] for i in test_ids], work, rows, progress)
+    prov["load_after"] = os.getloadavg()[0]
+    prov["total_wall_s"] = round(time.perf_counter() - started, 1)
+    with open(args.out + ".csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, args.trainer_list, args.epoch_list, args.out + ".png")
+    lines = [f"# nnU-Net as the quality peer: test DSC vs training CPU time (phantom 2D)", "",
+             *(f"- {k}: {v}" for k, v in prov.items()), "",
+             f"Protocol: {args.cases} phantom cases of {args.size}x{args.size} (seed {args.seed}), {args.folds} outer "
+             f"folds by case; each fold's test cases are only predicted and scored. nnU-Net plans and "
+             f"preprocesses each training side (2d configuration) and trains on its internal fold 0 (4/5 of the "
+             f"training side; its validation fifth is what nnU-Net validates on). Budgets: "
+             f"{', '.join(map(str, args.epoch_list))} epoch(s) of {args.iterations} iterations, each a fresh run "
+             f"with nnU-Net's poly schedule over that budget; CPU time is user+sys of the nnUNetv2_train process "
+             f"({args.threads} threads), its final validation included. DSC: lesion (label > 0) per test case, "
+             f"mean over the fold's cases; ± is the std over folds. With {args.folds} folds no paired test is "
+             f"meaningful: per-fold differences are listed.", "",
+             *summary_table(rows, args.trainer_list, args.epoch_list), ""]
+    with open(args.out + ".md", "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+    print("\n".join(lines))
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
