@@ -16,8 +16,10 @@ predicts the test cases and scores the lesion DSC per test case. Writes
   <out>_folds.json  the outer split
 
 Runs where nnunetv2 imports (the environment of scripts/test_nnunet.sh). The default
-run (3 folds, 24 cases of 64x64, budgets 1/2/4/8 epochs of 40 iterations) takes about
-20-30 minutes on 2 CPU cores; ``--smoke`` runs the smallest budget on a tiny set.
+run (3 folds, 24 cases of 64x64, budgets 1/2/4/8 epochs of 30 iterations: 24 training
+runs, each with about 30 CPU s of nnU-Net start-up and final validation) is estimated at
+about 30 minutes on 2 idle CPU cores; ``--smoke`` runs the smallest budget on a tiny set
+(about 3 CPU minutes; 15 wall minutes on a heavily shared machine).
 
     python benchmarks/nnunet_curve.py --out benchmarks/results/nnunet_curve
 """
@@ -53,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cases", type=int, default=24, help="phantom cases (default 24)")
     ap.add_argument("--size", type=int, default=64, help="image edge in pixels (default 64)")
     ap.add_argument("--epochs", default="1,2,4,8", help="epoch budgets, comma-separated (default 1,2,4,8)")
-    ap.add_argument("--iterations", type=int, default=40, help="training iterations per epoch (default 40)")
+    ap.add_argument("--iterations", type=int, default=30, help="training iterations per epoch (default 30)")
     ap.add_argument("--val-iterations", type=int, default=5, help="validation iterations per epoch (default 5)")
     ap.add_argument("--trainers", default=",".join(TRAINERS), help="trainers, comma-separated")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per nnU-Net process (default 2)")
@@ -137,7 +139,7 @@ def run_fold(args, fold: int, train, test, work: str, rows: list[dict], progress
     env = nnunet_environment(base, threads=args.threads)
     folder = write_raw_dataset(env["nnUNet_raw"], dataset, f"PhantomFold{fold}", train, test)
     progress(f"fold {fold}: plan and preprocess ({len(train)} training cases, {len(test)} test cases)")
-    timed([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", "2d", "-np", "1"], env)
+    timed([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", "2d", "-np", "1", "-npfp", "1"], env)
     for trainer in args.trainer_list:
         for epochs in args.epoch_list:
             results = os.path.join(base, f"results_{trainer}_{epochs}")

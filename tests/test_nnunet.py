@@ -38,7 +38,7 @@ def workspace(tmp_path_factory):
     env = nnunet_environment(root, **BUDGET)
     cases = phantom_cases(10, spatial_dims=2, seed=3, size=48, fg_fraction=(0.04, 0.08))
     folder = write_raw_dataset(env["nnUNet_raw"], DATASET, "Phantom", cases[:8], cases[8:])
-    run_nnunet([_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET), "-c", "2d", "-np", "1",
+    run_nnunet([_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET), "-c", "2d", "-np", "1", "-npfp", "1",
                 "--verify_dataset_integrity"], env)
     return root, env, folder
 

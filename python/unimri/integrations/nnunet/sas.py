@@ -56,7 +56,7 @@ def add_sas_gates(network: nn.Module, num_gates: int = 2, focal: float = 1.0) ->
                          f"{type(decoder).__name__}")
     encoder = decoder.encoder
     channels = list(encoder.output_channels)
-    spatial_dims = encoder.conv_op.__name__.endswith("3d") and 3 or 2
+    spatial_dims = 3 if encoder.conv_op.__name__.lower().endswith("3d") else 2
     norm = _norm_name(encoder.norm_op)
     gates = []
     for s in range(len(decoder.stages)):
