@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show the full traceback of every error (default: one line for input mistakes)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for PyTorch ops (default: PyTorch's choice; demo: 1)")
+    ap.add_argument("--max-voxels", type=float, default=None, metavar="N",
+                    help="refuse image files whose header declares more voxels than N before reading "
+                         "them (default: UNIMRI_MAX_VOXELS or 2**31)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="baseline vs unified approach on the built-in phantom (a few minutes on CPU)",
@@ -532,7 +535,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", help="folder layout (default: detected)")
     p.add_argument("--dataset-kwargs", help="JSON dict for the dataset loader")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("convert-checkpoint", help="rewrite an older-format checkpoint in the safe format",
+                       description="Older checkpoints could hold arbitrary Python objects, and opening them can "
+                                   "run code. This reads OLD (only with --trust-this-file) and writes NEW, which "
+                                   "holds only tensors and plain data and is checked against its hash when opened.")
+    p.add_argument("old", metavar="OLD", help="the older checkpoint")
+    p.add_argument("new", metavar="NEW", help="where to write the converted checkpoint")
+    p.add_argument("--trust-this-file", action="store_true",
+                   help="confirm that OLD comes from a source you trust (required)")
+    p.set_defaults(func=cmd_convert_checkpoint)
     return ap
+
+
+def cmd_convert_checkpoint(args) -> int:
+    from unimri.train.convert import convert_checkpoint
+
+    written = convert_checkpoint(args.old, args.new, trust=args.trust_this_file)
+    print(f"wrote {written}")
+    return 0
 
 
 def _package_roots() -> tuple[str, ...]:
@@ -582,6 +603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if args.max_voxels is not None:
+            from unimri.data.limits import set_max_voxels
+
+            set_max_voxels(args.max_voxels)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"unimri {args.command}: interrupted (a run can continue with --resume)", file=sys.stderr)
