@@ -236,19 +236,19 @@ def verdict(value: float, target: Optional[Tuple[str, float]]) -> str:
 # ----------------------------------------------------------------------------- performance tables
 
 SUMMARY_ROWS = [
-    # (label, provider of the ratio row, how to read it)
-    ("`UnifiedFocalLoss()` fwd+bwd, logits (8, 2, 256, 256): time / `F.cross_entropy`",
+    # (label, provider of the ratio row); {size} is the row's size as the file records it
+    ("`UnifiedFocalLoss()` fwd+bwd, logits {size}: time / `F.cross_entropy`",
      "UnifiedFocalLoss / cross-entropy"),
     ("same loss: speed-up over the loss written in plain PyTorch",
      "plain PyTorch / UnifiedFocalLoss"),
-    ("`AttentionGate(64, 128, 32)` fwd+bwd, x (8, 64, 128²), g (8, 128, 64²): speed-up over "
-     "Oktay's block in plain PyTorch modules (output conv + BN included)",
+    ("`AttentionGate` fwd+bwd, {size}: speed-up over Oktay's block in plain PyTorch modules "
+     "(output conv + BN included)",
      "Oktay eager / unimri"),
-    ("UNet + SAS step / plain UNet step, fp32", "UNet+SAS / UNet (fp32)"),
-    ("UNet + SAS step / plain UNet step, bf16 autocast", "UNet+SAS / UNet (bf16)"),
+    ("UNet + SAS step / unimri UNet step without attention, fp32", "UNet+SAS / UNet (fp32)"),
+    ("UNet + SAS step / unimri UNet step without attention, bf16 autocast", "UNet+SAS / UNet (bf16)"),
     ("UNet + SAS step / MONAI `AttentionUnet` step, fp32", "UNet+SAS / MONAI AttentionUnet (fp32)"),
     ("UNet + SAS step / MONAI `AttentionUnet` step, bf16 autocast", "UNet+SAS / MONAI AttentionUnet (bf16)"),
-    ("plain UNet step, bf16 autocast / fp32", "UNet bf16 / fp32"),
+    ("unimri UNet step, bf16 autocast / fp32", "UNet bf16 / fp32"),
     ("UNet + SAS step, bf16 autocast / fp32", "UNet+SAS bf16 / fp32"),
     ("UNet + SAS in plain PyTorch modules / unimri UNet + SAS, fp32 (speed-up of the fused ops)",
      "plain PyTorch UNet+SAS / unimri (fp32)"),
@@ -261,14 +261,19 @@ def perf_headline() -> str:
     for label, provider in SUMMARY_ROWS:
         row = r.row(provider=provider, metric="ratio")
         value = float(row["p50"])
-        rows.append([label, fmt(value), verdict(value, target_of(row["note"]))])
+        size = row["size"].replace(",", ", ").replace(") g(", "), g (").replace("x(", "x (")
+        rows.append([label.format(size=size.replace("x", "×") if "(" not in size else size),
+                     fmt(value), verdict(value, target_of(row["note"]))])
     size = r.row(op="train step", metric="time")["size"]
+    width = re.search(r"width (\d+)", size)
+    monai = (f"; MONAI's `UNet` and `AttentionUnet` with channels {width.group(1)}…"
+             f"{16 * int(width.group(1))}, strides 2" if width else "")
     return section(
         table(["what", "ratio (one run)", "target"], rows),
-        f"Training steps: {describe_size(size)}, SGD, unified loss; MONAI's `UNet` and "
-        "`AttentionUnet` with channels 16…256, strides 2. All rows were measured side "
-        "by side in one run (blocks of calls interleaved, medians); ✓ means this one run meets "
-        "the target, it is not a range over runs.",
+        f"Training steps: {describe_size(size)}, SGD, unified loss{monai}. \"A / B\": a ratio of "
+        "times, below 1 when A is faster; \"speed-up\": above 1 when unimri is faster. All rows were measured side by side in one run (blocks "
+        "of calls interleaved, medians); ✓ means this one run meets the target, it is not a "
+        "range over runs.",
         r.provenance(),
     )
 
@@ -335,24 +340,23 @@ def perf_compile() -> str:
     )
 
 
-LOSS_SIZES = [("8x2x256x256", "8×2×256² fp32"), ("8x2x256x256 bfloat16", "8×2×256² bf16"),
-              ("16x4x256x256", "16×4×256² fp32"), ("2x2x128x128x128", "2×2×128³ fp32")]
-
-
 def perf_loss() -> str:
     r = results("loss_cpu")
     rows = []
-    for size, label in LOSS_SIZES:
+    for size in r.distinct("size"):
         get = lambda p: r.value(provider=p, mode="forward+backward", metric="ratio", size=size)  # noqa: E731
-        rows.append([label, times(get("eager_reference")), times(get("compile_reference")),
+        shape, _, dtype = size.partition(" ")
+        rows.append([shape.replace("x", "×"), dtype or "float32",
+                     times(get("eager_reference")), times(get("compile_reference")),
                      times(get("monai")), fmt(1.0 / get("torch_ce")),
                      fmt(r.value(provider="unimri", mode="forward+backward", metric="time", size=size)) + " ms"])
     return section(
-        table(["logits", "vs eager reference", "vs `torch.compile`(reference)",
+        table(["logits", "dtype", "vs eager reference", "vs `torch.compile`(reference)",
                "vs MONAI `AsymmetricUnifiedFocalLoss`", "unimri / `F.cross_entropy`",
                "unimri fwd+bwd"], rows),
         "Forward + backward; speed-ups are provider time / unimri time, measured side by side "
-        "(blocks interleaved, medians). Integer labels.",
+        "(blocks interleaved, medians). Integer labels. A size without a dtype in the file is "
+        "float32, `bench_loss.py`'s default.",
         r.provenance(),
     )
 
