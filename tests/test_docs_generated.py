@@ -24,3 +24,14 @@ def test_every_performance_generator_has_a_block():
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     assert set(report.TABLES) <= placed, sorted(set(report.TABLES) - placed)
+
+
+def test_readme_python_example_runs():
+    """The README's Python example is what a new user copies first: it must run as written."""
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        blocks = re.findall(r"```python\n(.*?)```", fh.read(), re.S)
+    assert blocks, "README.md has no python example"
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
