@@ -106,14 +106,17 @@ class Results:
         return values[0] if len(values) == 1 else " / ".join(values)
 
     def load(self) -> Optional[str]:
+        parts = []
         m = re.search(r"load average ([\d.]+) before and ([\d.]+) after", self.md_text)
+        cores = re.search(r"Machine: (\d+) cores", self.md_text)
+        on = f" on {cores.group(1)} cores" if cores else ""
         if m:
-            return f"1-min load average {m.group(1)} before, {m.group(2)} after (2 cores)"
+            parts.append(f"1-min load average {m.group(1)} before, {m.group(2)} after the run{on}")
         loads = sorted({float(x) for r in self.rows for x in re.findall(r"load ([\d.]+) on", r.get("note", ""))})
         if loads:
             lo, hi = loads[0], loads[-1]
-            return f"load {lo:g}" + (f"–{hi:g}" if hi != lo else "")
-        return None
+            parts.append("load noted with the rows " + f"{lo:g}" + (f"–{hi:g}" if hi != lo else ""))
+        return "; ".join(parts) or None
 
     def dates(self) -> Optional[str]:
         stamps = sorted({r["timestamp"][:10] for r in self.rows if r.get("timestamp")})
@@ -147,6 +150,8 @@ class Results:
         variant = self._field("kernel_variant")
         if variant:
             parts.append(f"unimri kernels {variant}")
+        elif device and device.startswith("CPU"):
+            missing.append("kernel variant")
         load = self.load()
         if load:
             parts.append(load)
