@@ -500,7 +500,12 @@ def _quality_tables() -> Dict[str, Callable[[], str]]:
     spec = importlib.util.spec_from_file_location("unimri_report_quality", path)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
-    spec.loader.exec_module(module)
+    here = os.path.dirname(path)
+    sys.path.insert(0, here)  # so that it can import its neighbours in benchmarks/
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(here)
     return dict(getattr(module, "TABLES", {}))
 
 
