@@ -204,6 +204,18 @@ def _add_datasets_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=commands.cmd_datasets)
 
 
+def _add_convert_checkpoint_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert-checkpoint", help="rewrite an older-format checkpoint in the safe format",
+                       description="Older checkpoints could hold arbitrary Python objects, and opening them can "
+                                   "run code. This reads OLD (only with --trust-this-file) and writes NEW, which "
+                                   "holds only tensors and plain data and is checked against its hash when opened.")
+    p.add_argument("old", metavar="OLD", help="the older checkpoint")
+    p.add_argument("new", metavar="NEW", help="where to write the converted checkpoint")
+    p.add_argument("--trust-this-file", action="store_true",
+                   help="confirm that OLD comes from a source you trust (required)")
+    p.set_defaults(func=commands.cmd_convert_checkpoint)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="unimri", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,9 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show the full traceback of every error (default: one line for input mistakes)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for PyTorch ops (default: PyTorch's choice; demo: 1)")
+    ap.add_argument("--max-voxels", type=float, default=None, metavar="N",
+                    help="refuse image files whose header declares more voxels than N before reading "
+                         "them (default: UNIMRI_MAX_VOXELS or 2**31)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_demo_parser, _add_train_parser, _add_evaluate_parser, _add_predict_parser,
-                _add_ablate_parser, _add_bench_parser, _add_datasets_parser):
+                _add_ablate_parser, _add_bench_parser, _add_datasets_parser, _add_convert_checkpoint_parser):
         add(sub)
     return ap
 
@@ -268,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if args.max_voxels is not None:
+            from unimri.data.limits import set_max_voxels
+
+            set_max_voxels(args.max_voxels)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"unimri {args.command}: interrupted (a run can continue with --resume)", file=sys.stderr)

@@ -343,6 +343,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from unimri.train.convert import convert_checkpoint
+
+    written = convert_checkpoint(args.old, args.new, trust=args.trust_this_file)
+    print(f"wrote {written}")
+    return 0
+
+
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
