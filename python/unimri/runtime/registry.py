@@ -87,10 +87,11 @@ def load_cases(source: str, **kwargs: Any) -> list:
     return _load(source, **kwargs)
 
 
-def kfold_split(case_ids: list[str], k: int, seed: int, path: str | None = None):
-    from unimri.data import kfold_split as _split
+def nested_kfold_split(case_ids: list[str], k: int, seed: int, val_fraction: float,
+                       path: str | None = None, groups: dict[str, str] | None = None):
+    from unimri.data.splits import nested_kfold_split as _split
 
-    return _split(case_ids, k=k, seed=seed, path=path)
+    return _split(case_ids, k=k, seed=seed, val_fraction=val_fraction, path=path, groups=groups)
 
 
 def metrics_object(num_classes: int):
