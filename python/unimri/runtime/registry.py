@@ -1,8 +1,7 @@
-"""The trainer's single door to the other unimri packages: names, checks and factories.
+"""Names, checks and factories of models, losses, datasets, splits and metrics.
 
-Everything that builds a model, a loss or a dataset goes through here, so that name
-checks give one clear error and the rest of the trainer never imports the packages
-directly.
+Training, inference and the studies build a model, a loss or a dataset through here, so
+that a wrong name gives one clear error wherever it is given.
 """
 from __future__ import annotations
 
