@@ -142,3 +142,19 @@ def test_old_run_folders_are_refused_on_resume(tmp_path):
 
     with pytest.raises(ValueError, match="out_dir: .*older unimri"):
         load_result(str(old))
+
+
+def test_evaluate_says_when_it_scores_cases_the_model_has_seen(tmp_path, capsys):
+    from unimri.cli import main
+
+    cfg = TrainConfig(dataset="phantom", dataset_kwargs={**PHANTOM, "num_cases": 6}, features=4, stages=[32],
+                      batch_size=2, epochs=1, folds=2, fold_indices=[0], device="cpu", progress=False)
+    run_experiment(cfg, str(tmp_path / "run"))
+    split = json.load(open(tmp_path / "run" / "folds.json"))["folds"][0]
+    model = str(tmp_path / "run" / "fold0" / "model.pt")
+    assert main(["evaluate", "--checkpoint", model, "--device", "cpu", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {len(split['train']) + len(split['val'])} of the 6 scored cases trained or validated" in err
+    assert main(["evaluate", "--checkpoint", model, "--cases", ",".join(split["test"]), "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -206,10 +206,30 @@ def _score_checkpoint(args: argparse.Namespace) -> tuple[Any, list[str] | None, 
         if missing:
             raise ValueError(f"--cases: unknown case id(s) {missing[:5]} in dataset {dataset!r}")
         cases = [by_id[w] for w in wanted]
+    _note_seen_cases(args.checkpoint, state, [c.case_id for c in cases])
     result = evaluate_model(model, cases, spec, device, spec.normalize, progress=not args.no_progress,
                             surface=True)
     names = cases[0].meta.get("classes") if cases and cases[0].meta else None
     return result, names, {"checkpoint": args.checkpoint, "dataset": dataset}
+
+
+def _note_seen_cases(checkpoint: str, state: dict[str, Any], case_ids: list[str]) -> None:
+    """Say on stderr when cases about to be scored trained or validated this checkpoint's model
+    (its run folder's folds.json): such scores are not test scores."""
+    folds_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "folds.json")
+    fold = state.get("fold")
+    if fold is None or not os.path.isfile(folds_path):
+        return
+    try:
+        split = json.load(open(folds_path))["folds"][int(fold)]
+        seen = set(split["train"]) | set(split.get("val", []))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return
+    overlap = [c for c in case_ids if c in seen]
+    if overlap:
+        print(f"note: {len(overlap)} of the {len(case_ids)} scored cases trained or validated this model "
+              f"(fold {fold} of {folds_path}); only its test cases give a test score: "
+              f"--cases {','.join(split['test'][:3])}{',...' if len(split['test']) > 3 else ''}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
