@@ -133,6 +133,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="slices/windows per forward pass")
     p.add_argument("--overlap", type=float, default=0.5, help="3D sliding-window overlap (default 0.5)")
+    p.add_argument("--save-attention", action="store_true",
+                   help="also write each attention gate's map (float32 in [0, 1], the prediction's grid, "
+                        "geometry and format) as <output stem>_attn-<gate><suffix>, one file per gate")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=commands.cmd_predict)
 

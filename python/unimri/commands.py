@@ -217,7 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                            overlap=args.overlap, progress=not args.no_progress,
                            output_format=args.output_format,
                            label_patterns=DEFAULT_LABEL_PATTERNS + tuple(args.skip or ()),
-                           replace_nonfinite=args.replace_nonfinite)
+                           replace_nonfinite=args.replace_nonfinite, save_attention=args.save_attention)
     for path in written:
         print(f"wrote {path}")
     return 0
