@@ -148,12 +148,17 @@ def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
                                    "combo, unified (table 3, figure 3); attention: none, spatial, channel, "
                                    "CBAM, SAS (table 5); resizing: progressive resizing vs one stage at the "
                                    "final size with the same total epochs (time to quality); imbalance: "
-                                   "baseline vs unified as the phantom's lesion fraction falls. Writes "
+                                   "baseline vs unified as the phantom's lesion fraction falls; backbones: "
+                                   "baseline vs the unified approach for every backbone (table 1); lambda: the "
+                                   "unified approach with the unified loss's lambda 0.1..0.9 (figure 3f, "
+                                   "lambda_<model>.png). Writes "
                                    "<study>.md (mean ± std over seeds × folds, Wilcoxon p vs the first "
                                    "variant), <study>.csv, <study>_summary.csv and PNG plots.")
     p.add_argument("--study", default="components",
-                   choices=["unified", "components", "loss", "attention", "resizing", "imbalance", "all"])
-    p.add_argument("--models", default="unet", help="comma-separated backbones (default unet)")
+                   choices=["unified", "components", "loss", "attention", "resizing", "imbalance", "all",
+                            "backbones", "lambda"])
+    p.add_argument("--models", default=None,
+                   help="comma-separated backbones (default unet; --study backbones: unet,fcn,rcnn,segnet,deeplabv3)")
     p.add_argument("--seeds", type=int, default=1,
                    help="repeat every run with seeds SEED..SEED+N-1 (default 1); tables give mean ± std over "
                         "seeds × folds and a paired Wilcoxon test against the baseline")

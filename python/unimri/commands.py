@@ -229,7 +229,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from unimri.train.experiment import MARKER
 
     cfg = config_from_args(args)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    from unimri.studies.paper import STUDY_MODELS
+
+    chosen = args.models if args.models is not None else ",".join(STUDY_MODELS.get(args.study, ("unet",)))
+    models = [m.strip() for m in chosen.split(",") if m.strip()]
     for m in models:
         registry.check_model_name(m)
     if args.seeds < 1:
