@@ -57,7 +57,7 @@ def plot_overlays_with_attention(rows: Sequence[Mapping[str, Any]], path: str, t
         truth = (np.asarray(row["label"]) > 0).T
         panels = [("ground truth", "mask", truth)]
         panels += [(m, "mask", (np.asarray(row["predictions"][m]) > 0).T) for m in methods]
-        panels += [(f"{m}: attention {row['attention'][m][0]}", "map", np.asarray(row["attention"][m][1]).T)
+        panels += [(f"{m}:\nattention {row['attention'][m][0]}", "map", np.asarray(row["attention"][m][1]).T)
                    for m in gated]
         for c, (name, kind, values) in enumerate(panels):
             ax = axes[r][c]
