@@ -148,15 +148,15 @@ def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
                                    "combo, unified (table 3, figure 3); attention: none, spatial, channel, "
                                    "CBAM, SAS (table 5); resizing: progressive resizing vs one stage at the "
                                    "final size with the same total epochs (time to quality); imbalance: "
-                                   "baseline vs unified as the phantom's lesion fraction falls; backbones: "
-                                   "baseline vs the unified approach for every backbone (table 1); lambda: the "
-                                   "unified approach with the unified loss's lambda 0.1..0.9 (figure 3f, "
-                                   "lambda_<model>.png). Writes "
+                                   "baseline vs unified as the phantom's lesion fraction falls. Writes "
                                    "<study>.md (mean ± std over seeds × folds, Wilcoxon p vs the first "
                                    "variant), <study>.csv, <study>_summary.csv and PNG plots.")
     p.add_argument("--study", default="components",
                    choices=["unified", "components", "loss", "attention", "resizing", "imbalance", "all",
-                            "backbones", "lambda"])
+                            "backbones", "lambda"],
+                   help="the study (see above); backbones: baseline vs the unified approach for every backbone (table 1); "
+                        "lambda: the unified approach with the unified loss's lambda 0.1..0.9 (figure 3f, "
+                        "lambda_<model>.png); see docs/studies.md")
     p.add_argument("--models", default=None,
                    help="comma-separated backbones (default unet; --study backbones: unet,fcn,rcnn,segnet,deeplabv3)")
     p.add_argument("--seeds", type=int, default=1,

@@ -38,7 +38,6 @@ from unimri.train.config import TrainConfig
 from unimri.runtime.scoring import METRIC_NAMES
 from unimri.train.experiment import MARKER, ExperimentResult, prepare_out_dir, run_experiment
 from unimri.studies.stats import PairedTest, format_p, mean_std, paired_wilcoxon
-from unimri.studies import paper as _paper
 
 MODEL_TITLES = {"unet": "UNet", "fcn": "FCN", "rcnn": "RCNN", "segnet": "SegNet", "deeplabv3": "DeepLab-V3"}
 
@@ -106,6 +105,8 @@ STUDIES: dict[str, tuple[str, list[tuple[str, Variant]]]] = {
 }
 
 # table 1 over every backbone and the λ sweep of figure 3f (unimri.studies.paper)
+from unimri.studies import paper as _paper  # noqa: E402 (beside the studies it adds)
+
 STUDIES["backbones"] = ("Method", DEMO_VARIANTS)
 STUDIES["lambda"] = ("Unified loss λ", _paper.lambda_variants())
 #: studies that write more than the common reports: study -> writer(cells, out_dir, study, dataset)
@@ -260,7 +261,7 @@ def run_study(base: TrainConfig, study: str, models: Sequence[str], out_dir: str
         EXTRA_REPORTS[study](cells, out_dir, study, base.dataset)
     from unimri.studies.attention_figures import write_attention_overlays
 
-    write_attention_overlays(cells, out_dir, _merge_examples)  # the overlays again, with attention maps
+    write_attention_overlays(cells, out_dir)  # the overlays again, with attention maps
     return cells
 
 

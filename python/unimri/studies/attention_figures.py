@@ -107,10 +107,22 @@ def _fold_of(run_dir: str, case_id: str) -> int | None:
     return None
 
 
-def write_attention_overlays(cells: Sequence[Any], out_dir: str, rows_of: Any) -> list[str]:
-    """``overlays_<model>.png`` with the top gate's map added, for every model of a study
-    whose cells include one with attention; ``rows_of(cells of a model)`` gives the rows of
-    the plain overlay (case, image, label, each method's prediction). Returns the paths."""
+def example_rows(cells: Sequence[Any]) -> list[dict[str, Any]]:
+    """The overlay rows of one model's cells: the example cases of its first cell's first
+    seed that every cell has a prediction of, with each cell's prediction."""
+    by_cell = [{e["case_id"]: e for e in c.result.examples} for c in cells]
+    rows = []
+    for ex in cells[0].result.examples if cells else []:
+        if all(ex["case_id"] in found for found in by_cell):
+            rows.append({"case_id": ex["case_id"], "image": ex["image"], "label": ex["label"],
+                         "predictions": {c.variant: found[ex["case_id"]]["prediction"]
+                                         for c, found in zip(cells, by_cell)}})
+    return rows
+
+
+def write_attention_overlays(cells: Sequence[Any], out_dir: str) -> list[str]:
+    """``overlays_<model>.png`` with the top gate's map added (:func:`example_rows`), for
+    every model of a study whose cells include one with attention. Returns the paths."""
     from unimri.infer.predict import load_trained_model
     from unimri.studies.ablation import MODEL_TITLES
     from unimri.train.experiment import load_experiment_cases
@@ -120,7 +132,7 @@ def write_attention_overlays(cells: Sequence[Any], out_dir: str, rows_of: Any) -
         mine = [c for c in cells if c.model == model_name]
         if not any(c.result.config.attention for c in mine):
             continue
-        rows = rows_of(mine)
+        rows = example_rows(mine)
         if not rows:
             continue
         first = mine[0].result
