@@ -154,8 +154,8 @@ def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", default="components",
                    choices=["unified", "components", "loss", "attention", "resizing", "imbalance", "all",
                             "backbones", "lambda"],
-                   help="the study (see above); backbones: baseline vs the unified approach for every backbone (table 1); "
-                        "lambda: the unified approach with the unified loss's lambda 0.1..0.9 (figure 3f, "
+                   help="the study (see above); backbones: baseline vs the unified approach for every "
+                        "backbone (table 1); lambda: the unified approach with the unified loss's lambda 0.1..0.9 (figure 3f, "
                         "lambda_<model>.png); see docs/studies.md")
     p.add_argument("--models", default=None,
                    help="comma-separated backbones (default unet; --study backbones: unet,fcn,rcnn,segnet,deeplabv3)")
