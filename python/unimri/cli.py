@@ -61,8 +61,10 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
                                    "epochs at 64x64) vs the unified approach (SAS + unified focal loss + "
                                    "progressive resizing: 8 epochs at 32x32, then 16 at 64x64, weights carried "
                                    "over); SGD lr 0.1 with a cosine schedule per stage, batch 4, early stopping "
-                                   "(patience 10), 3-fold cross-validation. Prints the metric table (mean ± std "
-                                   "over folds) and writes curves_unet.png and overlays_unet.png.")
+                                   "(patience 10) on a validation set, 3-fold nested cross-validation: each fold's "
+                                   "40 test cases are only scored. Prints the test metric table (mean ± std "
+                                   "over test folds, difference with its CI) and writes curves_unet.png and "
+                                   "overlays_unet.png.")
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -73,9 +75,13 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="k-fold training with progressive resizing",
-                       description="Train a backbone with k-fold cross-validation and progressive "
-                                   "resizing; writes checkpoints, log.jsonl, metrics and plots to --out.",
+    p = sub.add_parser("train", help="nested k-fold training with progressive resizing, scored on test folds",
+                       description="Train a backbone with nested k-fold cross-validation and progressive "
+                                   "resizing: each outer fold trains on its training cases, stops early and "
+                                   "keeps the best epoch on a validation subset of them (--val-fraction), and "
+                                   "is scored on its test cases, which nothing else reads. Writes checkpoints, "
+                                   "folds.json (train/val/test per fold), log.jsonl, test metrics and plots "
+                                   "to --out.",
                        epilog="Example: unimri train --model unet --attention sas --loss unified "
                               "--dataset phantom --stages 64,128 --epochs 10 --folds 5 --out runs/u1")
     _add_train_options(p)
@@ -141,7 +147,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ablate", help="the paper's ablation studies as k-fold tables",
+    p = sub.add_parser("ablate", help="the paper's ablation studies as nested k-fold test tables",
                        description="unified: cross-entropy baseline vs the unified approach; components: "
                                    "baseline and every combination of SAS, unified loss and progressive "
                                    "resizing (tables 1-4); loss: ce, focal, Dice, Tversky, focal Tversky, "
@@ -149,8 +155,9 @@ def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
                                    "CBAM, SAS (table 5); resizing: progressive resizing vs one stage at the "
                                    "final size with the same total epochs (time to quality); imbalance: "
                                    "baseline vs unified as the phantom's lesion fraction falls. Writes "
-                                   "<study>.md (mean ± std over seeds × folds, Wilcoxon p vs the first "
-                                   "variant), <study>.csv, <study>_summary.csv and PNG plots.")
+                                   "<study>.md (test scores: mean ± std over test folds, difference to the first "
+                                   "variant with a bootstrap CI and Holm-corrected Wilcoxon p over test folds), "
+                                   "<study>_results.json, <study>.csv, <study>_summary.csv and PNG plots.")
     p.add_argument("--study", default="components",
                    choices=["unified", "components", "loss", "attention", "resizing", "imbalance", "all",
                             "backbones", "lambda"],
@@ -160,8 +167,8 @@ def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=None,
                    help="comma-separated backbones (default unet; --study backbones: unet,fcn,rcnn,segnet,deeplabv3)")
     p.add_argument("--seeds", type=int, default=1,
-                   help="repeat every run with seeds SEED..SEED+N-1 (default 1); tables give mean ± std over "
-                        "seeds × folds and a paired Wilcoxon test against the baseline")
+                   help="repeat every run with seeds SEED..SEED+N-1 (default 1) on the same test folds; "
+                        "seeds are averaged within a test fold before folds are compared")
     p.add_argument("--peer", default="none", choices=["none", "monai"],
                    help="also train MONAI UNet + DiceCELoss + Adam for the unified approach's wall time on the "
                         "same folds (studies unified and components; skipped when monai is missing)")

@@ -109,9 +109,8 @@ def plot_bars(bars: Sequence[tuple[str, float, float, Any]], path: str, title: s
               ylabel: str = "DSC") -> str:
     """Bar chart with error bars: one bar per variant.
 
-    ``bars[i]`` = (label, mean, std, test) where ``test`` is a
-    :class:`unimri.studies.stats.PairedTest` against the baseline (printed above the bar as
-    its p-value) or None for the baseline itself.
+    ``bars[i]`` = (label, mean, std, note): ``note`` is printed above the bar (e.g. the
+    p-value against the baseline, or "baseline").
     """
     plt = _plt()
     if not bars:
@@ -124,9 +123,7 @@ def plot_bars(bars: Sequence[tuple[str, float, float, Any]], path: str, title: s
     colors = ["0.6"] + [f"C{i % 10}" for i in range(len(bars) - 1)]
     ax.bar(xs, np.nan_to_num(means), yerr=np.nan_to_num(stds), capsize=4, color=colors, alpha=0.85)
     for x, (mean, std, bar) in enumerate(zip(means, stds, bars)):
-        test = bar[3]
-        text = "baseline" if test is None else (
-            f"p={test.p_value:.2g}" if np.isfinite(test.p_value) else "p: n/a")
+        text = str(bar[3]) if bar[3] is not None else ""
         ax.text(x, min(1.02, np.nan_to_num(mean) + np.nan_to_num(std) + 0.02), text, ha="center",
                 va="bottom", fontsize=7)
     ax.set_xticks(xs)

@@ -1,8 +1,7 @@
-"""The trainer's single door to the other unimri packages: names, checks and factories.
+"""Names, checks and factories of models, losses, datasets, splits and metrics.
 
-Everything that builds a model, a loss or a dataset goes through here, so that name
-checks give one clear error and the rest of the trainer never imports the packages
-directly.
+Training, inference and the studies build a model, a loss or a dataset through here, so
+that a wrong name gives one clear error wherever it is given.
 """
 from __future__ import annotations
 
@@ -87,10 +86,11 @@ def load_cases(source: str, **kwargs: Any) -> list:
     return _load(source, **kwargs)
 
 
-def kfold_split(case_ids: list[str], k: int, seed: int, path: str | None = None):
-    from unimri.data import kfold_split as _split
+def nested_kfold_split(case_ids: list[str], k: int, seed: int, val_fraction: float,
+                       path: str | None = None, groups: dict[str, str] | None = None):
+    from unimri.data.splits import nested_kfold_split as _split
 
-    return _split(case_ids, k=k, seed=seed, path=path)
+    return _split(case_ids, k=k, seed=seed, val_fraction=val_fraction, path=path, groups=groups)
 
 
 def metrics_object(num_classes: int):

@@ -19,8 +19,8 @@ from torch import nn
 
 from unimri.runtime import registry
 from unimri.runtime.inference import InferenceSpec, predict_labels
+from unimri.runtime.metric_names import METRIC_NAMES
 
-METRIC_NAMES = ("IoU", "DSC", "Precision", "Recall")
 #: surface distances in the files' physical units (mm), computed by ``unimri evaluate``
 SURFACE_NAMES = ("HD95", "ASD")
 _KEYS = {"IoU": "iou", "DSC": "dice", "Precision": "precision", "Recall": "recall"}

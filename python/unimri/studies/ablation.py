@@ -17,10 +17,16 @@ the first variant is the baseline the others are tested against:
 :func:`run_imbalance_sweep` runs ``unified`` over phantom lesion fractions;
 :func:`monai_peer_cells` adds the MONAI peer (:mod:`unimri.studies.peer`).
 
-Outputs in ``out_dir``: one run folder per (model, variant[, seed]), ``<study>.md``
-(markdown tables in the paper's layout, mean ± std over seeds × folds, optionally the
-Wilcoxon p against the baseline), ``<study>.csv`` (one row per seed and fold),
-``<study>_summary.csv`` (mean, std, median difference and p per metric),
+Every run is a nested cross-validation with the same outer test folds for every variant
+and seed (the split comes from ``split_seed``, not the training seed), so the test fold is
+the unit of comparison (:mod:`unimri.studies.stats`).
+
+Outputs in ``out_dir``: one run folder per (model, variant[, seed]), ``<study>.md`` (the
+table of :func:`unimri.studies.quality.render_table`: test scores, mean ± std over test
+folds, the difference to the baseline with its bootstrap CI and the Holm-corrected
+Wilcoxon p), ``<study>_results.json`` (the quality results file with provenance),
+``<study>.csv`` (one row per fold and seed), ``<study>_summary.csv`` (per variant: mean,
+std and the comparison with the baseline),
 ``bars_<model>.png``, ``curves_<model>.png``, ``overlays_<model>.png`` and, for
 ``resizing``, ``time_to_quality_<model>.png``.
 """
@@ -30,16 +36,16 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from unimri._atomic import atomic_write_text
 from unimri.train.config import TrainConfig
-from unimri.runtime.scoring import METRIC_NAMES
-from unimri.train.experiment import MARKER, ExperimentResult, prepare_out_dir, run_experiment
-from unimri.studies.stats import PairedTest, format_p, mean_std, paired_wilcoxon
-
-MODEL_TITLES = {"unet": "UNet", "fcn": "FCN", "rcnn": "RCNN", "segnet": "SegNet", "deeplabv3": "DeepLab-V3"}
+from unimri.train.experiment import MARKER, RUN_FORMAT, ExperimentResult, prepare_out_dir, run_experiment
+from unimri.runtime.provenance import Stopwatch
+from unimri.studies.quality import write_record
+from unimri.studies.reports import (MODEL_TITLES, Cell, imbalance_csv, imbalance_record, study_comparisons,  # noqa: F401
+                                    study_csv, study_record, study_table, write_imbalance_reports,
+                                    write_study_reports)
 
 
 def _final_stage_only(cfg: TrainConfig) -> dict[str, Any]:
@@ -117,34 +123,6 @@ EXTRA_REPORTS: dict[str, Callable[..., Any]] = {
 
 
 
-@dataclass
-class Cell:
-    """One (model, variant) of a study: its k-fold run per seed, as ``runs[(seed)] = result``."""
-
-    model: str
-    variant: str
-    runs: dict[int, ExperimentResult]
-
-    @property
-    def result(self) -> ExperimentResult:
-        """The first seed's run (what single-seed callers read)."""
-        return self.runs[min(self.runs)]
-
-    def values(self, metric: str) -> dict[tuple[int, int], float]:
-        """{(seed, fold): metric} over every run and fold."""
-        return {(seed, int(f["fold"])): float(f[metric]) for seed, r in sorted(self.runs.items())
-                for f in r.folds}
-
-    def summary(self, metric: str) -> tuple[float, float]:
-        """Mean ± population std over all (seed, fold) runs."""
-        return mean_std(list(self.values(metric).values()))
-
-    @property
-    def histories(self) -> list[dict[str, Any]]:
-        """Every run's epoch records, each tagged with its ``seed``."""
-        return [{**h, "seed": seed} for seed, r in sorted(self.runs.items()) for h in r.histories]
-
-
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_").replace("__", "_")
 
@@ -157,16 +135,16 @@ def _config_key(cfg: TrainConfig) -> str:
 def run_variants(base: TrainConfig, variants: Sequence[tuple[str, Variant]], models: Sequence[str],
                  out_dir: str, *, resume: bool = False, overwrite: bool = False,
                  study: str = "study", column: str = "Strategy", seeds: Sequence[int] | None = None,
-                 stats: bool = False, cache: dict[str, ExperimentResult] | None = None,
+                 cache: dict[str, ExperimentResult] | None = None,
                  extra_cells: Callable[[list[Cell]], list[Cell]] | None = None, jobs: int = 1) -> list[Cell]:
     """Run every (model, variant, seed) k-fold experiment under ``out_dir`` and write the reports.
 
     Args:
         seeds: seeds to repeat every run with (default ``[base.seed]``). A seed sets the
-            k-fold split, the initial weights and the sampling, so variants with the same
-            seed are paired on the same folds. One seed keeps the folder layout
+            initial weights and the sampling; the nested split comes from
+            ``base.split_seed`` (``base.seed`` when None) for every seed, so all runs share
+            their outer test folds. One seed keeps the folder layout
             ``<model>-<variant>``; several give ``<model>-<variant>-seed<s>``.
-        stats: add the Wilcoxon test of each variant against the first (the baseline).
         cache: configurations already run in this process (``--study all``): an identical
             configuration reuses the earlier run instead of training again.
         extra_cells: called with the cells once all runs are done; returns further cells
@@ -179,18 +157,19 @@ def run_variants(base: TrainConfig, variants: Sequence[tuple[str, Variant]], mod
     seeds = [int(base.seed)] if seeds is None else [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: expected distinct seeds, got {seeds!r}")
+    stopwatch = Stopwatch()
     configs = []
     for model in models:
         for label, change in variants:
             for seed in seeds:
-                cfg = base.replace(model=model, seed=seed)
+                cfg = base.replace(model=model, seed=seed, split_seed=base.split_seed_or_seed)
                 cfg = cfg.replace(**change(cfg)).validate()
                 configs.append((model, label, seed, cfg))
     prepare_out_dir(out_dir, overwrite=overwrite, resume=resume)
     if not resume:
         from unimri._atomic import atomic_write_json
 
-        atomic_write_json(os.path.join(out_dir, MARKER), {"kind": f"ablate:{study}", "format": 1})
+        atomic_write_json(os.path.join(out_dir, MARKER), {"kind": f"ablate:{study}", "format": RUN_FORMAT})
     plan, pending = [], {}
     for model, label, seed, cfg in configs:
         name = f"{model}-{_slug(label)}" + (f"-seed{seed}" if len(seeds) > 1 else "")
@@ -215,7 +194,7 @@ def run_variants(base: TrainConfig, variants: Sequence[tuple[str, Variant]], mod
     out = list(cells.values())
     if extra_cells is not None:
         out += extra_cells(out)
-    write_study_reports(out, out_dir, study, column, base.dataset, stats=stats)
+    write_study_reports(out, out_dir, study, column, base.dataset, provenance=stopwatch.record())
     return out
 
 
@@ -265,134 +244,6 @@ def run_study(base: TrainConfig, study: str, models: Sequence[str], out_dir: str
     return cells
 
 
-def _fmt(mean: float, std: float) -> str:
-    return f"{mean:.3f} ± {std:.3f}"
-
-
-def _baselines(cells: Sequence[Cell]) -> dict[str, Cell]:
-    """The first cell of each model: the study's baseline."""
-    first: dict[str, Cell] = {}
-    for c in cells:
-        first.setdefault(c.model, c)
-    return first
-
-
-def study_tests(cells: Sequence[Cell], metric: str = "DSC") -> dict[tuple[str, str], PairedTest]:
-    """{(model, variant): Wilcoxon test vs that model's baseline} for every non-baseline cell."""
-    base = _baselines(cells)
-    return {(c.model, c.variant): paired_wilcoxon(c.values(metric), base[c.model].values(metric))
-            for c in cells if c is not base[c.model]}
-
-
-def study_table(cells: Sequence[Cell], column: str, dataset: str, stats: bool = False) -> str:
-    """Markdown in the paper's layout (its table 5): Model | variant | IoU | DSC | Precision | Recall | Dataset.
-
-    With ``stats`` a column gives the two-sided Wilcoxon signed-rank p-value of the
-    variant's DSC against the model's first variant over (seed, fold) pairs.
-    """
-    tests = study_tests(cells) if stats else {}
-    head = f"| Model | {column} | " + " | ".join(METRIC_NAMES) + (" | p (DSC vs baseline)" if stats else "")
-    lines = [head + " | Dataset |", "|---|---|" + "---|" * (len(METRIC_NAMES) + int(stats)) + "---|"]
-    last_model = None
-    for cell in cells:
-        name = MODEL_TITLES.get(cell.model, cell.model) if cell.model != last_model else ""
-        shown_dataset = os.path.basename(dataset.rstrip("/")) if cell.model != last_model else ""
-        last_model = cell.model
-        row = f"| {name} | {cell.variant} | " + " | ".join(_fmt(*cell.summary(m)) for m in METRIC_NAMES)
-        if stats:
-            test = tests.get((cell.model, cell.variant))
-            row += " | " + (format_p(test) if test is not None else "(baseline)")
-        lines.append(row + f" | {shown_dataset} |")
-    if cells:
-        cfg = cells[0].result.config
-        n_seeds = len(cells[0].runs)
-        n_folds = len(cells[0].result.folds)
-        lines.append("")
-        lines.append(f"Mean ± std over {n_seeds * n_folds} run(s): {n_seeds} seed(s) × {n_folds} fold(s) of "
-                     f"{cfg.folds}-fold cross-validation; metrics on foreground classes."
-                     + (" p: two-sided Wilcoxon signed-rank test over (seed, fold) pairs." if stats else ""))
-    return "\n".join(lines) + "\n"
-
-
-def study_csv(cells: Sequence[Cell], study: str, dataset: str) -> tuple[str, str]:
-    """(per-run CSV: one row per seed and fold, summary CSV: one row per cell with the tests)."""
-    folds, summary = io.StringIO(), io.StringIO()
-    fw, sw = csv.writer(folds), csv.writer(summary)
-    fw.writerow(["study", "dataset", "model", "variant", "seed", "fold", *METRIC_NAMES])
-    sw.writerow(["study", "dataset", "model", "variant", "n_runs",
-                 *(f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")),
-                 *(f"{m}_{s}" for m in METRIC_NAMES for s in ("median_diff", "wilcoxon_p")),
-                 "n_pairs", "note"])
-    tests = {m: study_tests(cells, m) for m in METRIC_NAMES}
-    for cell in cells:
-        for seed, r in sorted(cell.runs.items()):
-            for f in r.folds:
-                fw.writerow([study, dataset, cell.model, cell.variant, seed, f["fold"],
-                             *(f"{f[m]:.6f}" for m in METRIC_NAMES)])
-        row = [study, dataset, cell.model, cell.variant, len(cell.values("DSC")),
-               *(f"{v:.6f}" for m in METRIC_NAMES for v in cell.summary(m))]
-        dsc = tests["DSC"].get((cell.model, cell.variant))
-        if dsc is None:
-            row += [""] * (2 * len(METRIC_NAMES)) + ["", "baseline"]
-        else:
-            for m in METRIC_NAMES:
-                t = tests[m][(cell.model, cell.variant)]
-                row += [f"{t.median_diff:.6f}", f"{t.p_value:.6g}"]
-            row += [dsc.n_pairs, dsc.note]
-        sw.writerow(row)
-    return folds.getvalue(), summary.getvalue()
-
-
-def write_study_reports(cells: Sequence[Cell], out_dir: str, study: str, column: str, dataset: str,
-                        stats: bool = False) -> None:
-    """<study>.md, <study>.csv, <study>_summary.csv, bars_<model>.png, curves_<model>.png,
-    overlays_<model>.png (and time_to_quality_<model>.png for the resizing study)."""
-    from unimri.runtime.plots import plot_bars, plot_curves, plot_overlays, plot_time_to_quality
-
-    table = study_table(cells, column, dataset, stats=stats)
-    atomic_write_text(os.path.join(out_dir, f"{study}.md"), f"## {study} — {dataset}\n\n{table}")
-    per_fold, summary = study_csv(cells, study, dataset)
-    atomic_write_text(os.path.join(out_dir, f"{study}.csv"), per_fold)
-    atomic_write_text(os.path.join(out_dir, f"{study}_summary.csv"), summary)
-    tests = study_tests(cells) if stats else {}
-    for model in dict.fromkeys(c.model for c in cells):
-        mine = [c for c in cells if c.model == model]
-        title = MODEL_TITLES.get(model, model)
-        plot_curves({c.variant: c.histories for c in mine}, os.path.join(out_dir, f"curves_{model}.png"),
-                    title=f"{title} on {dataset}: loss and DSC per epoch")
-        if stats:
-            bars = [(c.variant, *c.summary("DSC"), tests.get((model, c.variant))) for c in mine]
-            plot_bars(bars, os.path.join(out_dir, f"bars_{model}.png"),
-                      title=f"{title} on {os.path.basename(dataset.rstrip('/'))}: {study} "
-                            f"(mean ± std over seeds × folds)", ylabel="DSC")
-        if study == "resizing":
-            plot_time_to_quality({c.variant: c.histories for c in mine},
-                                 os.path.join(out_dir, f"time_to_quality_{model}.png"),
-                                 title=f"{title} on {dataset}: validation DSC vs training wall time")
-        examples = _merge_examples(mine)
-        if examples:
-            plot_overlays(examples, os.path.join(out_dir, f"overlays_{model}.png"),
-                          title=f"{title}: ground truth (green) vs prediction (red)")
-
-
-def _merge_examples(cells: Sequence[Cell]) -> list[dict[str, Any]]:
-    """Cases that every variant has an example prediction for (first seed), with all predictions."""
-    if not cells or not cells[0].result.examples:
-        return []
-    merged = []
-    for ex in cells[0].result.examples:
-        preds = {}
-        for cell in cells:
-            hit = [e for e in cell.result.examples if e["case_id"] == ex["case_id"]]
-            if not hit:
-                break
-            preds[cell.variant] = hit[0]["prediction"]
-        else:
-            merged.append({"case_id": ex["case_id"], "image": ex["image"], "label": ex["label"],
-                           "predictions": preds})
-    return merged
-
-
 def run_imbalance_sweep(base: TrainConfig, fractions: Sequence[float], models: Sequence[str], out_dir: str,
                         *, seeds: Sequence[int] | None = None, resume: bool = False,
                         overwrite: bool = False, jobs: int = 1) -> dict[float, list[Cell]]:
@@ -414,7 +265,8 @@ def run_imbalance_sweep(base: TrainConfig, fractions: Sequence[float], models: S
     if not resume:
         from unimri._atomic import atomic_write_json
 
-        atomic_write_json(os.path.join(out_dir, MARKER), {"kind": "ablate:imbalance", "format": 1})
+        atomic_write_json(os.path.join(out_dir, MARKER), {"kind": "ablate:imbalance", "format": RUN_FORMAT})
+    stopwatch = Stopwatch()
     column, variants = STUDIES["unified"]
     results: dict[float, list[Cell]] = {}
     for f in fractions:
@@ -422,41 +274,9 @@ def run_imbalance_sweep(base: TrainConfig, fractions: Sequence[float], models: S
         sub = os.path.join(out_dir, f"fg{f:g}")
         again = resume and os.path.isfile(os.path.join(sub, MARKER))
         results[f] = run_variants(cfg, variants, models, sub, resume=again, study="unified", column=column,
-                                  seeds=seeds, stats=True, jobs=jobs)
-    write_imbalance_reports(results, out_dir, base.dataset)
+                                  seeds=seeds, jobs=jobs)
+    write_imbalance_reports(results, out_dir, base.dataset, stopwatch.record())
     return results
-
-
-def imbalance_csv(results: dict[float, list[Cell]]) -> str:
-    """One row per (model, method, fraction): n, mean/std of DSC and IoU, Wilcoxon p of DSC."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["model", "method", "fg_fraction", "n_runs", "DSC_mean", "DSC_std", "IoU_mean", "IoU_std",
-                "DSC_median_diff", "DSC_wilcoxon_p", "note"])
-    for f, cells in sorted(results.items(), reverse=True):
-        tests = study_tests(cells)
-        for c in cells:
-            t = tests.get((c.model, c.variant))
-            w.writerow([c.model, c.variant, f"{f:g}", len(c.values("DSC")),
-                        *(f"{v:.6f}" for m in ("DSC", "IoU") for v in c.summary(m)),
-                        "" if t is None else f"{t.median_diff:.6f}", "" if t is None else f"{t.p_value:.6g}",
-                        "baseline" if t is None else t.note])
-    return buf.getvalue()
-
-
-def write_imbalance_reports(results: dict[float, list[Cell]], out_dir: str, dataset: str) -> None:
-    from unimri.runtime.plots import plot_imbalance
-
-    atomic_write_text(os.path.join(out_dir, "imbalance.csv"), imbalance_csv(results))
-    models = dict.fromkeys(c.model for cells in results.values() for c in cells)
-    for model in models:
-        series: dict[str, list[tuple[float, float, float]]] = {}
-        for f, cells in sorted(results.items()):
-            for c in cells:
-                if c.model == model:
-                    series.setdefault(c.variant, []).append((f, *c.summary("DSC")))
-        plot_imbalance(series, os.path.join(out_dir, f"imbalance_{model}.png"),
-                       title=f"{MODEL_TITLES.get(model, model)} on {dataset}: DSC as the lesion fraction falls")
 
 
 # the run the MONAI peer gets its wall-time budget from, per study
@@ -498,7 +318,7 @@ def polarity_overlays(cells: Sequence[Cell], path: str, fold: int = 0, n_dark: i
                       n_bright: int = 1) -> str | None:
     """Overlays of ground truth vs each cell's prediction on phantom cases of both polarities.
 
-    Takes the first ``n_dark`` validation cases of ``fold`` (in split order) that hold a
+    Takes the first ``n_dark`` test cases of ``fold`` (in split order) that hold a
     dark (hypo-intense) lesion and the first ``n_bright`` that hold only bright ones — a
     fixed rule, not a pick of good-looking cases — and predicts them with each cell's
     ``fold<k>/model.pt`` (first seed). Returns the path, or None when the dataset records
@@ -514,12 +334,12 @@ def polarity_overlays(cells: Sequence[Cell], path: str, fold: int = 0, n_dark: i
         return None
     first = cells[0].result
     cases = {c.case_id: c for c in load_experiment_cases(first.config)}
-    val_ids = json.load(open(os.path.join(first.out_dir, "folds.json")))["folds"][fold]["val"]
-    val = [cases[i] for i in val_ids]
-    if not any((c.meta or {}).get("lesions") for c in val):
+    test_ids = json.load(open(os.path.join(first.out_dir, "folds.json")))["folds"][fold]["test"]
+    test = [cases[i] for i in test_ids]
+    if not any((c.meta or {}).get("lesions") for c in test):
         return None
-    chosen = [c for c in val if _has_polarity(c, True)][:n_dark]
-    chosen += [c for c in val if _has_polarity(c, False) and not _has_polarity(c, True)][:n_bright]
+    chosen = [c for c in test if _has_polarity(c, True)][:n_dark]
+    chosen += [c for c in test if _has_polarity(c, False) and not _has_polarity(c, True)][:n_bright]
     models = {cell.variant: load_trained_model(os.path.join(cell.result.out_dir, f"fold{fold}", "model.pt"))[:2]
               for cell in cells}
     rows = []
@@ -539,7 +359,7 @@ def polarity_overlays(cells: Sequence[Cell], path: str, fold: int = 0, n_dark: i
             f"{MODEL_TITLES.get(cells[0].model, cells[0].model)}, fold {fold} validation cases: ground truth "
             "(green) vs prediction (red); top attention gate"))
     return plot_overlays(rows, path, title=f"{MODEL_TITLES.get(cells[0].model, cells[0].model)}, fold {fold} "
-                                           "validation cases: ground truth (green) vs prediction (red)")
+                                           "test cases: ground truth (green) vs prediction (red)")
 
 
 def time_to_quality_report(runs: dict[str, Sequence[str]], out_dir: str, name: str = "time_to_quality",
@@ -550,15 +370,22 @@ def time_to_quality_report(runs: dict[str, Sequence[str]], out_dir: str, name: s
     components study's "SAS + unified loss" (one stage) and "all" (progressive resizing)
     runs. Writes ``<name>.png`` (validation DSC against cumulative training time — CPU time
     when the runs logged it, see :func:`unimri.runtime.plots.epoch_clock` — mean over seeds ×
-    folds) and ``<name>.csv`` (label, epoch, seconds, val_dsc) to
-    ``out_dir``; returns the PNG path.
+    folds), ``<name>.csv`` (label, epoch, seconds, val_dsc) and ``<name>.json`` (the curves
+    with the runs' provenance, for :func:`unimri.studies.quality.render_time_to_quality`) to
+    ``out_dir``; returns the PNG path. The curves are validation curves (early-stopping
+    cases), not test scores.
     """
     from unimri.train.experiment import load_result
     from unimri.runtime.plots import epoch_clock, plot_time_to_quality, time_to_quality_curve
 
-    histories = {}
+    from unimri.studies.collect import merged_provenance
+    from unimri.studies.quality import TTQ_FORMAT
+
+    histories, results = {}, []
     for label, dirs in runs.items():
-        histories[label] = [{**h, "seed": i} for i, d in enumerate(dirs) for h in load_result(d).histories]
+        loaded = [load_result(d) for d in dirs]
+        results += loaded
+        histories[label] = [{**h, "seed": i} for i, r in enumerate(loaded) for h in r.histories]
     clock = epoch_clock([r for records in histories.values() for r in records])
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -569,4 +396,10 @@ def time_to_quality_report(runs: dict[str, Sequence[str]], out_dir: str, name: s
             w.writerow([label, e + 1, f"{ti:.3f}", f"{di:.6f}"])
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, f"{name}.csv"), buf.getvalue())
+    curves = {}
+    for label, records in histories.items():
+        t, dsc = time_to_quality_curve(records, clock)
+        curves[label] = {"time": [float(v) for v in t], "val_dsc": [float(v) for v in dsc]}
+    write_record(os.path.join(out_dir, f"{name}.json"), {"format": TTQ_FORMAT, "clock": clock, "curves": curves,
+                                                         "provenance": merged_provenance(results)})
     return plot_time_to_quality(histories, os.path.join(out_dir, f"{name}.png"), title=title)

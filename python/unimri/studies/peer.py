@@ -5,8 +5,9 @@ For each (seed, fold) the peer gets the wall time that a reference unimri run (n
 the unified approach) spent training that fold — the sum of its per-epoch ``seconds``,
 which include per-epoch validation — and trains whole epochs at the final stage size until
 that time is used up, validating after each epoch and keeping the weights of the best
-validation loss (as unimri's early stopping does). It is then scored exactly like the
-unimri runs (whole cases at native resolution, :func:`unimri.runtime.scoring.evaluate_model`).
+validation loss on the fold's validation cases (as unimri's early stopping does). It is
+then scored exactly like the unimri runs, on the fold's test cases of the same nested split
+(whole cases at native resolution, :func:`unimri.runtime.scoring.evaluate_model`).
 
 MONAI is optional: :func:`monai_available` says whether it is installed.
 """
@@ -27,7 +28,8 @@ from unimri.train.checkpoint import seed_everything
 from unimri.train.config import TrainConfig
 from unimri.train.datasets import StageCollate, infer_in_channels, infer_num_classes, make_dataset
 from unimri.runtime.scoring import evaluate_model
-from unimri.train.experiment import MARKER, ExperimentResult, load_experiment_cases, prepare_out_dir, write_reports
+from unimri.train.experiment import (MARKER, RUN_FORMAT, ExperimentResult, load_experiment_cases, nested_split,
+                                     prepare_out_dir, write_reports)
 from unimri.runtime.inference import InferenceSpec
 from unimri.runtime.resize import resize_logits
 
@@ -117,9 +119,8 @@ def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *,
     num_classes, in_channels = infer_num_classes(cases), infer_in_channels(cases)
     by_id = {c.case_id: c for c in cases}
     prepare_out_dir(out_dir, overwrite=overwrite)
-    atomic_write_json(os.path.join(out_dir, MARKER), {"kind": "peer:monai", "format": 1})
-    splits = registry.kfold_split(sorted(by_id), k=cfg.folds, seed=cfg.seed,
-                                  path=os.path.join(out_dir, "folds.json"))
+    atomic_write_json(os.path.join(out_dir, MARKER), {"kind": "peer:monai", "format": RUN_FORMAT})
+    splits = nested_split(cfg, cases, os.path.join(out_dir, "folds.json"))
     size, batch = cfg.stage_sizes[-1], cfg.stage_batch_sizes[-1]
     features = int(cfg.features or 16)
     label_cfg = cfg.replace(model="monai-unet", loss="monai-dicece", attention=None, stages=[list(size)])
@@ -128,13 +129,13 @@ def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *,
                                                              "clock": clock})
     result = ExperimentResult(out_dir, label_cfg, [])
     for fold in cfg.selected_folds():
-        train_ids, val_ids = splits[fold]
+        split = splits[fold]
         seed_everything(cfg.seed + 1000 * fold)
         model = monai_unet(cfg.spatial_dims, in_channels, num_classes, features)
         loss_fn = DiceCELoss(softmax=True)  # targets are (soft) one-hot, as unimri's trainer feeds them
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        train_set = make_dataset([by_id[i] for i in train_ids], cfg, num_classes, train=True)
-        val_set = make_dataset([by_id[i] for i in val_ids], cfg, num_classes, train=False)
+        train_set = make_dataset([by_id[i] for i in split.train], cfg, num_classes, train=True)
+        val_set = make_dataset([by_id[i] for i in split.val], cfg, num_classes, train=False)
         generator = torch.Generator().manual_seed(cfg.seed + 1000 * fold)
         train_loader = DataLoader(train_set, batch_size=batch, shuffle=True, drop_last=len(train_set) > batch,
                                   collate_fn=StageCollate(size, num_classes), generator=generator)
@@ -169,13 +170,14 @@ def run_monai_peer(cfg: TrainConfig, out_dir: str, budgets: dict[int, float], *,
         modalities = {(c.meta or {}).get("modality") for c in cases}
         spec = InferenceSpec(cfg.spatial_dims, tuple(size), num_classes, in_channels, cfg.slice_axis,
                              cfg.patch, cfg.normalize, modalities.pop() if len(modalities) == 1 else None)
-        evaluation = evaluate_model(model, [by_id[i] for i in val_ids], spec, "cpu", cfg.normalize,
+        evaluation = evaluate_model(model, [by_id[i] for i in split.test], spec, "cpu", cfg.normalize,
                                     progress=False)
-        metrics = {"fold": fold, **evaluation.summary, "epochs": epoch, "seconds": round(spent, 3),
-                   "budget_s": round(budgets[fold], 3)}
+        metrics = {"fold": fold, "split": "test", "n_test": len(split.test), **evaluation.summary,
+                   "epochs": epoch, "seconds": round(spent, 3), "budget_s": round(budgets[fold], 3)}
         os.makedirs(os.path.join(out_dir, f"fold{fold}"), exist_ok=True)
         atomic_write_json(os.path.join(out_dir, f"fold{fold}", "result.json"),
-                          {"metrics": metrics, "history": history, "per_case": evaluation.per_case})
+                          {"metrics": metrics, "history": history, "per_case": evaluation.per_case,
+                           "cases": {"train": split.train, "val": split.val, "test": split.test}})
         result.folds.append(metrics)
         result.histories.extend(history)
         if not result.examples:

@@ -77,6 +77,12 @@ class TrainConfig:
     24 x 64); ``"96x128"`` or a list per axis is an exact size; ``batch_sizes``/``epochs`` may be one value for all stages or one
     per stage. ``epochs`` is the most a stage runs; early stopping (``patience`` epochs
     without a validation-loss improvement larger than ``min_delta``) may end it sooner.
+
+    Cross-validation is nested: each of the ``folds`` outer folds is a test set that only
+    scoring sees; ``val_fraction`` of the remaining groups (patients, or cases) are the
+    validation set for early stopping and the best epoch, the rest train. The split comes
+    from ``split_seed`` (``seed`` when None), so runs that differ only in ``seed`` share
+    their test folds.
     """
 
     # what to train
@@ -110,7 +116,9 @@ class TrainConfig:
     amp: str = "auto"
     folds: int = 5
     fold_indices: Any = None
+    val_fraction: float = 0.2  # share of each fold's non-test groups held out for early stopping
     seed: int = 0
+    split_seed: int | None = None  # seed of the nested split; None: ``seed``
     # machinery
     device: str = "auto"
     num_workers: int = 0
@@ -163,6 +171,11 @@ class TrainConfig:
             raise ValueError(f"fold_indices: expected values in [0, {self.folds}), got {bad}")
         return [int(f) for f in folds]
 
+    @property
+    def split_seed_or_seed(self) -> int:
+        """The seed the nested split is drawn with."""
+        return int(self.seed if self.split_seed is None else self.split_seed)
+
     def model_spec(self, in_channels: int, num_classes: int) -> dict[str, Any]:
         """What rebuilds the network: ``create_model(spec['name'], **spec['kwargs'])``."""
         kwargs: dict[str, Any] = {"spatial_dims": self.spatial_dims, "in_channels": in_channels,
@@ -197,6 +210,8 @@ class TrainConfig:
         if self.folds < 2:
             raise ValueError(f"folds: expected >= 2 (k-fold cross-validation), got {self.folds!r}")
         self.selected_folds()
+        if not 0 < float(self.val_fraction) < 1:
+            raise ValueError(f"val_fraction: expected in (0, 1), got {self.val_fraction!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp not in AMP_MODES:
