@@ -115,11 +115,8 @@ from unimri.studies import paper as _paper  # noqa: E402 (beside the studies it 
 
 STUDIES["backbones"] = ("Method", DEMO_VARIANTS)
 STUDIES["lambda"] = ("Unified loss λ", _paper.lambda_variants())
-#: studies that write more than the common reports: study -> writer(cells, out_dir, study, dataset)
-EXTRA_REPORTS: dict[str, Callable[..., Any]] = {
-    "backbones": _paper.write_paper_reports,
-    "lambda": _paper.write_paper_reports,
-}
+#: studies that write more than the common reports: study -> writer(cells, out_dir, dataset)
+EXTRA_REPORTS: dict[str, Callable[..., Any]] = {"lambda": _paper.write_lambda_report}
 
 
 
@@ -237,7 +234,7 @@ def run_study(base: TrainConfig, study: str, models: Sequence[str], out_dir: str
     column, variants = STUDIES[study]
     cells = run_variants(base, variants, models, out_dir, study=study, column=column, **kw)
     if study in EXTRA_REPORTS:
-        EXTRA_REPORTS[study](cells, out_dir, study, base.dataset)
+        EXTRA_REPORTS[study](cells, out_dir, base.dataset)
     from unimri.studies.attention_figures import write_attention_overlays
 
     write_attention_overlays(cells, out_dir)  # the overlays again, with attention maps

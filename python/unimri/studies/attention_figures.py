@@ -124,7 +124,7 @@ def write_attention_overlays(cells: Sequence[Any], out_dir: str) -> list[str]:
     """``overlays_<model>.png`` with the top gate's map added (:func:`example_rows`), for
     every model of a study whose cells include one with attention. Returns the paths."""
     from unimri.infer.predict import load_trained_model
-    from unimri.studies.ablation import MODEL_TITLES
+    from unimri.studies.reports import MODEL_TITLES
     from unimri.train.experiment import load_experiment_cases
 
     written = []
