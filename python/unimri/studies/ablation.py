@@ -353,7 +353,7 @@ def polarity_overlays(cells: Sequence[Cell], path: str, fold: int = 0, n_dark: i
 
         gated = {cell.variant: models[cell.variant] for cell in cells if cell.result.config.attention}
         return plot_overlays_with_attention(add_attention(rows, chosen, gated), path, title=(
-            f"{MODEL_TITLES.get(cells[0].model, cells[0].model)}, fold {fold} validation cases: ground truth "
+            f"{MODEL_TITLES.get(cells[0].model, cells[0].model)}, fold {fold} test cases: ground truth "
             "(green) vs prediction (red); top attention gate"))
     return plot_overlays(rows, path, title=f"{MODEL_TITLES.get(cells[0].model, cells[0].model)}, fold {fold} "
                                            "test cases: ground truth (green) vs prediction (red)")
