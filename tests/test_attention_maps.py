@@ -160,3 +160,21 @@ def test_save_attention_3d_sliding_window_and_a_model_without_gates(tmp_path):
     with pytest.raises(ValueError, match="save_attention: the checkpoint's model has no attention"):
         predict_path(ckpt2, src, str(tmp_path / "x_seg.nii"), progress=False, save_attention=True)
     assert not os.path.exists(tmp_path / "x_seg.nii")
+
+
+def test_save_attention_png_is_8_bit_alpha(tmp_path):
+    from PIL import Image
+
+    model = _model("unet", 2)
+    kwargs = {"spatial_dims": 2, "in_channels": 1, "num_classes": 2, "features": 4, "attention": "sas"}
+    ckpt = _checkpoint(tmp_path, model, InferenceSpec(2, (24, 32), 2, 1, normalize="none"), kwargs)
+    pixels = np.random.default_rng(2).integers(0, 256, (24, 32)).astype(np.uint8)
+    src = str(tmp_path / "photo.png")
+    Image.fromarray(pixels).save(src)
+    predict_path(ckpt, src, str(tmp_path / "photo_seg.png"), progress=False, save_attention=True)
+    want = attention_maps(model, torch.from_numpy(pixels.astype(np.float32))[None, None])
+    for name, alpha in want.items():
+        got = np.asarray(Image.open(attention_path(str(tmp_path / "photo_seg.png"), name)))
+        assert got.shape == pixels.shape and got.dtype == np.uint8
+        # round(255 α): at most half a grey level from the gate's α
+        np.testing.assert_allclose(got / 255.0, alpha[0, 0].numpy(), atol=0.5 / 255 + 1e-6, rtol=0)
