@@ -57,7 +57,11 @@ def _arg(launch, name):
 def test_loss_grid_fits_cuda_and_covers_every_pixel(batch, classes, spatial, dtype):
     n = _prod(spatial)
     launches = launches_of(LossProblem(batch, classes, spatial, dtype))
-    assert [ln.name for ln in launches] == ["_ufl_stats_kernel", "_ufl_grad_kernel"]
+    assert [ln.name for ln in launches] == ["_ufl_stats_kernel", "_ufl_finish_kernel",
+                                            "_ufl_grad_kernel"]
+    finish = launches.pop(1)
+    assert finish.grid == (batch,)
+    assert _arg(finish, "ROWS") == _arg(launches[0], "NUM_BLOCKS")
     for ln in launches:
         assert _in_limits(ln.grid), (ln.name, ln.grid)
         block_n, num_blocks = _const(ln, "BLOCK_N"), _arg(ln, "NUM_BLOCKS")
@@ -287,6 +291,45 @@ def test_triton_accepts_ignore_index_anywhere():
     torch.testing.assert_close(loss.double(), ref, rtol=2e-5, atol=2e-6)
 
 
+@needs_interpreter
+@pytest.mark.parametrize("batch", [False, True])
+def test_bad_labels_poison_their_loss_row_and_gradient(monkeypatch, batch):
+    """What a captured CUDA graph sees (no host report): NaN in the affected rows only."""
+    monkeypatch.setattr(loss_mod, "report_bad_labels", lambda *a: None)
+    logits = torch.randn(3, 4, 70)
+    target = torch.randint(0, 4, (3, 70))
+    target[1, 5] = 9
+    params = torch.rand(4, 4, dtype=torch.float64)
+    with use_backend("triton"):
+        loss, grad = OP_LOSS(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, batch, True, False)
+    kept = (target < 4).unsqueeze(1).expand_as(grad)  # the bad pixel itself gets 0
+    if batch:
+        assert loss.shape == (1,) and torch.isnan(loss).all() and torch.isnan(grad[kept]).all()
+    else:
+        assert torch.isnan(loss[1]) and torch.isnan(grad[1][kept[1]]).all()
+        keep = [0, 2]
+        ref, _ = _loss_reference(logits[keep], target[keep], params, False)
+        torch.testing.assert_close(loss[keep].double(), ref, rtol=2e-5, atol=2e-6)
+        assert torch.isfinite(grad[keep]).all()
+
+
+def test_pending_label_reports_raise_once_finished():
+    from unimri_kernels.triton import labels
+
+    class Done:
+        def query(self):
+            return True
+
+        def synchronize(self):
+            pass
+
+    labels._pending.append((Done(), torch.tensor([0.0, 2.0]), 5, -1))
+    with pytest.raises(ValueError, match=r"target holds 2 label\(s\) outside \[0, 5\) .*=-1"):
+        labels.raise_pending()
+    assert not labels._pending
+    labels.raise_pending()  # nothing left to report
+
+
 # ------------------------------------------------------------------ determinism
 class _AtomicCounter:
     def __init__(self, monkeypatch):
@@ -360,11 +403,17 @@ def test_cuda_deterministic_gate_repeats_bitwise():
         assert torch.equal(a, b)
 
 
+@pytest.mark.cuda
 @requires_cuda
-def test_cuda_rejects_out_of_range_labels():
+def test_cuda_reports_out_of_range_labels_without_a_sync():
+    from unimri_kernels.triton.labels import raise_pending
+
     logits = torch.randn(2, 3, 50, device="cuda")
     target = torch.randint(0, 3, (2, 50), device="cuda")
     target[1, 17] = 3
     params = torch.rand(4, 3, dtype=torch.float64, device="cuda")
+    loss, grad = OP_LOSS(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, False, True, False)
     with pytest.raises(ValueError, match=r"target holds 1 label"):
-        OP_LOSS(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, False, True, False)
+        raise_pending()
+    assert torch.isfinite(loss[0]) and torch.isnan(loss[1])
+    assert torch.isfinite(grad[0]).all() and torch.isnan(grad[1, :, :17]).all()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -105,9 +106,12 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def skip_host_checks(device: torch.device) -> bool:
-    """Host-side reads of device results are impossible on meta tensors and forbidden
-    while a CUDA graph is being captured."""
-    if device.type == "meta":
-        return True
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+def split_f64(x: float) -> tuple[float, float]:
+    """(hi, lo), both exact in float32, with hi + lo = x to about 2**-48 relative: how a
+    float64 scalar reaches a kernel (Triton passes Python floats as fp32)."""
+    hi = _f32(float(x))
+    return hi, _f32(float(x) - hi)
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
