@@ -83,17 +83,14 @@ def _k_offsets(k, N, H, W, S: tl.constexpr, SD: tl.constexpr, IDX64: tl.constexp
 
 
 @triton.jit
-def _accumulate(ptr, vals, mask, DETERMINISTIC: tl.constexpr):
-    """ptr += vals: a float atomic, or (DETERMINISTIC) a read-modify-write of memory this
-    program owns. Threads holding copies of one element must not race between the read
-    and the write: hence the barriers."""
-    if DETERMINISTIC:
-        old = tl.load(ptr, mask=mask, other=0.0)
-        tl.debug_barrier()
-        tl.store(ptr, old + vals, mask=mask)
-        tl.debug_barrier()
-    else:
-        tl.atomic_add(ptr, vals, mask=mask)
+def _accumulate(ptr, vals, mask, first):
+    """ptr += vals in memory this program owns (no atomics; ``first``: ptr = vals, so the
+    partials need no zeroing pass). Threads holding copies of one element must not race
+    between the read and the write: hence the barriers."""
+    old = tl.load(ptr, mask=mask & (first == 0), other=0.0)
+    tl.debug_barrier()
+    tl.store(ptr, old + vals, mask=mask)
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -117,27 +114,6 @@ def _load_gate(g_b, c, c_mask, n, p_mask, Ng, Hg, Wg,
                 v = tl.load(rows + off[None, :], mask=mask, other=0.0).to(ACC)
                 out += (wz * wy * wx)[None, :] * v
     return out
-
-
-@triton.jit
-def _scatter_gate(dg_b, vals, c, c_mask, n, p_mask, Ng, Hg, Wg,
-                  gz0, gz1, gzl, gy0, gy1, gyl, gx0, gx1, gxl,
-                  SAME_G: tl.constexpr, NZ: tl.constexpr):
-    """Adjoint of :func:`_load_gate`: vals (BLOCK_K, BLOCK_P) into the g-grid gradient
-    (a plain store on the same grid, float atomics otherwise)."""
-    mask = c_mask[:, None] & p_mask[None, :]
-    rows = dg_b + c[:, None].to(tl.int64) * Ng
-    if SAME_G:
-        tl.store(rows + n[None, :], vals.to(dg_b.dtype.element_ty), mask=mask)
-    else:
-        for bz in tl.static_range(NZ):
-            zi, wz = _lerp_corner(gz0, gz1, gzl, bz)
-            for by in tl.static_range(2):
-                yi, wy = _lerp_corner(gy0, gy1, gyl, by)
-                for bx in tl.static_range(2):
-                    xi, wx = _lerp_corner(gx0, gx1, gxl, bx)
-                    off = (zi * Hg + yi) * Wg + xi
-                    tl.atomic_add(rows + off[None, :], (wz * wy * wx)[None, :] * vals, mask=mask)
 
 
 @triton.jit
@@ -253,50 +229,54 @@ def _coarse_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr, a_ptr
 
 
 @triton.jit
-def _scale_kernel(x_ptr, a_ptr, y_ptr, alpha_ptr, az_ptr, ay_ptr, ax_ptr,
-                  Cx, N, Nc, H, W, Hc, Wc, TILES,
-                  A_SAME: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
-                  IDX64: tl.constexpr):
-    b, m = _item_tile(tl.program_id(0), TILES, BLOCK, IDX64)
+def _pixel_channel_tile(pid, TILES, CBLOCKS, N, Cx, BLOCK: tl.constexpr,
+                        BLOCK_C: tl.constexpr, IDX64: tl.constexpr):
+    """Program pid of a (item, pixel tile, channel block) grid flattened on axis 0: item b
+    (int64), fine pixels m, channels c, their masks and the [BLOCK_C, BLOCK] offsets."""
+    cb = pid % CBLOCKS
+    b, m = _item_tile(pid // CBLOCKS, TILES, BLOCK, IDX64)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     m_mask = m < N
+    c_mask = c < Cx
+    off = (b * Cx + c[:, None]) * N + m[None, :]
+    return b, cb, m, m_mask, c_mask[:, None] & m_mask[None, :], off
+
+
+@triton.jit
+def _scale_kernel(x_ptr, a_ptr, y_ptr, alpha_ptr, az_ptr, ay_ptr, ax_ptr,
+                  Cx, N, Nc, H, W, Hc, Wc, TILES, CBLOCKS,
+                  A_SAME: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+                  ACC: tl.constexpr, IDX64: tl.constexpr):
+    """y = resample(a) * x on a [BLOCK_C channels, BLOCK pixels] tile (pixels contiguous:
+    vector loads); channel block 0 also writes alpha."""
+    b, cb, m, m_mask, mask, off = _pixel_channel_tile(tl.program_id(0), TILES, CBLOCKS, N, Cx,
+                                                      BLOCK, BLOCK_C, IDX64)
     alpha = _alpha_at(a_ptr + b * Nc, m, m_mask, H, W, Hc, Wc, az_ptr, ay_ptr, ax_ptr,
                       A_SAME, ACC)
-    tl.store(alpha_ptr + b * N + m, alpha.to(alpha_ptr.dtype.element_ty), mask=m_mask)
-    for c in range(0, Cx):
-        off = (b * Cx + c) * N + m
-        xv = tl.load(x_ptr + off, mask=m_mask, other=0.0).to(ACC)
-        tl.store(y_ptr + off, (alpha * xv).to(y_ptr.dtype.element_ty), mask=m_mask)
+    tl.store(alpha_ptr + b * N + m, alpha.to(alpha_ptr.dtype.element_ty),
+             mask=m_mask & (cb == 0))
+    xv = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
+    tl.store(y_ptr + off, (alpha[None, :] * xv).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
-def _dalpha_kernel(gy_ptr, ga_ptr, x_ptr, out_ptr, az_ptr, ay_ptr, ax_ptr,
-                   Cx, N, Nc, H, W, Hc, Wc, TILES,
-                   SCATTER: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+def _dalpha_kernel(gy_ptr, ga_ptr, x_ptr, out_ptr, Cx, N, TILES,
+                   BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
                    IDX64: tl.constexpr):
-    """d = grad_alpha + sum_c grad_y * x on x's grid. SCATTER: out (B, Nc) += resample^T(d)
-    with atomics (out zeroed); else out (B, N) = d (the coarse grid itself, or the input of
-    the deterministic gather ``_adjoint_kernel``)."""
+    """out (B, N) = grad_alpha + sum_c grad_y * x on x's grid, reduced over channels in
+    [BLOCK_C, BLOCK] tiles (BLOCK_C independent vector loads in flight per step)."""
     b, m = _item_tile(tl.program_id(0), TILES, BLOCK, IDX64)
     m_mask = m < N
-    d = tl.load(ga_ptr + b * N + m, mask=m_mask, other=0.0).to(ACC)
-    for c in range(0, Cx):
-        off = (b * Cx + c) * N + m
-        d += (tl.load(gy_ptr + off, mask=m_mask, other=0.0).to(ACC)
-              * tl.load(x_ptr + off, mask=m_mask, other=0.0).to(ACC))
-    if SCATTER:
-        da_b = out_ptr + b * Nc
-        z0, z1, zl, y0, y1, yl, x0, x1, xl = _resample_taps(m, H, W, az_ptr, ay_ptr, ax_ptr,
-                                                            m_mask)
-        for bz in tl.static_range(2):
-            zi, wz = _lerp_corner(z0, z1, zl, bz)
-            for by in tl.static_range(2):
-                yi, wy = _lerp_corner(y0, y1, yl, by)
-                for bx in tl.static_range(2):
-                    xi, wx = _lerp_corner(x0, x1, xl, bx)
-                    tl.atomic_add(da_b + (zi * Hc + yi) * Wc + xi, wz * wy * wx * d, mask=m_mask)
-    else:
-        tl.store(out_ptr + b * N + m, d, mask=m_mask)
+    acc = tl.zeros((BLOCK_C, BLOCK), ACC)
+    for c0 in range(0, Cx, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c < Cx)[:, None] & m_mask[None, :]
+        off = (b * Cx + c[:, None]) * N + m[None, :]
+        acc += (tl.load(gy_ptr + off, mask=mask, other=0.0).to(ACC)
+                * tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC))
+    d = tl.load(ga_ptr + b * N + m, mask=m_mask, other=0.0).to(ACC) + tl.sum(acc, axis=0)
+    tl.store(out_ptr + b * N + m, d, mask=m_mask)
 
 
 @triton.jit
@@ -335,20 +315,16 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
                           S: tl.constexpr, SD: tl.constexpr, SAME_G: tl.constexpr,
                           NZ: tl.constexpr, FOCAL_ONE: tl.constexpr, CI_PAD: tl.constexpr,
                           BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
-                          DOT: tl.constexpr, PREC: tl.constexpr, IDX64: tl.constexpr,
-                          DETERMINISTIC: tl.constexpr):
-    """Tiles pid, pid + NPROG, ... of the B·TILES tiles. Weight gradients go to the slot of
-    this program (DETERMINISTIC; slots summed by torch) or to slot 0 by atomics; dq (B, Nc)
-    is written for torch to sum into d psi_bias. dg: the
-    g-grid gradient (SAME_G), else (B, Cg, Nc) coarse values to gather (DETERMINISTIC),
-    else the zeroed g-grid gradient by atomics."""
+                          DOT: tl.constexpr, PREC: tl.constexpr, IDX64: tl.constexpr):
+    """Tiles pid, pid + NPROG, ... of the B·TILES tiles. Weight gradients are summed in
+    registers per tile and added, in tile order, to this program's own slot of partials
+    (no atomics: deterministic; the slots are summed in a second pass). dq (B, Nc) is
+    written for the second pass to sum into d psi_bias. dg: the g-grid gradient
+    (SAME_G), else (B, Cg, Nc) coarse values that ``_adjoint_kernel`` gathers."""
     pid = tl.program_id(0)
     ci = tl.arange(0, CI_PAD)
     ci_mask = ci < Ci
-    if DETERMINISTIC:
-        slot = pid.to(tl.int64)
-    else:
-        slot = pid.to(tl.int64) * 0
+    slot = pid.to(tl.int64)
     dtw_s = dtw_ptr + slot * Ci * K
     dpw_s = dpw_ptr + slot * Ci * Cg
     dpb_s = dpb_ptr + slot * Ci
@@ -373,9 +349,10 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
         # d psi_bias = sum of dq, summed by torch: reducing dq to a scalar here crashes
         # sm_100's TMEM layout pass (triton 3.7)
         tl.store(dq_ptr + b * Nc + n, dq, mask=p_mask)
-        _accumulate(dsw_s + ci, tl.sum(h * dq[None, :], axis=1), ci_mask, DETERMINISTIC)
+        first = tile == pid
+        _accumulate(dsw_s + ci, tl.sum(h * dq[None, :], axis=1), ci_mask, first)
         dpre = tl.where(h > 0.0, dq[None, :] * sw[:, None], 0.0)
-        _accumulate(dpb_s + ci, tl.sum(dpre, axis=1), ci_mask, DETERMINISTIC)
+        _accumulate(dpb_s + ci, tl.sum(dpre, axis=1), ci_mask, first)
         dpre_dot = dpre.to(DOT)
         gx_b = gx_ptr + b * Cx * N
         for k0 in range(0, K, BLOCK_K):
@@ -386,7 +363,7 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
             xmask = k_mask[:, None] & p_mask[None, :]
             xt = tl.load(x_b + koff[:, None] + x_origin[None, :], mask=xmask, other=0.0).to(DOT)
             dw = tl.dot(dpre_dot, tl.trans(xt), input_precision=PREC, out_dtype=ACC)
-            _accumulate(dtw_s + ci[:, None] * K + k[None, :], dw, wmask, DETERMINISTIC)
+            _accumulate(dtw_s + ci[:, None] * K + k[None, :], dw, wmask, first)
             w = tl.load(tw_ptr + ci[:, None] * K + k[None, :], mask=wmask, other=0.0)
             dx = tl.dot(tl.trans(w), dpre_dot, input_precision=PREC, out_dtype=ACC)
             tl.store(gx_b + koff[:, None] + x_origin[None, :],
@@ -399,33 +376,30 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
                             gz0, gz1, gzl, gy0, gy1, gyl, gx0, gx1, gxl,
                             SAME_G, NZ, BLOCK_K, BLOCK_P, ACC)
             dw = tl.dot(dpre_dot, tl.trans(gt.to(DOT)), input_precision=PREC, out_dtype=ACC)
-            _accumulate(dpw_s + ci[:, None] * Cg + c[None, :], dw, wmask, DETERMINISTIC)
+            _accumulate(dpw_s + ci[:, None] * Cg + c[None, :], dw, wmask, first)
             w = tl.load(pw_ptr + ci[:, None] * Cg + c[None, :], mask=wmask, other=0.0)
             dgt = tl.dot(tl.trans(w), dpre_dot, input_precision=PREC, out_dtype=ACC)
-            if DETERMINISTIC and not SAME_G:  # coarse values, gathered by _adjoint_kernel
-                rows = dg_ptr + (b * Cg + c[:, None]) * Nc
-                tl.store(rows + n[None, :], dgt, mask=c_mask[:, None] & p_mask[None, :])
-            else:
-                _scatter_gate(dg_ptr + b * Cg * Ng, dgt, c, c_mask, n, p_mask, Ng, Hg, Wg,
-                              gz0, gz1, gzl, gy0, gy1, gyl, gx0, gx1, gxl, SAME_G, NZ)
+            # g's own grid (SAME_G) or coarse values that _adjoint_kernel gathers
+            rows = dg_ptr + (b * Cg + c[:, None]) * Nc  # Nc == Ng when SAME_G
+            tl.store(rows + n[None, :], dgt.to(dg_ptr.dtype.element_ty),
+                     mask=c_mask[:, None] & p_mask[None, :])
 
 
 @triton.jit
 def _grad_x_kernel(gy_ptr, a_ptr, gx_ptr, az_ptr, ay_ptr, ax_ptr,
-                   Cx, N, Nc, D, H, W, Hc, Wc, ZIN, YIN, XIN, TILES,
-                   A_SAME: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
-                   IDX64: tl.constexpr):
-    """grad_x = (patch gradient where a patch covers the pixel) + grad_y * alpha."""
-    b, m = _item_tile(tl.program_id(0), TILES, BLOCK, IDX64)
-    m_mask = m < N
+                   Cx, N, Nc, D, H, W, Hc, Wc, ZIN, YIN, XIN, TILES, CBLOCKS,
+                   A_SAME: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+                   ACC: tl.constexpr, IDX64: tl.constexpr):
+    """grad_x = (patch gradient where a patch covers the pixel) + grad_y * alpha, on a
+    [BLOCK_C channels, BLOCK pixels] tile."""
+    b, cb, m, m_mask, mask, off = _pixel_channel_tile(tl.program_id(0), TILES, CBLOCKS, N, Cx,
+                                                      BLOCK, BLOCK_C, IDX64)
     alpha = _alpha_at(a_ptr + b * Nc, m, m_mask, H, W, Hc, Wc, az_ptr, ay_ptr, ax_ptr,
                       A_SAME, ACC)
     inside = ((m % W) < XIN) & (((m // W) % H) < YIN) & ((m // (W * H)) < ZIN)
-    for c in range(0, Cx):
-        off = (b * Cx + c) * N + m
-        prev = tl.load(gx_ptr + off, mask=m_mask & inside, other=0.0).to(ACC)
-        gyv = tl.load(gy_ptr + off, mask=m_mask, other=0.0).to(ACC)
-        tl.store(gx_ptr + off, (prev + alpha * gyv).to(gx_ptr.dtype.element_ty), mask=m_mask)
+    prev = tl.load(gx_ptr + off, mask=mask & inside[None, :], other=0.0).to(ACC)
+    gyv = tl.load(gy_ptr + off, mask=mask, other=0.0).to(ACC)
+    tl.store(gx_ptr + off, (prev + alpha[None, :] * gyv).to(gx_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -540,20 +514,35 @@ class TileConfig:
 
 @dataclass(frozen=True)
 class PixelConfig:
-    """Launch configuration of a kernel over fine pixels (or any flat index) per row."""
+    """Launch configuration of a kernel over [block_c channels, block pixels] tiles of
+    ``rows`` items: ``tiles`` pixel tiles and ``cblocks`` channel blocks per item (1 when
+    the kernel loops over the channels itself)."""
 
     block: int
+    block_c: int
     num_warps: int
     tiles: int
+    cblocks: int
     grid: tuple[int, ...]
+
+
+#: Programs per SM every launch aims for (latency hiding without relying on one wave).
+PROGRAMS_PER_SM = 4
+#: Elements of a pixel tile (loads in flight per program).
+PIXEL_TILE = 4096
+
+
+def min_programs(target: Target) -> int:
+    """Programs a GPU launch should have to fill the device."""
+    return PROGRAMS_PER_SM * target.num_sms if target.gpu else 1
 
 
 def _tile_blocks(gs: GateShape, dtype: torch.dtype, target: Target, backward: bool
                  ) -> tuple[int, int, int, int]:
     """(CI_PAD, BLOCK_K, BLOCK_P, num_warps): every dot edge >= 16, and on GPUs a
-    (CI_PAD, BLOCK_P) tile of <= 4096 (fp64: 1024; backward: half) elements. The fp64
-    bound keeps the pipelined (BLOCK_K, BLOCK_P) operand tiles within an A100's shared
-    memory (at 2048 the forward needed 264 KiB)."""
+    (CI_PAD, BLOCK_P) tile of <= 4096 (fp64: 1024; backward: half) elements, halved while
+    the launch would have fewer than :func:`min_programs` tiles. The fp64 bound keeps the
+    pipelined (BLOCK_K, BLOCK_P) operand tiles within an A100's shared memory."""
     ci_pad = max(MIN_DOT, next_pow2(gs.Ci))
     if not target.gpu:
         return ci_pad, MIN_DOT, MIN_DOT, 4
@@ -561,6 +550,8 @@ def _tile_blocks(gs: GateShape, dtype: torch.dtype, target: Target, backward: bo
     if backward:
         budget //= 2
     block_p = max(MIN_DOT, min(128, budget // ci_pad, next_pow2(gs.Nc)))
+    while block_p > MIN_DOT and gs.B * triton.cdiv(gs.Nc, block_p) < min_programs(target):
+        block_p //= 2
     block_k = 32 if ci_pad <= 64 else MIN_DOT
     num_warps = 4 if ci_pad * block_p <= 2048 else 8
     return ci_pad, block_k, block_p, num_warps
@@ -576,47 +567,70 @@ def coarse_config(gs: GateShape, dtype: torch.dtype, target: Target) -> TileConf
 
 
 def tile_backward_config(gs: GateShape, dtype: torch.dtype, target: Target) -> TileConfig:
-    """Configuration of ``_tile_backward_kernel``: one program per tile, or in
-    deterministic mode a fixed number of programs (<= 4 per SM, weight-gradient slots
-    within 64 MiB) that each own a slot of partial weight gradients."""
+    """Configuration of ``_tile_backward_kernel``: a fixed number of programs
+    (:func:`min_programs`, weight-gradient slots within 64 MiB) that each own a slot of
+    partial weight gradients and walk the tiles pid, pid + nprog, ..."""
     ci_pad, block_k, block_p, warps = _tile_blocks(gs, dtype, target, backward=True)
     tiles = triton.cdiv(gs.Nc, block_p)
-    total = gs.B * tiles
-    nprog = total
-    if target.deterministic:
-        acc_bytes = 8 if dtype == torch.float64 else 4
-        slot_bytes = gs.Ci * (gs.K + gs.Cg + 2) * acc_bytes + acc_bytes
-        cap = 4 * target.num_sms if target.gpu else 4
-        nprog = max(1, min(total, cap, (64 << 20) // slot_bytes))
+    acc_bytes = 8 if dtype == torch.float64 else 4
+    slot_bytes = gs.Ci * (gs.K + gs.Cg + 2) * acc_bytes
+    cap = min_programs(target) if target.gpu else 4
+    nprog = max(1, min(gs.B * tiles, cap, (64 << 20) // slot_bytes))
     grid = check_grid((nprog,), "attention_gate (tile backward)")
     dot, prec = dot_operands(dtype, target)
     return TileConfig(ci_pad, block_k, block_p, warps, tiles, nprog, grid, dot, prec)
 
 
-def _pixel_config(rows: int, n: int, target: Target, kernel: str) -> PixelConfig:
-    block = min(1024, max(128, next_pow2(n))) if target.gpu else 128
+def _pixel_config(rows: int, n: int, channels: int, target: Target, kernel: str,
+                  split_channels: bool) -> PixelConfig:
+    """[block_c, block] tiles of PIXEL_TILE elements (block pixels contiguous for vector
+    loads), made smaller — channel blocks first if ``split_channels`` — until the launch
+    has :func:`min_programs` programs (or tiles of 32 pixels)."""
+    if not target.gpu:  # the interpreter: few, large programs
+        block = 128
+        block_c = min(next_pow2(channels), 8)
+    else:
+        block = min(1024 if split_channels else 256, next_pow2(n))
+        block_c = min(next_pow2(channels), max(1, PIXEL_TILE // block))
+
+        def programs() -> int:
+            cb = triton.cdiv(channels, block_c) if split_channels else 1
+            return rows * triton.cdiv(n, block) * cb
+
+        while programs() < min_programs(target):
+            if split_channels and block_c > 1:
+                block_c //= 2
+            elif block > 32:
+                block //= 2
+                if not split_channels:
+                    block_c = min(next_pow2(channels), max(1, PIXEL_TILE // block))
+            else:
+                break
     tiles = triton.cdiv(n, block)
-    return PixelConfig(block, 4, tiles, check_grid((rows * tiles,), kernel))
+    cblocks = triton.cdiv(channels, block_c) if split_channels else 1
+    warps = max(1, min(4, block * block_c // 256))
+    return PixelConfig(block, block_c, warps, tiles, cblocks,
+                       check_grid((rows * tiles * cblocks,), kernel))
 
 
 def scale_config(gs: GateShape, dtype: torch.dtype, target: Target) -> PixelConfig:
-    """Configuration of ``_scale_kernel`` (one program per BLOCK fine pixels of an item)."""
-    return _pixel_config(gs.B, gs.N, target, "attention_gate (scale)")
+    """Configuration of ``_scale_kernel`` (item x pixel tile x channel block programs)."""
+    return _pixel_config(gs.B, gs.N, gs.Cx, target, "attention_gate (scale)", True)
 
 
 def dalpha_config(gs: GateShape, dtype: torch.dtype, target: Target) -> PixelConfig:
-    """Configuration of ``_dalpha_kernel``."""
-    return _pixel_config(gs.B, gs.N, target, "attention_gate (d alpha)")
+    """Configuration of ``_dalpha_kernel`` (item x pixel tile programs; channels looped)."""
+    return _pixel_config(gs.B, gs.N, gs.Cx, target, "attention_gate (d alpha)", False)
 
 
 def grad_x_config(gs: GateShape, dtype: torch.dtype, target: Target) -> PixelConfig:
-    """Configuration of ``_grad_x_kernel``."""
-    return _pixel_config(gs.B, gs.N, target, "attention_gate (grad x)")
+    """Configuration of ``_grad_x_kernel`` (item x pixel tile x channel block programs)."""
+    return _pixel_config(gs.B, gs.N, gs.Cx, target, "attention_gate (grad x)", True)
 
 
 def adjoint_config(rows: int, n_in: int, dtype: torch.dtype, target: Target) -> PixelConfig:
     """Configuration of ``_adjoint_kernel`` over (rows, n_in) outputs."""
-    return _pixel_config(rows, n_in, target, "attention_gate (adjoint resample)")
+    return _pixel_config(rows, n_in, 1, target, "attention_gate (adjoint resample)", True)
 
 
 class _Launch:
@@ -663,8 +677,11 @@ class _Launch:
                     BLOCK_P=cfg.block_p, ACC=self.tl_acc, DOT=cfg.dot, PREC=cfg.precision,
                     IDX64=self.idx64, num_warps=cfg.num_warps)
 
-    def pixel_meta(self, cfg: PixelConfig) -> dict:
-        return dict(BLOCK=cfg.block, ACC=self.tl_acc, IDX64=self.idx64, num_warps=cfg.num_warps)
+    def pixel_meta(self, cfg: PixelConfig, channels: bool = True) -> dict:
+        meta = dict(BLOCK=cfg.block, ACC=self.tl_acc, IDX64=self.idx64, num_warps=cfg.num_warps)
+        if channels:
+            meta["BLOCK_C"] = cfg.block_c
+        return meta
 
     def adjoint(self, v: torch.Tensor, rows: int, axes, out_dtype: torch.dtype) -> torch.Tensor:
         """u (rows, N_in) = resample^T(v (rows, N_out)) for resampling ``axes`` ((in, out)
@@ -677,7 +694,7 @@ class _Launch:
         cfg = adjoint_config(rows, n_in, self.dtype, self.target)
         _adjoint_kernel[cfg.grid](v, u, *(t for t, _ in tabs), n_in, hin, win,
                                   dout * hout * wout, hout, wout, *(w for _, w in tabs),
-                                  cfg.tiles, **self.pixel_meta(cfg))
+                                  cfg.tiles, **self.pixel_meta(cfg, channels=False))
         return u
 
 
@@ -697,59 +714,46 @@ def attention_gate_forward(x, g, theta_weight, phi_weight, phi_bias, psi_weight,
     dc, hc, wc = gs.coarse
     pcfg = scale_config(gs, x.dtype, L.target)
     _scale_kernel[pcfg.grid](x, a, y, alpha, *L.a_tabs, gs.Cx, gs.N, gs.Nc, gs.H, gs.W, hc, wc,
-                             pcfg.tiles, A_SAME=L.same_a, **L.pixel_meta(pcfg))
+                             pcfg.tiles, pcfg.cblocks, A_SAME=L.same_a, **L.pixel_meta(pcfg))
     return y, alpha
 
 
 def attention_gate_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias,
                             psi_weight, psi_bias, *, subsample: int, focal: float):
     """Launch the backward kernels. Returns the gradients of x, g, theta_weight,
-    phi_weight, phi_bias, psi_weight and psi_bias (shaped like them; psi_bias as (1,))."""
+    phi_weight, phi_bias, psi_weight and psi_bias (shaped like them; psi_bias as (1,)).
+    No float atomics: every result is the same bit for bit from run to run."""
     L = _Launch(x, g, theta_weight, subsample, focal)
     gs, dev, acc = L.gs, x.device, L.acc
-    det = L.target.deterministic
     dc, hc, wc = gs.coarse
-    # d alpha on the coarse grid
+    # d alpha on x's grid, then on the coarse grid (an ordered gather if the grids differ)
     pcfg = dalpha_config(gs, x.dtype, L.target)
-    scatter = not L.same_a and not det
-    if L.same_a:
-        da = out = torch.empty((gs.B, gs.Nc), dtype=acc, device=dev)
-    elif scatter:
-        da = out = torch.zeros((gs.B, gs.Nc), dtype=acc, device=dev)
-    else:
-        out = torch.empty((gs.B, gs.N), dtype=acc, device=dev)
-    _dalpha_kernel[pcfg.grid](grad_y, grad_alpha, x, out, *L.a_tabs, gs.Cx, gs.N, gs.Nc, gs.H,
-                              gs.W, hc, wc, pcfg.tiles, SCATTER=scatter, **L.pixel_meta(pcfg))
-    if not L.same_a and det:
-        da = L.adjoint(out, gs.B, L.a_axes, acc)
+    d_fine = torch.empty((gs.B, gs.N), dtype=acc, device=dev)
+    _dalpha_kernel[pcfg.grid](grad_y, grad_alpha, x, d_fine, gs.Cx, gs.N, pcfg.tiles,
+                              **L.pixel_meta(pcfg))
+    da = d_fine if L.same_a else L.adjoint(d_fine, gs.B, L.a_axes, acc)
     # recompute the tiles; weight, patch and g gradients
     cfg = tile_backward_config(gs, x.dtype, L.target)
     tw, pw, pb, sw, scal = L.weights(theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
                                      cfg.dot)
-    slots = cfg.nprog if det else 1
     a = torch.empty((gs.B, gs.Nc), dtype=acc, device=dev)
     grad_x = torch.empty_like(x)
-    if L.same_g:
-        grad_g = torch.empty_like(g)
-    elif det:
-        grad_g = torch.empty((gs.B, gs.Cg, gs.Nc), dtype=acc, device=dev)
-    else:
-        grad_g = torch.zeros(g.shape, dtype=acc, device=dev)
-    dtw = torch.zeros((slots, gs.Ci, gs.K), dtype=acc, device=dev)
-    dpw = torch.zeros((slots, gs.Ci, gs.Cg), dtype=acc, device=dev)
-    dpb = torch.zeros((slots, gs.Ci), dtype=acc, device=dev)
-    dsw = torch.zeros((slots, gs.Ci), dtype=acc, device=dev)
+    grad_g = (torch.empty_like(g) if L.same_g
+              else torch.empty((gs.B, gs.Cg, gs.Nc), dtype=acc, device=dev))
+    dtw = torch.empty((cfg.nprog, gs.Ci, gs.K), dtype=acc, device=dev)
+    dpw = torch.empty((cfg.nprog, gs.Ci, gs.Cg), dtype=acc, device=dev)
+    dpb = torch.empty((cfg.nprog, gs.Ci), dtype=acc, device=dev)
+    dsw = torch.empty((cfg.nprog, gs.Ci), dtype=acc, device=dev)
     dq = torch.empty((gs.B, gs.Nc), dtype=acc, device=dev)
     _tile_backward_kernel[cfg.grid](x, g, tw, pw, pb, sw, scal, da, a, grad_x, grad_g,
                                     dtw, dpw, dpb, dsw, dq, *L.g_tabs, *L.dims(), cfg.tiles,
-                                    gs.B * cfg.tiles, cfg.nprog, DETERMINISTIC=det,
-                                    **L.tile_meta(cfg))
-    if det and not L.same_g:
+                                    gs.B * cfg.tiles, cfg.nprog, **L.tile_meta(cfg))
+    if not L.same_g:
         grad_g = L.adjoint(grad_g, gs.B * gs.Cg, L.g_axes, x.dtype).reshape(g.shape)
     xcfg = grad_x_config(gs, x.dtype, L.target)
     _grad_x_kernel[xcfg.grid](grad_y, a, grad_x, *L.a_tabs, gs.Cx, gs.N, gs.Nc, gs.D, gs.H,
                               gs.W, hc, wc, dc * gs.SD, hc * gs.S, wc * gs.S, xcfg.tiles,
-                              A_SAME=L.same_a, **L.pixel_meta(xcfg))
+                              xcfg.cblocks, A_SAME=L.same_a, **L.pixel_meta(xcfg))
     dt = x.dtype
     return (grad_x, grad_g.to(dt), dtw.sum(0).reshape(theta_weight.shape).to(dt),
             dpw.sum(0).to(dt), dpb.sum(0).to(dt), dsw.sum(0).to(dt), dq.sum().reshape(1).to(dt))
