@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 KERNEL_MODULES = ("unimri_kernels.triton.unified_focal_loss",
-                  "unimri_kernels.triton.attention_gate")
+                  "unimri_kernels.triton.gate_kernels")
 ARCHS = (80, 90, 100)
 #: Shared memory one block may use (bytes, opt-in maximum) per architecture.
 MAX_SHARED = {80: 166912, 90: 232448, 100: 232448}
