@@ -25,6 +25,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from unimri_kernels.triton import attention_gate as gate_mod  # noqa: E402
+from unimri_kernels.triton import gate_config  # noqa: E402
 from unimri_kernels.triton import unified_focal_loss as loss_mod  # noqa: E402
 from unimri_kernels.triton.compile_check import (GateProblem, LossProblem,  # noqa: E402
                                                  launches_of)
@@ -93,7 +94,11 @@ def test_gate_grids_fit_cuda_and_cover_every_pixel(problem, deterministic):
         assert _const(ln, "IDX64") == big, ln.name
         if ln.name == "_coarse_kernel":
             assert ln.grid[0] * _const(ln, "BLOCK_P") >= problem.batch * nc
-        if ln.name in ("_scale_kernel", "_dalpha_kernel", "_grad_x_kernel"):
+        if ln.name == "_grad_x_kernel":
+            tiles, cblocks = _arg(ln, "TILES"), _arg(ln, "CBLOCKS")
+            assert tiles * _const(ln, "BLOCK_P") >= nc and cblocks * _const(ln, "BLOCK_CX") >= problem.cx
+            assert ln.grid == (problem.batch * tiles * cblocks,)
+        if ln.name in ("_scale_kernel", "_dalpha_kernel"):
             tiles, block = _arg(ln, "TILES"), _const(ln, "BLOCK")
             assert tiles * block >= n and (tiles - 1) * block < n
             if ln.name == "_dalpha_kernel":  # loops over the channels
@@ -131,8 +136,9 @@ def test_gate_dot_tiles_are_at_least_16(ci, cx, cg, three, s, dtype, det):
     size = (5, 9, 7) if three else (9, 13)
     prob = GateProblem(2, cx, cg, ci, size, tuple(max(1, v // 3) for v in size), s, dtype)
     for ln in launches_of(prob, deterministic=det):
-        if ln.name in ("_coarse_kernel", "_tile_backward_kernel"):
-            for name in ("CI_PAD", "BLOCK_K", "BLOCK_P"):
+        if ln.name in ("_coarse_kernel", "_tile_backward_kernel", "_grad_x_kernel"):
+            edges = ("CI_PAD", "BLOCK_CX" if ln.name == "_grad_x_kernel" else "BLOCK_K", "BLOCK_P")
+            for name in edges:
                 assert _const(ln, name) >= MIN_DOT, (name, ln.kwargs)
             assert _const(ln, "CI_PAD") >= ci
 
@@ -263,7 +269,7 @@ def test_loss_int64_offset_path_matches_reference(monkeypatch):
 def test_gate_int64_offset_path_matches_reference(monkeypatch, deterministic):
     from test_attention_gate import assert_matches_reference
 
-    monkeypatch.setattr(gate_mod, "needs_int64", lambda *extents: True)
+    monkeypatch.setattr(gate_config, "needs_int64", lambda *extents: True)
     case = _gate_case(3, 2, 3, (7, 9, 6), (3, 5, 2))
     assert gate_mod.GateShape(1, 1, 1, 1, 2, 2, 4, 4, 4, 2, 2, 2).idx64
     old = torch.are_deterministic_algorithms_enabled()

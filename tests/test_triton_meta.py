@@ -95,7 +95,9 @@ def test_loss_byte_model_meets_its_target(spatial, classes, dtype, target_dtype)
     expected_labels = (t_bytes + 2 * n) if target.element_size() > 1 else 2 * t_bytes
     assert labels_moved == expected_labels
     small = route_bytes(rec) - logits_moved - labels_moved  # partials, coefficients, params
-    assert small < 0.05 * z_bytes, small
+    # 3C + 3 fp32 partials per BLOCK_N pixels, written and read: 10 % of fp16 logits at
+    # 16 classes (BLOCK_N = 128), under 2 % for 2 classes
+    assert small < 0.11 * z_bytes, small
 
 
 def _gate_launches(dtype="float32", **kw):
@@ -115,16 +117,16 @@ def test_every_gate_launch_fills_an_h100_at_the_benchmark_shape(no_host_sync, dt
     assert not low, low
     by_name = {ln.name: ln for ln in rec}
     # contiguous pixel axis of at least 128 pixels: vector loads of x and grad_y
-    for name in ("_scale_kernel", "_dalpha_kernel", "_grad_x_kernel"):
+    for name in ("_scale_kernel", "_dalpha_kernel"):
         assert by_name[name].kwargs["BLOCK"] >= 128, name
 
 
 @pytest.mark.parametrize("three", [False, True])
 def test_gate_byte_model(three):
     """Forward 3|x| + |g| (x read by the coarse and the scale pass, y written, g read).
-    Backward 7|x| + 2|g| + the weight-gradient slots: grad_y and x for d alpha; x and g
-    for the tile pass, which writes the patch part of grad_x, d g and one slot of weight
-    partials per program; grad_y and grad_x read and grad_x rewritten by the grad_x pass.
+    Backward 5|x| + 2|g| + the weight-gradient slots + 2|d pre|: grad_y and x for d alpha;
+    x and g for the tile pass, which writes d pre (B, Ci, Nc), d g and one slot of weight
+    partials per program; grad_y and d pre read and grad_x written once by the grad_x pass.
     The coarse maps (a, d alpha, dq) are under 2 % more."""
     kw = dict(size=(32, 64, 64), g_size=(16, 32, 32)) if three else {}
     prob, rec = _gate_launches(**kw)
@@ -136,8 +138,10 @@ def test_gate_byte_model(three):
     tile = launch_traffic(rec[4])
     assert tile.kernel == "_tile_backward_kernel"
     slots = sum(tile.written[k] for k in ("dtw_ptr", "dpw_ptr", "dpb_ptr", "dsw_ptr"))
+    dpre = tile.written["dpre_ptr"]
+    assert dpre == prob.batch * prob.ci * 4 * x_bytes // (prob.batch * prob.cx * 4 * 2 ** len(prob.size))
     forward = route_bytes(rec[:2]) / (3 * x_bytes + g_bytes)
-    backward = route_bytes(rec[2:]) / (7 * x_bytes + 2 * g_bytes + slots)
+    backward = route_bytes(rec[2:]) / (5 * x_bytes + 2 * g_bytes + slots + 2 * dpre)
     assert 1 <= forward <= 1.02, forward
     assert 1 <= backward <= 1.02, backward
     assert slots <= 0.8 * x_bytes  # 528 slots of 32 x (256 + 128 + 2) fp32 at this shape

@@ -32,7 +32,8 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from unimri_kernels.triton.gate_config import (GateShape, PixelConfig, TileConfig,  # noqa: F401
+from unimri_kernels.triton.gate_config import (GateShape, GradXConfig, PixelConfig,  # noqa: F401
+                                               TileConfig,
                                                _axis_table, _inverse_table, adjoint_config,
                                                coarse_config, dalpha_config, grad_x_config,
                                                scale_config, tile_backward_config)
@@ -40,6 +41,8 @@ from unimri_kernels.triton.gate_kernels import (_adjoint_kernel, _coarse_kernel,
                                                 _grad_x_kernel, _scale_kernel,
                                                 _tile_backward_kernel)
 from unimri_kernels.triton.launch import TL_DTYPES, target_for
+
+TORCH_DTYPES = {v: k for k, v in TL_DTYPES.items()}
 
 
 class _Launch:
@@ -67,12 +70,16 @@ class _Launch:
     def weights(self, tw, pw, pb, sw, sb, dot_dtype):
         """theta/phi weights in the dot operand dtype, the rest in the accumulation dtype."""
         acc, gs = self.acc, self.gs
-        wdt = {tl.float16: torch.float16, tl.bfloat16: torch.bfloat16, tl.float32: torch.float32,
-               tl.float64: torch.float64}[dot_dtype]
+        wdt = TORCH_DTYPES[dot_dtype]
         scal = torch.cat([sb.reshape(1).to(acc),
                           torch.full((1,), self.focal, dtype=acc, device=sb.device)])
         return (tw.reshape(gs.Ci, gs.K).to(wdt).contiguous(), pw.to(wdt).contiguous(),
                 pb.to(acc).contiguous(), sw.to(acc).contiguous(), scal)
+
+    def covered(self) -> tuple[int, int, int]:
+        """The (depth, height, width) box of x's grid that the patches cover."""
+        dc, hc, wc = self.gs.coarse
+        return dc * self.gs.SD, hc * self.gs.S, wc * self.gs.S
 
     def dims(self):
         gs = self.gs
@@ -123,7 +130,8 @@ def attention_gate_forward(x, g, theta_weight, phi_weight, phi_bias, psi_weight,
     dc, hc, wc = gs.coarse
     pcfg = scale_config(gs, x.dtype, L.target)
     _scale_kernel[pcfg.grid](x, a, y, alpha, *L.a_tabs, gs.Cx, gs.N, gs.Nc, gs.H, gs.W, hc, wc,
-                             pcfg.tiles, pcfg.cblocks, A_SAME=L.same_a, **L.pixel_meta(pcfg))
+                             *L.covered(), pcfg.tiles, pcfg.cblocks, A_SAME=L.same_a,
+                             OUTSIDE_ONLY=False, **L.pixel_meta(pcfg))
     return y, alpha
 
 
@@ -147,6 +155,7 @@ def attention_gate_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, 
                                      cfg.dot)
     a = torch.empty((gs.B, gs.Nc), dtype=acc, device=dev)
     grad_x = torch.empty_like(x)
+    dpre = torch.empty((gs.B, gs.Ci, gs.Nc), dtype=TORCH_DTYPES[cfg.dot], device=dev)
     grad_g = (torch.empty_like(g) if L.same_g
               else torch.empty((gs.B, gs.Cg, gs.Nc), dtype=acc, device=dev))
     dtw = torch.empty((cfg.nprog, gs.Ci, gs.K), dtype=acc, device=dev)
@@ -154,15 +163,25 @@ def attention_gate_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, 
     dpb = torch.empty((cfg.nprog, gs.Ci), dtype=acc, device=dev)
     dsw = torch.empty((cfg.nprog, gs.Ci), dtype=acc, device=dev)
     dq = torch.empty((gs.B, gs.Nc), dtype=acc, device=dev)
-    _tile_backward_kernel[cfg.grid](x, g, tw, pw, pb, sw, scal, da, a, grad_x, grad_g,
+    _tile_backward_kernel[cfg.grid](x, g, tw, pw, pb, sw, scal, da, a, dpre, grad_g,
                                     dtw, dpw, dpb, dsw, dq, *L.g_tabs, *L.dims(), cfg.tiles,
                                     gs.B * cfg.tiles, cfg.nprog, **L.tile_meta(cfg))
     if not L.same_g:
         grad_g = L.adjoint(grad_g, gs.B * gs.Cg, L.g_axes, x.dtype).reshape(g.shape)
+    # grad_x, written once: the patch gradient plus grad_y * alpha, then the pixels no patch
+    # covers (only when x's size is not a multiple of the stride)
     xcfg = grad_x_config(gs, x.dtype, L.target)
-    _grad_x_kernel[xcfg.grid](grad_y, a, grad_x, *L.a_tabs, gs.Cx, gs.N, gs.Nc, gs.D, gs.H,
-                              gs.W, hc, wc, dc * gs.SD, hc * gs.S, wc * gs.S, xcfg.tiles,
-                              xcfg.cblocks, A_SAME=L.same_a, **L.pixel_meta(xcfg))
+    _grad_x_kernel[xcfg.grid](grad_y, a, dpre, tw, grad_x, *L.a_tabs, gs.Ci, gs.K, gs.Cx, gs.N,
+                              gs.Nc, gs.H, gs.W, hc, wc, xcfg.tiles, xcfg.cblocks, S=gs.S,
+                              SD=gs.SD, A_SAME=L.same_a, CI_PAD=xcfg.ci_pad,
+                              CI_BLOCK=xcfg.ci_block, BLOCK_CX=xcfg.block_cx, BLOCK_P=xcfg.block_p, ACC=L.tl_acc,
+                              DOT=cfg.dot, PREC=cfg.precision, IDX64=L.idx64,
+                              num_warps=xcfg.num_warps)
+    if L.covered() != (gs.D, gs.H, gs.W):
+        ecfg = scale_config(gs, x.dtype, L.target)
+        _scale_kernel[ecfg.grid](grad_y, a, grad_x, grad_x, *L.a_tabs, gs.Cx, gs.N, gs.Nc, gs.H,
+                                 gs.W, hc, wc, *L.covered(), ecfg.tiles, ecfg.cblocks,
+                                 A_SAME=L.same_a, OUTSIDE_ONLY=True, **L.pixel_meta(ecfg))
     dt = x.dtype
     return (grad_x, grad_g.to(dt), dtw.sum(0).reshape(theta_weight.shape).to(dt),
             dpw.sum(0).to(dt), dpb.sum(0).to(dt), dsw.sum(0).to(dt), dq.sum().reshape(1).to(dt))

@@ -151,13 +151,14 @@ def min_programs(target: Target) -> int:
 def _tile_blocks(gs: GateShape, dtype: torch.dtype, target: Target, backward: bool
                  ) -> tuple[int, int, int, int]:
     """(CI_PAD, BLOCK_K, BLOCK_P, num_warps): every dot edge >= 16, and on GPUs a
-    (CI_PAD, BLOCK_P) tile of <= 4096 (fp64: 1024; backward: half) elements, halved while
-    the launch would have fewer than :func:`min_programs` tiles. The fp64 bound keeps the
+    (CI_PAD, BLOCK_P) tile of <= 2048 (fp64: 1024; backward: half) elements, halved while
+    the launch would have fewer than :func:`min_programs` tiles. 2048 keeps 4 warps under
+    the 255 registers that let two programs share an SM; the fp64 bound keeps the
     pipelined (BLOCK_K, BLOCK_P) operand tiles within an A100's shared memory."""
     ci_pad = max(MIN_DOT, next_pow2(gs.Ci))
     if not target.gpu:
         return ci_pad, MIN_DOT, MIN_DOT, 4
-    budget = 4096 if dtype != torch.float64 else 1024
+    budget = 2048 if dtype != torch.float64 else 1024
     if backward:
         budget //= 2
     block_p = max(MIN_DOT, min(128, budget // ci_pad, next_pow2(gs.Nc)))
@@ -225,7 +226,8 @@ def _pixel_config(rows: int, n: int, channels: int, target: Target, kernel: str,
 
 
 def scale_config(gs: GateShape, dtype: torch.dtype, target: Target) -> PixelConfig:
-    """Configuration of ``_scale_kernel`` (item x pixel tile x channel block programs)."""
+    """Configuration of ``_scale_kernel`` (item x pixel tile x channel block programs);
+    also the backward's grad_x on pixels outside every patch."""
     return _pixel_config(gs.B, gs.N, gs.Cx, target, "attention_gate (scale)", True)
 
 
@@ -234,9 +236,38 @@ def dalpha_config(gs: GateShape, dtype: torch.dtype, target: Target) -> PixelCon
     return _pixel_config(gs.B, gs.N, gs.Cx, target, "attention_gate (d alpha)", False)
 
 
-def grad_x_config(gs: GateShape, dtype: torch.dtype, target: Target) -> PixelConfig:
-    """Configuration of ``_grad_x_kernel`` (item x pixel tile x channel block programs)."""
-    return _pixel_config(gs.B, gs.N, gs.Cx, target, "attention_gate (grad x)", True)
+@dataclass(frozen=True)
+class GradXConfig:
+    """``_grad_x_kernel``: programs of (item, BLOCK_P coarse pixels, BLOCK_CX channels)."""
+
+    ci_pad: int
+    ci_block: int
+    block_cx: int
+    block_p: int
+    num_warps: int
+    tiles: int
+    cblocks: int
+    grid: tuple[int, ...]
+
+
+def grad_x_config(gs: GateShape, dtype: torch.dtype, target: Target) -> GradXConfig:
+    """Configuration of ``_grad_x_kernel``: dot edges >= 16, (CI_BLOCK, BLOCK_P) d pre
+    chunks of <= 2048 elements (fp64: 1024), BLOCK_P halved while the launch has fewer than
+    :func:`min_programs` programs."""
+    ci_pad = max(MIN_DOT, next_pow2(gs.Ci))
+    ci_block = min(ci_pad, 64)
+    block_cx = MIN_DOT
+    cblocks = triton.cdiv(gs.Cx, block_cx)
+    if target.gpu:
+        budget = 2048 if dtype != torch.float64 else 1024
+        block_p = max(MIN_DOT, min(128, budget // ci_block, next_pow2(gs.Nc)))
+        while block_p > MIN_DOT and gs.B * triton.cdiv(gs.Nc, block_p) * cblocks < min_programs(target):
+            block_p //= 2
+    else:
+        block_p = MIN_DOT
+    tiles = triton.cdiv(gs.Nc, block_p)
+    return GradXConfig(ci_pad, ci_block, block_cx, block_p, 4, tiles, cblocks,
+                       check_grid((gs.B * tiles * cblocks,), "attention_gate (grad x)"))
 
 
 def adjoint_config(rows: int, n_in: int, dtype: torch.dtype, target: Target) -> PixelConfig:

@@ -39,17 +39,24 @@ def _coarse_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr, a_ptr
 
 @triton.jit
 def _scale_kernel(x_ptr, a_ptr, y_ptr, alpha_ptr, az_ptr, ay_ptr, ax_ptr,
-                  Cx, N, Nc, H, W, Hc, Wc, TILES, CBLOCKS,
-                  A_SAME: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-                  ACC: tl.constexpr, IDX64: tl.constexpr):
+                  Cx, N, Nc, H, W, Hc, Wc, ZIN, YIN, XIN, TILES, CBLOCKS,
+                  A_SAME: tl.constexpr, OUTSIDE_ONLY: tl.constexpr, BLOCK: tl.constexpr,
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr, IDX64: tl.constexpr):
     """y = resample(a) * x on a [BLOCK_C channels, BLOCK pixels] tile (pixels contiguous:
-    vector loads); channel block 0 also writes alpha."""
+    vector loads); channel block 0 also writes alpha. OUTSIDE_ONLY (the backward's
+    grad_x = grad_y * alpha where no patch covers a pixel): only pixels outside the
+    [ZIN, YIN, XIN] box, and no alpha."""
     b, cb, m, m_mask, mask, off = _pixel_channel_tile(tl.program_id(0), TILES, CBLOCKS, N, Cx,
                                                       BLOCK, BLOCK_C, IDX64)
+    if OUTSIDE_ONLY:
+        inside = ((m % W) < XIN) & (((m // W) % H) < YIN) & ((m // (W * H)) < ZIN)
+        m_mask = m_mask & ~inside
+        mask = mask & m_mask[None, :]
     alpha = _alpha_at(a_ptr + b * Nc, m, m_mask, H, W, Hc, Wc, az_ptr, ay_ptr, ax_ptr,
                       A_SAME, ACC)
-    tl.store(alpha_ptr + b * N + m, alpha.to(alpha_ptr.dtype.element_ty),
-             mask=m_mask & (cb == 0))
+    if not OUTSIDE_ONLY:
+        tl.store(alpha_ptr + b * N + m, alpha.to(alpha_ptr.dtype.element_ty),
+                 mask=m_mask & (cb == 0))
     xv = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
     tl.store(y_ptr + off, (alpha[None, :] * xv).to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -103,7 +110,7 @@ def _adjoint_kernel(v_ptr, u_ptr, iz_ptr, iy_ptr, ix_ptr,
 
 @triton.jit
 def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr, da_ptr,
-                          a_ptr, gx_ptr, dg_ptr, dtw_ptr, dpw_ptr, dpb_ptr, dsw_ptr, dq_ptr,
+                          a_ptr, dpre_ptr, dg_ptr, dtw_ptr, dpw_ptr, dpb_ptr, dsw_ptr, dq_ptr,
                           gz_ptr, gy_ptr, gx_tab_ptr,
                           Ci, K, Cx, Cg, N, Nc, Ng, H, W, Hc, Wc, Hg, Wg, TILES, TOTAL,
                           NPROG,
@@ -114,8 +121,9 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
     """Tiles pid, pid + NPROG, ... of the B·TILES tiles. Weight gradients are summed in
     registers per tile and added, in tile order, to this program's own slot of partials
     (no atomics: deterministic; the slots are summed in a second pass). dq (B, Nc) is
-    written for the second pass to sum into d psi_bias. dg: the g-grid gradient
-    (SAME_G), else (B, Cg, Nc) coarse values that ``_adjoint_kernel`` gathers."""
+    written for the second pass to sum into d psi_bias, d pre (B, Ci, Nc) in the dot dtype
+    for ``_grad_x_kernel``. dg: the g-grid gradient (SAME_G), else (B, Cg, Nc) coarse
+    values that ``_adjoint_kernel`` gathers."""
     pid = tl.program_id(0)
     ci = tl.arange(0, CI_PAD)
     ci_mask = ci < Ci
@@ -149,7 +157,8 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
         dpre = tl.where(h > 0.0, dq[None, :] * sw[:, None], 0.0)
         _accumulate(dpb_s + ci, tl.sum(dpre, axis=1), ci_mask, first)
         dpre_dot = dpre.to(DOT)
-        gx_b = gx_ptr + b * Cx * N
+        tl.store(dpre_ptr + (b * Ci + ci[:, None]) * Nc + n[None, :], dpre_dot,
+                 mask=ci_mask[:, None] & p_mask[None, :])
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_mask = k < K
@@ -159,10 +168,6 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
             xt = tl.load(x_b + koff[:, None] + x_origin[None, :], mask=xmask, other=0.0).to(DOT)
             dw = tl.dot(dpre_dot, tl.trans(xt), input_precision=PREC, out_dtype=ACC)
             _accumulate(dtw_s + ci[:, None] * K + k[None, :], dw, wmask, first)
-            w = tl.load(tw_ptr + ci[:, None] * K + k[None, :], mask=wmask, other=0.0)
-            dx = tl.dot(tl.trans(w), dpre_dot, input_precision=PREC, out_dtype=ACC)
-            tl.store(gx_b + koff[:, None] + x_origin[None, :],
-                     dx.to(gx_ptr.dtype.element_ty), mask=xmask)
         for c0 in range(0, Cg, BLOCK_K):
             c = c0 + tl.arange(0, BLOCK_K)
             c_mask = c < Cg
@@ -181,17 +186,40 @@ def _tile_backward_kernel(x_ptr, g_ptr, tw_ptr, pw_ptr, pb_ptr, sw_ptr, scal_ptr
 
 
 @triton.jit
-def _grad_x_kernel(gy_ptr, a_ptr, gx_ptr, az_ptr, ay_ptr, ax_ptr,
-                   Cx, N, Nc, D, H, W, Hc, Wc, ZIN, YIN, XIN, TILES, CBLOCKS,
-                   A_SAME: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-                   ACC: tl.constexpr, IDX64: tl.constexpr):
-    """grad_x = (patch gradient where a patch covers the pixel) + grad_y * alpha, on a
-    [BLOCK_C channels, BLOCK pixels] tile."""
-    b, cb, m, m_mask, mask, off = _pixel_channel_tile(tl.program_id(0), TILES, CBLOCKS, N, Cx,
-                                                      BLOCK, BLOCK_C, IDX64)
-    alpha = _alpha_at(a_ptr + b * Nc, m, m_mask, H, W, Hc, Wc, az_ptr, ay_ptr, ax_ptr,
-                      A_SAME, ACC)
-    inside = ((m % W) < XIN) & (((m // W) % H) < YIN) & ((m // (W * H)) < ZIN)
-    prev = tl.load(gx_ptr + off, mask=mask & inside[None, :], other=0.0).to(ACC)
-    gyv = tl.load(gy_ptr + off, mask=mask, other=0.0).to(ACC)
-    tl.store(gx_ptr + off, (prev + alpha[None, :] * gyv).to(gx_ptr.dtype.element_ty), mask=mask)
+def _grad_x_kernel(gy_ptr, a_ptr, dpre_ptr, tw_ptr, gx_ptr, az_ptr, ay_ptr, ax_ptr,
+                   Ci, K, Cx, N, Nc, H, W, Hc, Wc, TILES, CBLOCKS,
+                   S: tl.constexpr, SD: tl.constexpr, A_SAME: tl.constexpr,
+                   CI_PAD: tl.constexpr, CI_BLOCK: tl.constexpr, BLOCK_CX: tl.constexpr,
+                   BLOCK_P: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+                   PREC: tl.constexpr, IDX64: tl.constexpr):
+    """grad_x = W_theta^T d pre (the patch gradient) + grad_y * alpha, written once, for
+    BLOCK_P coarse pixels x BLOCK_CX channels: per patch position (dz, dy, dx), a
+    (BLOCK_CX, CI_PAD) x (CI_PAD, BLOCK_P) product in CI_BLOCK chunks (``tl.dot``).
+    Pixels that no patch covers (x's size not a multiple of the stride) are
+    ``_scale_kernel``'s with OUTSIDE_ONLY."""
+    pid = tl.program_id(0)
+    cb = pid % CBLOCKS
+    b, n = _item_tile(pid // CBLOCKS, TILES, BLOCK_P, IDX64)
+    p_mask = n < Nc
+    c = cb * BLOCK_CX + tl.arange(0, BLOCK_CX)
+    c_mask = c < Cx
+    origin = _patch_offsets(n, Hc, Wc, H, W, S, SD)
+    mask = c_mask[:, None] & p_mask[None, :]
+    rows = (b * Cx + c[:, None]) * N
+    for par in tl.static_range(SD * S * S):
+        dx = tl.zeros((BLOCK_CX, BLOCK_P), ACC)
+        for ci0 in range(0, CI_PAD, CI_BLOCK):
+            ci = ci0 + tl.arange(0, CI_BLOCK)
+            ci_mask = ci < Ci
+            dpre = tl.load(dpre_ptr + (b * Ci + ci[:, None]) * Nc + n[None, :],
+                           mask=ci_mask[:, None] & p_mask[None, :], other=0.0)
+            # k = ((c·SD + dz)·S + dy)·S + dx = c·SD·S² + par
+            w = tl.load(tw_ptr + ci[:, None] * K + (c * (SD * S * S) + par)[None, :],
+                        mask=ci_mask[:, None] & c_mask[None, :], other=0.0)
+            dx += tl.dot(tl.trans(w), dpre, input_precision=PREC, out_dtype=ACC)
+        m = origin + ((par // (S * S)) * H * W + ((par // S) % S) * W + par % S)
+        alpha = _alpha_at(a_ptr + b * Nc, m, p_mask, H, W, Hc, Wc, az_ptr, ay_ptr, ax_ptr,
+                          A_SAME, ACC)
+        gyv = tl.load(gy_ptr + rows + m[None, :], mask=mask, other=0.0).to(ACC)
+        tl.store(gx_ptr + rows + m[None, :], (dx + alpha[None, :] * gyv).to(gx_ptr.dtype.element_ty),
+                 mask=mask)

@@ -21,9 +21,9 @@ ACCESS = {
     "_scale_kernel": {"y_ptr": "w", "alpha_ptr": "w"},
     "_dalpha_kernel": {"out_ptr": "w"},
     "_adjoint_kernel": {"u_ptr": "w"},
-    "_tile_backward_kernel": {"a_ptr": "w", "gx_ptr": "w", "dg_ptr": "w", "dtw_ptr": "w",
+    "_tile_backward_kernel": {"a_ptr": "w", "dpre_ptr": "w", "dg_ptr": "w", "dtw_ptr": "w",
                               "dpw_ptr": "w", "dpb_ptr": "w", "dsw_ptr": "w", "dq_ptr": "w"},
-    "_grad_x_kernel": {"gx_ptr": "rw"},
+    "_grad_x_kernel": {"gx_ptr": "w"},
 }
 
 

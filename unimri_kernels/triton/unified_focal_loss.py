@@ -255,11 +255,9 @@ def _tile_config(batch: int, num_classes: int, n: int, dtype: torch.dtype, targe
 
 def ufl_stats_config(batch: int, num_classes: int, n: int, dtype: torch.dtype,
                      target: Target) -> LossConfig:
-    """Configuration of ``_ufl_stats_kernel`` for logits (batch, num_classes, n) of ``dtype``:
-    tiles twice the gradient sweep's (it keeps fewer temporaries), so that its partial rows
-    stay a few percent of the logits' bytes even with 16 classes."""
+    """Configuration of ``_ufl_stats_kernel`` for logits (batch, num_classes, n) of ``dtype``."""
     return _tile_config(batch, num_classes, n, dtype, target,
-                        2048 if dtype == torch.float64 else 4096, "unified_focal_loss (stats)")
+                        1024 if dtype == torch.float64 else 2048, "unified_focal_loss (stats)")
 
 
 def ufl_grad_config(batch: int, num_classes: int, n: int, dtype: torch.dtype,
