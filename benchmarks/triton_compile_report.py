@@ -3,7 +3,7 @@ shapes and dtypes, for sm_80 / sm_90 / sm_100, with triton's bundled ptxas (no G
 needed), and write registers, spills and shared memory to
 ``benchmarks/results/triton_compile.md``.
 
-    python benchmarks/triton_compile_report.py [--matrix test|full|smoke] [--arch 80 90 100]
+    python benchmarks/triton_compile_report.py [--matrix report|test|full|smoke] [--arch 80 90 100]
 
 The compile runs in a child process without ``TRITON_INTERPRET`` (see
 :mod:`unimri_kernels.triton.compile_check`); results are also kept as JSON next to the md.
@@ -121,7 +121,8 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         "`atomics` = `tt.atomic_rmw` ops in the TTIR. Matrix `test`: every distinct "
         "configuration on sm_90, the `tl.dot` kernels' on sm_80 and sm_100; `full`: the "
         "larger matrix on every arch; `smoke`: what `tests/test_triton_gpu_compile.py` "
-        "compiles.",
+        "compiles; `report`: the smoke selection (the largest tile of every kernel, dtype "
+        "and dot precision) on every arch.",
         "",
         *NOTES,
         "",
@@ -179,7 +180,7 @@ def _dtype(result: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--matrix", choices=("smoke", "test", "full"), default="test")
+    ap.add_argument("--matrix", choices=("smoke", "report", "test", "full"), default="report")
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80, 100])
     ap.add_argument("--out", type=Path, default=RESULTS / "triton_compile.md")
     ap.add_argument("--from-json", type=Path, help="render existing results instead")

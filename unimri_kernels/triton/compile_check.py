@@ -357,21 +357,23 @@ def _tile_size(launch: Launch) -> tuple[int, int]:
     return kw.get("BLOCK", 0), 0
 
 
-def smoke_selection(distinct: dict[str, tuple[Launch, list[str]]], arch: int
-                    ) -> list[tuple[Launch, list[str]]]:
+def smoke_selection(distinct: dict[str, tuple[Launch, list[str]]], arch: int,
+                    every_arch: bool = False) -> list[tuple[Launch, list[str]]]:
     """A short but pointed subset for the test suite: on sm_90 the largest tile of every
     (kernel, dtype, dot precision) group, skipping variants that differ
-    only in a load dtype; on other archs the bf16 (tensor-core) dot kernels."""
+    only in a load dtype; on other archs the bf16 (tensor-core) dot kernels, or with
+    ``every_arch`` the sm_90 selection on every arch."""
     groups: dict[tuple, tuple[Launch, list[str]]] = {}
     for key, (launch, probs) in distinct.items():
         kw = launch.kwargs
         dtype = str(launch.args[0].dtype).replace("torch.", "")
-        if arch != 90 and not (launch.name in DOT_KERNELS and dtype == "bfloat16"):
+        full = arch == 90 or every_arch
+        if not full and not (launch.name in DOT_KERNELS and dtype == "bfloat16"):
             continue  # tensor-core code generation is what differs between archs
-        if arch == 90 and launch.name not in DOT_KERNELS:
+        if full and launch.name not in DOT_KERNELS:
             if dtype in ("float16", "float64") or kw.get("IS_INDEX") is False:
                 continue  # same code as fp32/bf16 but for the load dtype
-        if arch == 90 and launch.name == "_tile_backward_kernel" and (
+        if full and launch.name == "_tile_backward_kernel" and (
                 dtype in ("float16", "float64") or kw.get("PREC") == "ieee" and dtype == "float32"):
             continue  # the forward kernel covers these dot dtypes
         group = (launch.name, dtype, kw.get("PREC"), kw.get("OUTSIDE_ONLY"))
@@ -412,15 +414,16 @@ def run_matrix(matrix: str, archs: Sequence[int], progress: bool = False,
     """Compile the distinct configurations of the loss and gate matrices for ``archs``.
 
     ``matrix``: "full" (every config of the large matrix on every arch), "test" (every
-    config of the smaller matrix on sm_90, its ``tl.dot`` kernels on the other archs) or
-    "smoke" (:func:`smoke_selection` of "test"); each ends with two controls: a dot
+    config of the smaller matrix on sm_90, its ``tl.dot`` kernels on the other archs),
+    "smoke" (:func:`smoke_selection` of "test") or "report" (the sm_90 smoke selection on
+    every arch); each ends with two controls: a dot
     edge under 16 (must fail) and a float atomic (must be counted)."""
     full = matrix == "full"
     launches = distinct_launches([*loss_matrix(full), *gate_matrix(full)], SETTINGS)
     jobs = []
     for arch in archs:
-        if matrix == "smoke":
-            chosen = smoke_selection(launches, arch)
+        if matrix in ("smoke", "report"):
+            chosen = smoke_selection(launches, arch, every_arch=matrix == "report")
         elif arch == 90 or matrix == "full":
             chosen = list(launches.values())
         else:  # the tensor-core kernels are where architectures differ
@@ -444,7 +447,7 @@ def run_matrix(matrix: str, archs: Sequence[int], progress: bool = False,
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--matrix", choices=("smoke", "test", "full"), default="smoke")
+    ap.add_argument("--matrix", choices=("smoke", "report", "test", "full"), default="smoke")
     ap.add_argument("--arch", type=int, nargs="+", default=list(ARCHS))
     ap.add_argument("--json", required=True, help="where to write the results")
     ap.add_argument("--progress", action="store_true")
