@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from unimri.train import TrainConfig
-from unimri.train.ablation import Cell, imbalance_csv, study_csv, study_table, study_tests, write_study_reports
+from unimri.studies.ablation import Cell, imbalance_csv, study_csv, study_table, study_tests, write_study_reports
 from unimri.train.experiment import ExperimentResult
-from unimri.train.plots import plot_bars, plot_imbalance, plot_time_to_quality, time_to_quality_curve
-from unimri.train.stats import format_p, mean_std, paired_wilcoxon
+from unimri.runtime.plots import plot_bars, plot_imbalance, plot_time_to_quality, time_to_quality_curve
+from unimri.studies.stats import format_p, mean_std, paired_wilcoxon
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -109,7 +109,7 @@ def test_tables_csv_and_plots_from_runs(tmp_path):
 
 
 def test_time_to_quality_uses_cpu_time_when_every_run_logged_it():
-    from unimri.train.plots import epoch_clock
+    from unimri.runtime.plots import epoch_clock
 
     wall = [{"fold": 0, "epoch": e, "seconds": 10.0, "val_dsc": 0.5} for e in range(3)]
     both = [{**r, "cpu_seconds": 2.0} for r in wall]
@@ -159,7 +159,7 @@ def test_ablate_cli_with_seeds_writes_paired_stats(tmp_path, capsys):
         assert os.path.isfile(out / name), name
     assert "p (DSC vs baseline)" in capsys.readouterr().out
     # finished runs read back: the same folds, and the time-to-quality report from them
-    from unimri.train.ablation import time_to_quality_report
+    from unimri.studies.ablation import time_to_quality_report
     from unimri.train.experiment import load_result
 
     back = load_result(str(out / "unet-progressive_resizing-seed1"))
@@ -191,7 +191,7 @@ def test_imbalance_sweep_cli(tmp_path):
 
 def test_monai_peer_gets_the_same_folds_and_wall_time(tmp_path):
     pytest.importorskip("monai")
-    from unimri.train.peer import PEER_LABEL, fold_budgets, run_monai_peer
+    from unimri.studies.peer import PEER_LABEL, fold_budgets, run_monai_peer
 
     cfg = TrainConfig(dataset="phantom", dataset_kwargs={"num_cases": 6, "size": 32, "fg_fraction": [0.08, 0.15]},
                       features=4, stages=[32], batch_size=2, epochs=1, folds=2, device="cpu", progress=False)
@@ -221,7 +221,7 @@ def test_monai_peer_gets_the_same_folds_and_wall_time(tmp_path):
 
 def test_demo_variants_run_in_two_processes_and_overlay_both_polarities(tmp_path):
     from unimri.data.phantom import make_phantom
-    from unimri.train.ablation import DEMO_VARIANTS, _has_polarity, polarity_overlays, run_variants
+    from unimri.studies.ablation import DEMO_VARIANTS, _has_polarity, polarity_overlays, run_variants
 
     cfg = TrainConfig(dataset="phantom", dataset_kwargs={"num_cases": 8, "size": 32, "fg_fraction": [0.08, 0.15]},
                       features=4, stages=[16, 32], batch_size=2, epochs=[1, 1], folds=2, fold_indices=[0],
@@ -258,7 +258,7 @@ def test_monai_peer_takes_sizes_its_unet_cannot():
     aspect-keeping stages (64x41) and whole validation cases (57x37) run, and an input that
     is already divisible goes through untouched."""
     pytest.importorskip("monai")
-    from unimri.train.peer import DivisiblePadded, monai_unet
+    from unimri.studies.peer import DivisiblePadded, monai_unet
 
     model = monai_unet(2, 1, 2, features=4).eval()
     assert isinstance(model, DivisiblePadded) and model.k == 16

@@ -73,7 +73,7 @@ def test_predict_keeps_input_shape_and_affine(trained, tmp_path, capsys):
 
 def test_predict_3d_model_uses_a_sliding_window(tmp_path):
     from unimri.models import create_model
-    from unimri.train.predict import InferenceSpec, predict_path
+    from unimri.infer.predict import InferenceSpec, predict_path
 
     spec = {"name": "unet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "num_classes": 2, "features": 4}}
     model = create_model("unet", **spec["kwargs"])
@@ -184,7 +184,7 @@ def test_config_file_with_flag_overrides(tmp_path):
 def test_ablate_all_resume_continues_started_studies_and_starts_the_rest(tmp_path, monkeypatch, capsys):
     """An interrupted ``--study all`` stopped inside its first study: --resume continues that
     one and starts the studies that had not begun (it used to refuse: no run folder)."""
-    from unimri.train import ablation
+    from unimri.studies import ablation
     from unimri.train.experiment import MARKER
 
     out = tmp_path / "abl"

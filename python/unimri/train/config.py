@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from unimri.train.precision import AMP_MODES
+from unimri.runtime.precision import AMP_MODES
 
 SCHEDULES = ("none", "cosine", "poly", "plateau")
 
@@ -22,7 +22,7 @@ class StageSize(tuple):
 
     ``keep_aspect=True`` (a stage given as one number, e.g. ``64``): the tuple is the
     bounding cube and each batch is resized so that its longest axis is that number, the
-    other axes in proportion (:func:`unimri.train.resize.fit_long_side`); the backbone pads
+    other axes in proportion (:func:`unimri.runtime.resize.fit_long_side`); the backbone pads
     to its stride. ``keep_aspect=False`` (``"96x128"`` or a list): exactly this size.
     """
 
@@ -123,11 +123,9 @@ class TrainConfig:
     @property
     def stage_sizes(self) -> list[StageSize]:
         """The stage input sizes, each a :class:`StageSize` of ``spatial_dims`` ints."""
-        stages = self.stages
-        if isinstance(stages, (int, str)) and not (isinstance(stages, str) and "," in stages):
+        stages = split_sizes(self.stages) if isinstance(self.stages, str) else self.stages
+        if isinstance(stages, int):
             stages = [stages]
-        elif isinstance(stages, str):
-            stages = [s.strip() for s in stages.split(",") if s.strip()]
         return [_as_size(s, self.spatial_dims, f"stages[{i}]", keep_aspect=True) for i, s in enumerate(stages)]
 
     def _per_stage(self, value: Any, name: str) -> list[int]:
@@ -178,7 +176,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ checks
     def validate(self) -> "TrainConfig":
         """Checks every field that can be checked without data; raises ValueError/TypeError."""
-        from unimri.train import registry
+        from unimri.runtime import registry
 
         registry.check_model_name(self.model)
         registry.check_loss_name(self.loss)
@@ -271,3 +269,9 @@ def parse_int_list(text: str | Sequence[int], name: str) -> list[int]:
         return [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
+
+
+def split_sizes(text: str) -> list[int | str]:
+    """Comma-separated sizes: ``"64,128"`` -> ``[64, 128]``; ``"96x128"`` stays one per-axis string."""
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    return [int(v) if v.isdigit() else v for v in parts]

@@ -22,14 +22,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from unimri.train import registry
+from unimri.runtime import registry
 from unimri._atomic import atomic_write_json, atomic_write_text
 from unimri.train.checkpoint import load_checkpoint
 from unimri.train.config import TrainConfig
 from unimri.train.datasets import infer_in_channels, infer_num_classes
 from unimri.train.distributed import DistContext, barrier, init_distributed
 from unimri.train.engine import FoldTrainer, check_stage_sizes
-from unimri.train.evaluate import METRIC_NAMES, EvalResult, evaluate_model
+from unimri.runtime.scoring import METRIC_NAMES, EvalResult, evaluate_model
 from unimri.train.runlog import JsonlLog
 
 MARKER = "unimri_run.json"
@@ -246,7 +246,7 @@ def fold_table(result: ExperimentResult) -> tuple[str, str]:
 
 def write_reports(result: ExperimentResult) -> None:
     """metrics.csv / metrics.md / results.json / curves.png / overlays.png in the run folder."""
-    from unimri.train.plots import plot_curves, plot_overlays
+    from unimri.runtime.plots import plot_curves, plot_overlays
 
     out = result.out_dir
     csv_text, md_text = fold_table(result)

@@ -1,0 +1,8 @@
+"""What training, inference and the studies all run on.
+
+``registry`` (names, checks and factories of models, losses, datasets, metrics),
+``precision`` (autocast policy), ``resize`` (stage resizing of images and labels),
+``inference`` (:class:`InferenceSpec`, whole-case prediction), ``scoring`` (the metric
+table of a model on cases) and ``plots`` (curves, bars and overlays of runs and studies).
+Nothing here imports :mod:`unimri.train`, :mod:`unimri.infer` or :mod:`unimri.studies`.
+"""
