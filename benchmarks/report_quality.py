@@ -17,6 +17,9 @@ Which run writes which file (``<out>`` is the command's ``--out``; see docs/eval
 ``quality/colin27_loso_w<width>.json``    ``python -m unimri.studies.collect`` over the ``unimri train`` seeds
 ``quality/imbalance.json``                ``--study imbalance``: ``imbalance_results.json``
 ``quality/time_to_quality.json``          ``time_to_quality_report(..., name="time_to_quality")``
+``quality/backbones_<dataset>.json``      ``--study backbones`` (2D, five backbones): ``backbones_results.json``
+``quality/lambda_<dataset>.json``         ``--study lambda``: ``lambda_results.json``
+``quality/backbones3d_<dataset>.json``    ``--study backbones --models unet --spatial-dims 3``: ``backbones_results.json``
 ========================================  =============================================================
 """
 from __future__ import annotations
@@ -90,7 +93,18 @@ def time_to_quality() -> str:
     return render_time_to_quality(read_record(path, TTQ_FORMAT))
 
 
+def _titled(files: Sequence[tuple[str, str]]) -> Callable[[], str]:
+    """One table per (results file, heading)."""
+    def table() -> str:
+        return "\n".join(f"**{title}**\n\n" + render_file(_path(name)) for name, title in files)
+    return table
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "quality-backbones": _per_dataset("backbones"),
+    "quality-lambda": _per_dataset("lambda"),
+    "quality-3d": _titled([("backbones3d_phantom.json", "3D phantom, 3D UNet"),
+                           ("backbones3d_colin27.json", "Colin27 hippocampus, 3D UNet (1 mm slabs)")]),
     "quality-demo": _one("demo.json"),
     "quality-components-phantom": _one("components_phantom.json"),
     "quality-components-colin27": _one("components_colin27.json"),

@@ -140,6 +140,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="slices/windows per forward pass")
     p.add_argument("--overlap", type=float, default=0.5, help="3D sliding-window overlap (default 0.5)")
+    p.add_argument("--save-attention", action="store_true",
+                   help="also write each attention gate's map (float32 in [0, 1], the prediction's grid, "
+                        "geometry and format) as <output stem>_attn-<gate><suffix>, one file per gate")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=commands.cmd_predict)
 
@@ -157,8 +160,13 @@ def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
                                    "variant with a bootstrap CI and Holm-corrected Wilcoxon p over test folds), "
                                    "<study>_results.json, <study>.csv, <study>_summary.csv and PNG plots.")
     p.add_argument("--study", default="components",
-                   choices=["unified", "components", "loss", "attention", "resizing", "imbalance", "all"])
-    p.add_argument("--models", default="unet", help="comma-separated backbones (default unet)")
+                   choices=["unified", "components", "loss", "attention", "resizing", "imbalance", "all",
+                            "backbones", "lambda"],
+                   help="the study (see above); backbones: baseline vs the unified approach for every "
+                        "backbone (table 1); lambda: the unified approach with the unified loss's lambda 0.1..0.9 (figure 3f, "
+                        "lambda_<model>.png); see docs/studies.md")
+    p.add_argument("--models", default=None,
+                   help="comma-separated backbones (default unet; --study backbones: unet,fcn,rcnn,segnet,deeplabv3)")
     p.add_argument("--seeds", type=int, default=1,
                    help="repeat every run with seeds SEED..SEED+N-1 (default 1) on the same test folds; "
                         "seeds are averaged within a test fold before folds are compared")

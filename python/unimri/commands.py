@@ -241,7 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                            overlap=args.overlap, progress=not args.no_progress,
                            output_format=args.output_format,
                            label_patterns=DEFAULT_LABEL_PATTERNS + tuple(args.skip or ()),
-                           replace_nonfinite=args.replace_nonfinite)
+                           replace_nonfinite=args.replace_nonfinite, save_attention=args.save_attention)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -253,7 +253,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from unimri.train.experiment import MARKER
 
     cfg = config_from_args(args)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    from unimri.studies.paper import STUDY_MODELS
+
+    chosen = args.models if args.models is not None else ",".join(STUDY_MODELS.get(args.study, ("unet",)))
+    models = [m.strip() for m in chosen.split(",") if m.strip()]
     for m in models:
         registry.check_model_name(m)
     if args.seeds < 1:

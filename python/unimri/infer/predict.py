@@ -71,7 +71,7 @@ def load_trained_model(path: str, device: torch.device | str = "cpu",
 
 
 #: file names that hold labels, not images: never segmented by a folder predict
-DEFAULT_LABEL_PATTERNS = ("*_label*", "*_seg*", "*_mask*")
+DEFAULT_LABEL_PATTERNS = ("*_label*", "*_seg*", "*_mask*", "*_attn-*")
 #: formats predict writes (.nhdr/.mhd would need a second data file)
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _DEFAULT_OUTPUT = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd",
@@ -175,7 +175,7 @@ def predict_path(checkpoint: str, input_path: str, output: str, *, overwrite: bo
                  device: torch.device | str = "cpu", batch_size: int = 8, overlap: float = 0.5,
                  progress: bool = True, output_format: str | None = None,
                  label_patterns: Sequence[str] = DEFAULT_LABEL_PATTERNS,
-                 replace_nonfinite: float | None = None) -> list[str]:
+                 replace_nonfinite: float | None = None, save_attention: bool = False) -> list[str]:
     """Segment an image file, or every image file of a folder, into label files.
 
     A file input writes ``output``, whose suffix (.nii, .nii.gz, .nrrd, .mha; .png for 2D
@@ -190,6 +190,11 @@ def predict_path(checkpoint: str, input_path: str, output: str, *, overwrite: bo
     channel count, no NaN/inf voxels unless ``replace_nonfinite`` gives a value, the
     outputs free unless ``overwrite``); each output is written atomically. Inputs whose
     intensities lie far outside the training data's raise a UserWarning.
+
+    ``save_attention``: also write each attention gate's map, from the same forward passes
+    as the labels (:func:`unimri.infer.attention.predict_with_attention`), one file per gate
+    next to each label file (:func:`attention_path`): float32 α in [0, 1] with the label
+    file's shape, geometry and format (PNG outputs: round(255·α) as 8-bit grey).
     """
     from tqdm.auto import tqdm
 
@@ -222,6 +227,8 @@ def predict_path(checkpoint: str, input_path: str, output: str, *, overwrite: bo
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise ValueError(f"output: {existing[0]!r} already exists{more}; pass --overwrite to replace")
     model, spec, _ = load_trained_model(checkpoint, device)
+    if save_attention:
+        _check_attention_outputs(model, targets, overwrite)
     problems = []
     for src in tqdm(inputs, desc="check inputs", disable=not progress or len(inputs) < 2, leave=False):
         try:
@@ -237,8 +244,61 @@ def predict_path(checkpoint: str, input_path: str, output: str, *, overwrite: bo
     written = []
     for src, dst in tqdm(list(zip(inputs, targets)), desc="predict", disable=not progress):
         checked = _prepare_input(src, spec, replace_nonfinite)  # read again: memory stays one case
-        labels = predict_labels(model, as_tensor(checked.image), spec, device=device, batch_size=batch_size,
-                                overlap=overlap).numpy()
+        maps: dict[str, torch.Tensor] = {}
+        if save_attention:
+            from unimri.infer.attention import predict_with_attention
+
+            probs, maps = predict_with_attention(model, as_tensor(checked.image), spec, device=device,
+                                                 batch_size=batch_size, overlap=overlap)
+            labels = probs.argmax(0).numpy()
+        else:
+            labels = predict_labels(model, as_tensor(checked.image), spec, device=device, batch_size=batch_size,
+                                    overlap=overlap).numpy()
         dtype = np.int16 if spec.num_classes > 255 else np.uint8
         written.append(write_image(dst, labels.astype(dtype), checked.affine, dtype=dtype, source=src))
+        for name, alpha in maps.items():
+            written.append(_write_attention(attention_path(dst, name), alpha.numpy(), checked.affine))
     return written
+
+
+def attention_path(label_path: str, gate: str) -> str:
+    """Where ``predict --save-attention`` writes ``gate``'s map of a label file:
+    ``seg.nii.gz`` + ``skip_level0/gate0`` -> ``seg_attn-skip_level0-gate0.nii.gz`` (NIfTI beside
+    a DICOM SEG ``seg.dcm``)."""
+    from unimri.data.io import suffix_of
+    from unimri.infer.attention import file_safe
+
+    suffix = suffix_of(label_path)
+    out_suffix = ".nii.gz" if suffix == ".dcm" else suffix  # beside a DICOM SEG: attention maps as NIfTI
+    return f"{label_path[: len(label_path) - len(suffix)]}_attn-{file_safe(gate)}{out_suffix}"
+
+
+def _check_attention_outputs(model: nn.Module, targets: Sequence[str], overwrite: bool) -> None:
+    """ValueError when the model has no attention modules, or (without ``overwrite``) when an
+    attention file of one of ``targets`` already exists."""
+    import glob
+
+    from unimri.infer.attention import attention_modules
+
+    if not attention_modules(model):
+        raise ValueError("save_attention: the checkpoint's model has no attention modules "
+                         "(it was trained without --attention)")
+    if overwrite:
+        return
+    from unimri.data.io import suffix_of
+
+    for target in targets:
+        suffix = suffix_of(target)
+        found = sorted(glob.glob(glob.escape(target[: len(target) - len(suffix)]) + "_attn-*" + glob.escape(suffix)))
+        if found:
+            raise ValueError(f"output: attention map {found[0]!r} already exists; pass --overwrite to replace")
+
+
+def _write_attention(path: str, alpha: np.ndarray, affine: np.ndarray) -> str:
+    """One gate's map (*S) in [0, 1]: float32, or 8-bit grey (round(255·α)) for 2D picture formats."""
+    from unimri.data import write_image
+    from unimri.data.io import IMAGE_2D_SUFFIXES, suffix_of
+
+    if suffix_of(path) in IMAGE_2D_SUFFIXES:
+        return write_image(path, np.rint(np.clip(alpha, 0, 1) * 255).astype(np.uint8), affine)
+    return write_image(path, alpha.astype(np.float32), affine, dtype=np.float32)

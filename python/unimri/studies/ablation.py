@@ -110,6 +110,14 @@ STUDIES: dict[str, tuple[str, list[tuple[str, Variant]]]] = {
     ]),
 }
 
+# table 1 over every backbone and the λ sweep of figure 3f (unimri.studies.paper)
+from unimri.studies import paper as _paper  # noqa: E402 (beside the studies it adds)
+
+STUDIES["backbones"] = ("Method", DEMO_VARIANTS)
+STUDIES["lambda"] = ("Unified loss λ", _paper.lambda_variants())
+#: studies that write more than the common reports: study -> writer(cells, out_dir, dataset)
+EXTRA_REPORTS: dict[str, Callable[..., Any]] = {"lambda": _paper.write_lambda_report}
+
 
 
 def _slug(text: str) -> str:
@@ -224,7 +232,13 @@ def run_study(base: TrainConfig, study: str, models: Sequence[str], out_dir: str
     if study not in STUDIES:
         raise ValueError(f"study: unknown study {study!r}; expected one of {sorted(STUDIES)}")
     column, variants = STUDIES[study]
-    return run_variants(base, variants, models, out_dir, study=study, column=column, **kw)
+    cells = run_variants(base, variants, models, out_dir, study=study, column=column, **kw)
+    if study in EXTRA_REPORTS:
+        EXTRA_REPORTS[study](cells, out_dir, base.dataset)
+    from unimri.studies.attention_figures import write_attention_overlays
+
+    write_attention_overlays(cells, out_dir)  # the overlays again, with attention maps
+    return cells
 
 
 def run_imbalance_sweep(base: TrainConfig, fractions: Sequence[float], models: Sequence[str], out_dir: str,
@@ -334,6 +348,13 @@ def polarity_overlays(cells: Sequence[Cell], path: str, fold: int = 0, n_dark: i
             "dark" if _has_polarity(case, True) else "bright")
         rows.append({"case_id": f"{case.case_id} ({polarity})", "image": case.image[0], "label": case.label,
                      "predictions": preds})
+    if any(cell.result.config.attention for cell in cells):
+        from unimri.studies.attention_figures import add_attention, plot_overlays_with_attention
+
+        gated = {cell.variant: models[cell.variant] for cell in cells if cell.result.config.attention}
+        return plot_overlays_with_attention(add_attention(rows, chosen, gated), path, title=(
+            f"{MODEL_TITLES.get(cells[0].model, cells[0].model)}, fold {fold} test cases: ground truth "
+            "(green) vs prediction (red); top attention gate"))
     return plot_overlays(rows, path, title=f"{MODEL_TITLES.get(cells[0].model, cells[0].model)}, fold {fold} "
                                            "test cases: ground truth (green) vs prediction (red)")
 
