@@ -1,6 +1,7 @@
-"""Oktay et al.'s attention blocks written in plain PyTorch modules, as in their official
-code (``GridAttentionBlockND`` and ``MultiAttentionBlock``): what a user would run without
-unimri. The benchmarks' eager baseline, and a cross-check of the fused modules' maths.
+"""The plain-PyTorch baseline: Oktay et al.'s attention blocks written in plain PyTorch
+modules, as in their official code (``GridAttentionBlockND`` and ``MultiAttentionBlock``), and
+models rebuilt from such modules: what a user would run without unimri. The benchmarks'
+baseline, and a cross-check of the fused modules' maths.
 
 ``OktayAttentionGate``: ``theta`` (conv, kernel = stride = s, no bias), ``phi`` (1x1 conv),
 ``psi`` (1x1 conv to one channel), ``alpha = sigmoid(psi(relu(theta x + up(phi g)))) ** f``
@@ -75,7 +76,7 @@ class OktaySelectiveAttention(nn.Module):
         return self.merge(torch.cat(outs, dim=1)), torch.cat(alphas, dim=1)
 
 
-def with_eager_attention(model: nn.Module) -> nn.Module:
+def with_plain_modules(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` whose :class:`unimri.nn.SelectiveAttention` modules are
     replaced by :class:`OktaySelectiveAttention` with the same weights and whose conv blocks
     run batch norm and ReLU, 2x max pooling and 1x1 heads as their modules (a model as a user would build it from plain
