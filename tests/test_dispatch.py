@@ -54,6 +54,7 @@ def test_route_names_the_implementation(monkeypatch):
 
     torch.compile(traced, backend="eager", fullgraph=True)(x)
     assert seen == [("compiled", True)]
+    assert dispatch.route(torch.zeros(2, device="meta")) == "compiled"  # the custom ops' fakes
 
 
 def test_run_op_takes_the_direct_function_only_on_the_direct_route():

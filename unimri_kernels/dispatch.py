@@ -3,9 +3,9 @@ switch the kernels read.
 
 :func:`route` is the only routing decision; every op's wrapper asks it once per call:
 
-* ``"compiled"``: under ``torch.compile`` (tracing) -> the ``torch.library`` custom op, whose
-  fake implementation traces and whose body picks the kernel (:func:`backend_for`) when the
-  graph runs. ``torch.library.opcheck`` and direct ``torch.ops.unimri.*`` calls run the same
+* ``"compiled"``: under ``torch.compile`` (tracing), and for meta tensors (shapes only, e.g.
+  the trainer's size probe) -> the ``torch.library`` custom op, whose fake implementation
+  traces and whose body picks the kernel (:func:`backend_for`) when the graph runs. ``torch.library.opcheck`` and direct ``torch.ops.unimri.*`` calls run the same
   custom op.
 * ``"direct"``: eager mode, CPU tensors, C++ backend -> the C++ kernels of
   ``unimri_kernels._C`` through a small ``torch.autograd.Function`` (the ``Direct*`` classes of
@@ -207,10 +207,10 @@ ROUTES = ("compiled", "direct", "triton", "reference")
 
 def route(x: torch.Tensor) -> str:
     """The implementation that runs an op on ``x`` now, one of :data:`ROUTES` (see the module
-    docstring): "compiled" while ``torch.compile`` traces, "direct" for the C++ kernels through
-    an autograd Function in eager mode on CPU, else the custom op with the Triton kernel or
-    the reference."""
-    if torch.compiler.is_compiling():
+    docstring): "compiled" while ``torch.compile`` traces (or for meta tensors), "direct" for
+    the C++ kernels through an autograd Function in eager mode on CPU, else the custom op with
+    the Triton kernel or the reference."""
+    if torch.compiler.is_compiling() or x.device.type == "meta":
         return "compiled"
     backend = backend_for(x)
     return "direct" if backend == "cpp" else backend
