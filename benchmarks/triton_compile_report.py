@@ -3,7 +3,7 @@ shapes and dtypes, for sm_80 / sm_90 / sm_100, with triton's bundled ptxas (no G
 needed), and write registers, spills and shared memory to
 ``benchmarks/results/triton_compile.md``.
 
-    python benchmarks/triton_compile_report.py [--matrix test|full|smoke] [--arch 80 90 100]
+    python benchmarks/triton_compile_report.py [--matrix report|test|full|smoke] [--arch 80 90 100]
 
 The compile runs in a child process without ``TRITON_INTERPRET`` (see
 :mod:`unimri_kernels.triton.compile_check`); results are also kept as JSON next to the md.
@@ -71,7 +71,26 @@ NOTES = [
     "stages): fp64 tiles are capped at 1024 elements (backward 512).",
     "- the forward tile kernel with a `tl.dot` K edge of 8 fails to compile (sm_90), as "
     "on a GPU, while the interpreter accepts it: launchers keep every dot edge >= 16.",
+    "- 8-warp tiles of 4096 elements reached 145-255 registers per thread (one program "
+    "per SM); tiles are capped at 2048 elements with 4 warps (the grad_x product takes "
+    "the inter channels in chunks of 64), so every fp32/half configuration fits two "
+    "programs per SM (`progs/SM` = 65,536 // (regs x 32 x warps)).",
 ]
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--",
+                                "unimri_kernels"], capture_output=True, text=True).stdout
+        return out + (" + uncommitted kernel changes" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _programs_per_sm(r: dict) -> int:
+    return 65536 // (r["n_regs"] * 32 * r["num_warps"])
 
 
 def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
@@ -87,7 +106,7 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         "",
         f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
         f"`python benchmarks/triton_compile_report.py --matrix {matrix} --arch "
-        f"{' '.join(map(str, archs))}` on CPU {_cpu()} ({_isa()}, {os.cpu_count()} cores), "
+        f"{' '.join(map(str, archs))}` at commit {_commit()} on CPU {_cpu()} ({_isa()}, {os.cpu_count()} cores), "
         f"torch {torch.__version__}, triton {triton.__version__}, {_ptxas_version()}; "
         f"{len(results)} compilations, {seconds:.0f} s in compile calls (triton's on-disk "
         f"cache serves configurations compiled by an earlier run)"
@@ -102,7 +121,8 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         "`atomics` = `tt.atomic_rmw` ops in the TTIR. Matrix `test`: every distinct "
         "configuration on sm_90, the `tl.dot` kernels' on sm_80 and sm_100; `full`: the "
         "larger matrix on every arch; `smoke`: what `tests/test_triton_gpu_compile.py` "
-        "compiles.",
+        "compiles; `report`: the smoke selection (the largest tile of every kernel, dtype "
+        "and dot precision) on every arch.",
         "",
         *NOTES,
         "",
@@ -110,13 +130,15 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         f"{sum(1 for r in ok if r['shared'] > MAX_SHARED.get(r['arch'], 1 << 30))}; "
         f"configs with spills: {sum(1 for r in ok if r['n_spills'])} "
         f"(fp32/bf16/fp16: "
-        f"{sum(1 for r in ok if r['n_spills'] and _dtype(r) in ('fp32', 'bf16', 'fp16'))}).",
+        f"{sum(1 for r in ok if r['n_spills'] and _dtype(r) in ('fp32', 'bf16', 'fp16'))}); "
+        f"with float atomics: {sum(1 for r in ok if r['atomics'])}; fewer than 2 programs "
+        f"per SM by registers: {sum(1 for r in ok if _programs_per_sm(r) < 2)}.",
         "",
         "## Summary per kernel and architecture",
         "",
-        "| kernel | arch | configs | max regs | max spills (fp64) | max spills (other) "
-        "| max shared B | arch limit B |",
-        "|---|---|---|---|---|---|---|---|",
+        "| kernel | arch | configs | max regs | min progs/SM | max spills (fp64) "
+        "| max spills (other) | max shared B | arch limit B |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in ok:
@@ -125,26 +147,29 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
         sp64 = max((r["n_spills"] for r in rs if _dtype(r) == "fp64"), default=0)
         sp = max((r["n_spills"] for r in rs if _dtype(r) != "fp64"), default=0)
         lines.append(f"| {kernel} | sm_{arch} | {len(rs)} | {max(r['n_regs'] for r in rs)} | "
-                     f"{sp64} | {sp} | {max(r['shared'] for r in rs)} | "
+                     f"{min(_programs_per_sm(r) for r in rs)} | {sp64} | {sp} | {max(r['shared'] for r in rs)} | "
                      f"{MAX_SHARED.get(arch, '?')} |")
-    if control:
-        c = control[0]
-        lines += ["", "Control: the forward tile kernel with a `tl.dot` K edge of 8 "
-                  f"(sm_{c['arch']}): {'fails' if c['error'] else 'COMPILES (unexpected)'}"
-                  f"{': ' + c['error'] if c['error'] else ''}."]
+    for c in control:
+        if "BLOCK_K=8" in c["problems"][0]:
+            lines += ["", "Control: the forward tile kernel with a `tl.dot` K edge of 8 "
+                      f"(sm_{c['arch']}): {'fails' if c['error'] else 'COMPILES (unexpected)'}"
+                      f"{': ' + c['error'] if c['error'] else ''}."]
+        else:
+            lines += ["", f"Control: a kernel with one `tl.atomic_add` (sm_{c['arch']}): "
+                      f"{c['atomics']} atomic(s) counted in its TTIR."]
     if failed:
         lines += ["", "## Failed", "", "| kernel | arch | config | error |", "|---|---|---|---|"]
         lines += [f"| {r['kernel']} | sm_{r['arch']} | `{r['config']}` | {r['error']} |"
                   for r in failed]
     lines += ["", "## Every configuration", "",
-              "| kernel | arch | config (pointer dtypes \\| constexprs \\| warps) | regs | spills "
-              "| shared B | atomics | compile s | used by (first problems) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| kernel | arch | config (pointer dtypes \\| constexprs \\| warps) | regs "
+              "| progs/SM | spills | shared B | atomics | compile s | used by (first problems) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(ok, key=lambda r: (r["kernel"], r["arch"], r["config"])):
         cfg = r["config"].replace("|", "\\|")
         used = "; ".join(r["problems"]).replace("|", "\\|")
         lines.append(f"| {r['kernel']} | sm_{r['arch']} | `{cfg}` | {r['n_regs']} | "
-                     f"{r['n_spills']} | {r['shared']} | {r['atomics']} | {r['seconds']:.1f} | "
+                     f"{_programs_per_sm(r)} | {r['n_spills']} | {r['shared']} | {r['atomics']} | {r['seconds']:.1f} | "
                      f"{used} |")
     return "\n".join(lines) + "\n"
 
@@ -155,7 +180,7 @@ def _dtype(result: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--matrix", choices=("smoke", "test", "full"), default="test")
+    ap.add_argument("--matrix", choices=("smoke", "report", "test", "full"), default="report")
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80, 100])
     ap.add_argument("--out", type=Path, default=RESULTS / "triton_compile.md")
     ap.add_argument("--from-json", type=Path, help="render existing results instead")

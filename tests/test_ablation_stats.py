@@ -1,9 +1,11 @@
-"""Ablation statistics: paired Wilcoxon over (seed, fold), tables, CSV and plots; a tiny
-multi-seed ablation through the CLI; the MONAI peer (when monai is installed)."""
+"""Study reports: tables, CSV, results files and plots from runs; a tiny multi-seed
+ablation through the CLI; the MONAI peer (when monai is installed). The statistics
+themselves are tested in test_stats.py."""
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 
@@ -12,54 +14,17 @@ import pytest
 import torch
 
 from unimri.train import TrainConfig
-from unimri.train.ablation import Cell, imbalance_csv, study_csv, study_table, study_tests, write_study_reports
+from unimri.studies.ablation import (Cell, imbalance_csv, study_comparisons, study_csv, study_table,
+                                     write_study_reports)
+from unimri.studies.quality import read_record
 from unimri.train.experiment import ExperimentResult
-from unimri.train.plots import plot_bars, plot_imbalance, plot_time_to_quality, time_to_quality_curve
-from unimri.train.stats import format_p, mean_std, paired_wilcoxon
+from unimri.runtime.plots import plot_bars, plot_imbalance, plot_time_to_quality, time_to_quality_curve
+from unimri.studies.stats import mean_std
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _values(xs, seeds=(0, 1, 2), folds=3):
-    keys = [(s, f) for s in seeds for f in range(folds)]
-    return dict(zip(keys, xs))
-
-
-def test_wilcoxon_matches_the_exact_distribution():
-    # five positive differences: exact two-sided p = 2 / 2**5
-    t = paired_wilcoxon({(0, i): 1.0 + i for i in range(5)}, {(0, i): 0.0 for i in range(5)})
-    assert t.n_pairs == 5 and t.p_value == pytest.approx(2 / 32) and t.median_diff == pytest.approx(3.0)
-    assert "cannot go below" in t.note  # 0.0625 > 0.05: said, not hidden
-    # symmetric differences: no evidence either way
-    base = _values([0.5] * 9)
-    var = _values([0.5 + d for d in (-0.4, -0.3, -0.2, -0.1, 0.1, 0.2, 0.3, 0.4, 0.05)])
-    t = paired_wilcoxon(var, base)
-    assert t.n_pairs == 9 and 0.5 < t.p_value <= 1.0
-    from scipy.stats import wilcoxon
-
-    a, b = np.array(list(var.values())), np.array(list(base.values()))
-    assert t.p_value == pytest.approx(wilcoxon(a, b).pvalue)
-
-
-def test_wilcoxon_degenerate_cases_are_explicit():
-    same = _values([0.3] * 9)
-    t = paired_wilcoxon(same, dict(same))
-    assert (t.p_value, t.note, t.n_pairs) == (1.0, "all pairs equal", 9)
-    t = paired_wilcoxon({(0, 0): 0.9}, {(0, 0): 0.1})
-    assert math.isnan(t.p_value) and "too few pairs (1)" in t.note
-    t = paired_wilcoxon({}, {})
-    assert t.n_pairs == 0 and math.isnan(t.p_value) and math.isnan(t.median_diff)
-    # unmatched keys and NaNs are left out of the pairs; a zero difference is a dropped tie
-    var = {(0, 0): 0.9, (0, 1): 0.8, (0, 2): float("nan"), (1, 0): 0.7, (1, 1): 0.5, (2, 0): 0.9}
-    base = {(0, 0): 0.1, (0, 1): 0.2, (0, 2): 0.3, (1, 0): 0.1, (1, 1): 0.5}
-    t = paired_wilcoxon(var, base)
-    assert t.n_pairs == 4 and "1 tie(s) dropped" in t.note
-    assert "n = 4" in format_p(t) and format_p(paired_wilcoxon({}, {})).startswith("—")
-    with pytest.raises(TypeError, match="mappings"):
-        paired_wilcoxon([0.1, 0.2], [0.1, 0.3])
 
 
 def test_mean_std_ignores_nan():
@@ -82,34 +47,45 @@ def test_tables_csv_and_plots_from_runs(tmp_path):
     cells = [_fake_cell("unet", "baseline", {0: [0.1, 0.2, 0.3], 1: [0.2, 0.2, 0.1]}, cfg),
              _fake_cell("unet", "better", {0: [0.6, 0.7, 0.8], 1: [0.5, 0.9, 0.6]}, cfg),
              _fake_cell("unet", "same", {0: [0.1, 0.2, 0.3], 1: [0.2, 0.2, 0.1]}, cfg)]
-    tests = study_tests(cells)
-    assert set(tests) == {("unet", "better"), ("unet", "same")}
-    assert tests[("unet", "better")].p_value == pytest.approx(2 / 64) and tests[("unet", "same")].p_value == 1.0
-    table = study_table(cells, "Strategy", "phantom", stats=True)
-    assert "| UNet | baseline | " in table and "(baseline)" in table and "0.0312 (n = 6)" in table
-    assert "6 run(s): 2 seed(s) × 3 fold(s)" in table
-    assert cells[1].summary("DSC") == pytest.approx((np.mean([0.6, 0.7, 0.8, 0.5, 0.9, 0.6]),
-                                                     np.std([0.6, 0.7, 0.8, 0.5, 0.9, 0.6])))
+    # seeds are averaged within a test fold first: 3 folds, not 6 pairs
+    assert cells[1].values("DSC")[(2, 1)] == 0.6
+    assert cells[1].summary("DSC") == pytest.approx((np.mean([0.55, 0.8, 0.7]), np.std([0.55, 0.8, 0.7])))
+    comps = study_comparisons(cells)
+    assert set(comps) == {("unet", "better"), ("unet", "same")}
+    better = comps[("unet", "better")]
+    # fold-mean differences 0.4, 0.6, 0.5: mean 0.5; 3 folds cannot reach p < 0.05 (min p = 0.25)
+    assert (better.n_folds, better.n_seeds) == (3, 2) and better.mean_diff == pytest.approx(0.5)
+    assert better.test.p_value == pytest.approx(0.25) and not better.tested and math.isnan(better.p_holm)
+    assert 0.35 <= better.ci[0] <= better.ci[1] <= 0.7
+    assert "all 3 fold differences are zero" in comps[("unet", "same")].note
+    table = study_table(cells, "Strategy", "phantom")
+    assert "| UNet | baseline | " in table and "(baseline)" in table
+    better_row = next(line for line in table.splitlines() if line.startswith("|  | better |"))
+    assert "| 0.683 ± 0.103 |" in better_row  # test DSC: mean ± std of the fold means 0.55, 0.8, 0.7
+    assert "+0.500 [" in table and "n/a (min p 0.25)" in table and "3 outer test fold(s)" in table
     per_run, summary = study_csv(cells, "components", "phantom")
     rows = list(csv.DictReader(io.StringIO(per_run)))
-    assert len(rows) == 18 and {r["seed"] for r in rows} == {"0", "1"}
+    assert len(rows) == 18 and {r["seed"] for r in rows} == {"0", "1"} and {r["split"] for r in rows} == {"test"}
     srows = {r["variant"]: r for r in csv.DictReader(io.StringIO(summary))}
-    assert srows["baseline"]["note"] == "baseline" and srows["baseline"]["DSC_wilcoxon_p"] == ""
-    assert float(srows["better"]["DSC_wilcoxon_p"]) == pytest.approx(2 / 64)
-    assert srows["same"]["note"] == "all pairs equal" and srows["better"]["n_pairs"] == "6"
-    write_study_reports(cells, str(tmp_path), "resizing", "Schedule", "phantom", stats=True)
-    for name in ("resizing.md", "resizing.csv", "resizing_summary.csv", "bars_unet.png", "curves_unet.png",
-                 "time_to_quality_unet.png"):
+    assert srows["baseline"]["note"] == "baseline" and srows["baseline"]["DSC_p"] == ""
+    assert float(srows["better"]["DSC_mean_diff"]) == pytest.approx(0.5) and srows["better"]["n_folds"] == "3"
+    assert float(srows["better"]["DSC_p"]) == pytest.approx(0.25)
+    write_study_reports(cells, str(tmp_path), "resizing", "Schedule", "phantom", provenance={"commit": "abc"})
+    for name in ("resizing.md", "resizing_results.json", "resizing.csv", "resizing_summary.csv", "bars_unet.png",
+                 "curves_unet.png", "time_to_quality_unet.png"):
         assert os.path.isfile(tmp_path / name), name
+    record = read_record(str(tmp_path / "resizing_results.json"))
+    assert len(record["rows"]) == 18 and record["provenance"] == {"commit": "abc"}
+    assert record["evaluation"]["folds"] == 3 and record["evaluation"]["seeds"] == [0, 1]
     assert (tmp_path / "bars_unet.png").read_bytes()[:8] == PNG
     # seeds are kept apart when aligning epochs: seed 1's epochs take 2 s, seed 0's 1 s
     t, dsc = time_to_quality_curve(cells[1].histories)
     assert t == pytest.approx([1.5, 3.0, 4.5]) and dsc[0] == 0.0
-    assert imbalance_csv({0.01: cells[:2]}).splitlines()[2].startswith("unet,better,0.01,6,")
+    assert imbalance_csv({0.01: cells[:2]}).splitlines()[2].startswith("unet,better,0.01,3,")
 
 
 def test_time_to_quality_uses_cpu_time_when_every_run_logged_it():
-    from unimri.train.plots import epoch_clock
+    from unimri.runtime.plots import epoch_clock
 
     wall = [{"fold": 0, "epoch": e, "seconds": 10.0, "val_dsc": 0.5} for e in range(3)]
     both = [{**r, "cpu_seconds": 2.0} for r in wall]
@@ -154,12 +130,20 @@ def test_ablate_cli_with_seeds_writes_paired_stats(tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "resizing.csv")))
     assert len(rows) == 8 and {(r["seed"], r["fold"]) for r in rows} == {("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")}
     summary = {r["variant"]: r for r in csv.DictReader(open(out / "resizing_summary.csv"))}
-    assert summary["single stage"]["note"] == "baseline" and summary["progressive resizing"]["n_pairs"] == "4"
+    assert summary["single stage"]["note"] == "baseline" and summary["progressive resizing"]["n_folds"] == "2"
+    assert summary["progressive resizing"]["n_seeds"] == "2"
     for name in ("bars_unet.png", "time_to_quality_unet.png", "unet-single_stage-seed1/metrics.csv"):
         assert os.path.isfile(out / name), name
-    assert "p (DSC vs baseline)" in capsys.readouterr().out
+    # both seeds and both variants were scored on the same outer test folds
+    tests = {json.dumps(json_load(out / d / "folds.json")["folds"][f]["test"])
+             for d in os.listdir(out) if d.startswith("unet-") for f in (0, 1)}
+    assert len(tests) == 2
+    printed = capsys.readouterr().out
+    assert "Δ test DSC vs baseline" in printed and "p (Holm)" in printed
+    record = read_record(str(out / "resizing_results.json"))
+    assert record["provenance"]["command"] and record["provenance"]["machine"]["isa"]
     # finished runs read back: the same folds, and the time-to-quality report from them
-    from unimri.train.ablation import time_to_quality_report
+    from unimri.studies.ablation import time_to_quality_report
     from unimri.train.experiment import load_result
 
     back = load_result(str(out / "unet-progressive_resizing-seed1"))
@@ -183,6 +167,8 @@ def test_imbalance_sweep_cli(tmp_path):
     assert main(["ablate", "--study", "imbalance", "--fg-fractions", "0.1,0.02", *args, "--epochs", "1",
                  "--stages", "32", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "imbalance.csv")))
+    groups = {r["group"] for r in read_record(str(out / "imbalance_results.json"))["rows"]}
+    assert groups == {"UNet, lesion fraction 0.1", "UNet, lesion fraction 0.02"}
     assert [(r["fg_fraction"], r["method"]) for r in rows] == [
         ("0.1", "baseline (CE)"), ("0.1", "unified approach"), ("0.02", "baseline (CE)"), ("0.02", "unified approach")]
     assert (out / "imbalance_unet.png").read_bytes()[:8] == PNG
@@ -191,7 +177,7 @@ def test_imbalance_sweep_cli(tmp_path):
 
 def test_monai_peer_gets_the_same_folds_and_wall_time(tmp_path):
     pytest.importorskip("monai")
-    from unimri.train.peer import PEER_LABEL, fold_budgets, run_monai_peer
+    from unimri.studies.peer import PEER_LABEL, fold_budgets, run_monai_peer
 
     cfg = TrainConfig(dataset="phantom", dataset_kwargs={"num_cases": 6, "size": 32, "fg_fraction": [0.08, 0.15]},
                       features=4, stages=[32], batch_size=2, epochs=1, folds=2, device="cpu", progress=False)
@@ -205,11 +191,16 @@ def test_monai_peer_gets_the_same_folds_and_wall_time(tmp_path):
     result = run_monai_peer(cfg, str(tmp_path / "peer"), fold_budgets(ref))
     assert [f["fold"] for f in result.folds] == [0, 1]
     for f in result.folds:  # whole epochs until the budget is spent: at least one, at most one past it
-        assert f["epochs"] >= 1 and f["seconds"] >= f["budget_s"]
-        assert 0.0 <= f["DSC"] <= 1.0
-    import json
+        assert f["epochs"] >= 1 and f["seconds"] >= f["budget_s"] and f["split"] == "test"
+    # the nested split a unimri run of the same configuration makes, and only its test cases scored
+    from unimri.train.experiment import load_experiment_cases, nested_split
 
-    assert json.load(open(tmp_path / "peer" / "folds.json")) == json.load(open(tmp_path / "peer" / "folds.json"))
+    expected = nested_split(cfg, load_experiment_cases(cfg), None)
+    saved = json_load(tmp_path / "peer" / "folds.json")["folds"]
+    assert [f["test"] for f in saved] == [f.test for f in expected]
+    for fold in (0, 1):
+        done = json_load(tmp_path / "peer" / f"fold{fold}" / "result.json")
+        assert [c["case_id"] for c in done["per_case"]] == expected[fold].test
     cpu = run_monai_peer(cfg.replace(fold_indices=[1]), str(tmp_path / "peer_cpu"), {1: 0.3}, clock="cpu")
     assert cpu.folds[0]["seconds"] >= 0.3 and cpu.folds[0]["epochs"] >= 1
     with pytest.raises(ValueError, match="clock"):
@@ -221,7 +212,7 @@ def test_monai_peer_gets_the_same_folds_and_wall_time(tmp_path):
 
 def test_demo_variants_run_in_two_processes_and_overlay_both_polarities(tmp_path):
     from unimri.data.phantom import make_phantom
-    from unimri.train.ablation import DEMO_VARIANTS, _has_polarity, polarity_overlays, run_variants
+    from unimri.studies.ablation import DEMO_VARIANTS, _has_polarity, polarity_overlays, run_variants
 
     cfg = TrainConfig(dataset="phantom", dataset_kwargs={"num_cases": 8, "size": 32, "fg_fraction": [0.08, 0.15]},
                       features=4, stages=[16, 32], batch_size=2, epochs=[1, 1], folds=2, fold_indices=[0],
@@ -258,7 +249,7 @@ def test_monai_peer_takes_sizes_its_unet_cannot():
     aspect-keeping stages (64x41) and whole validation cases (57x37) run, and an input that
     is already divisible goes through untouched."""
     pytest.importorskip("monai")
-    from unimri.train.peer import DivisiblePadded, monai_unet
+    from unimri.studies.peer import DivisiblePadded, monai_unet
 
     model = monai_unet(2, 1, 2, features=4).eval()
     assert isinstance(model, DivisiblePadded) and model.k == 16

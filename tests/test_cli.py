@@ -73,7 +73,7 @@ def test_predict_keeps_input_shape_and_affine(trained, tmp_path, capsys):
 
 def test_predict_3d_model_uses_a_sliding_window(tmp_path):
     from unimri.models import create_model
-    from unimri.train.predict import InferenceSpec, predict_path
+    from unimri.infer.predict import InferenceSpec, predict_path
 
     spec = {"name": "unet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "num_classes": 2, "features": 4}}
     model = create_model("unet", **spec["kwargs"])
@@ -107,9 +107,10 @@ def test_ablate_writes_paper_tables(tmp_path, capsys):
     for variant in ("baseline", "+ SAS", "+ unified loss", "+ progressive resizing", "SAS + unified loss",
                     "SAS + resizing", "unified loss + resizing", "all (unified approach)"):
         assert f"| {variant} |" in md
-    assert "| Model | Strategy | IoU | DSC | Precision | Recall | p (DSC vs baseline) | Dataset |" in md and "±" in md
+    assert ("| Model | Strategy | test IoU | test DSC | test Precision | test Recall | "
+            "Δ test DSC vs baseline [95 % CI] | p (Holm) |") in md and "±" in md
     rows = list(csv.DictReader(open(os.path.join(out, "components.csv"))))
-    assert len(rows) == 8 and {r["fold"] for r in rows} == {"0"}
+    assert len(rows) == 8 and {r["fold"] for r in rows} == {"0"} and {r["split"] for r in rows} == {"test"}
     assert os.path.isfile(os.path.join(out, "curves_unet.png"))
     # the baseline and "+ SAS" really ran one stage at the final size; the others two stages
     cfg = json.load(open(os.path.join(out, "unet-baseline", "config.json")))
@@ -183,8 +184,8 @@ def test_config_file_with_flag_overrides(tmp_path):
 
 def test_ablate_all_resume_continues_started_studies_and_starts_the_rest(tmp_path, monkeypatch, capsys):
     """An interrupted ``--study all`` stopped inside its first study: --resume continues that
-    one and starts the studies that had not begun (it used to refuse: no run folder)."""
-    from unimri.train import ablation
+    one and starts the studies that had not begun."""
+    from unimri.studies import ablation
     from unimri.train.experiment import MARKER
 
     out = tmp_path / "abl"

@@ -107,7 +107,7 @@ def test_bench_runs_with_amp_channels_last_and_compile(capsys, monkeypatch):
     """``unimri bench`` takes the train flags: the model it times is channels-last, its
     forward runs under bf16 autocast, and --compile wraps it in torch.compile."""
     from unimri.cli import main
-    from unimri.train import registry
+    from unimri.runtime import registry
 
     built, dtypes, compiled = [], [], []
     create = registry.create_model
@@ -133,7 +133,7 @@ def test_bench_runs_with_amp_channels_last_and_compile(capsys, monkeypatch):
 
 
 def test_bench_refuses_an_unknown_amp_mode():
-    from unimri.train.throughput import measure_training_throughput
+    from unimri.studies.throughput import measure_training_throughput
 
     with pytest.raises(ValueError, match="amp"):
         measure_training_throughput(size=16, batch_size=1, features=4, steps=1, device="cpu", amp="int8")

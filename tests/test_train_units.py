@@ -14,7 +14,7 @@ from unimri.train import TrainConfig, check_stage_sizes, resize, soft_labels
 from unimri._atomic import atomic_write_text
 from unimri.train.checkpoint import capture_rng, check_model_spec, load_checkpoint, restore_rng, save_checkpoint
 from unimri.train.distributed import ShardedBatchSampler
-from unimri.train.predict import sliding_windows
+from unimri.runtime.inference import sliding_windows
 
 
 # ---------------------------------------------------------------- soft label resizing

@@ -6,7 +6,7 @@
 * the shipped CUDA block sizes and warps run in the interpreter against float64;
 * the int64 offset code paths run in the interpreter against float64;
 * out-of-range labels raise ``ValueError`` on the Triton path as on CPU;
-* deterministic mode: no float atomics and bitwise-identical reruns;
+* no float atomics in the gate and bitwise-identical reruns in every mode;
 * dot operands: half for half inputs, TF32 for fp32 only when allowed.
 """
 from __future__ import annotations
@@ -21,7 +21,11 @@ from unimri_kernels.dispatch import available_backends, use_backend
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 from unimri_kernels.triton import attention_gate as gate_mod  # noqa: E402
+from unimri_kernels.triton import gate_config  # noqa: E402
 from unimri_kernels.triton import unified_focal_loss as loss_mod  # noqa: E402
 from unimri_kernels.triton.compile_check import (GateProblem, LossProblem,  # noqa: E402
                                                  launches_of)
@@ -57,7 +61,11 @@ def _arg(launch, name):
 def test_loss_grid_fits_cuda_and_covers_every_pixel(batch, classes, spatial, dtype):
     n = _prod(spatial)
     launches = launches_of(LossProblem(batch, classes, spatial, dtype))
-    assert [ln.name for ln in launches] == ["_ufl_stats_kernel", "_ufl_grad_kernel"]
+    assert [ln.name for ln in launches] == ["_ufl_stats_kernel", "_ufl_finish_kernel",
+                                            "_ufl_grad_kernel"]
+    finish = launches.pop(1)
+    assert finish.grid == (batch,)
+    assert _arg(finish, "ROWS") == _arg(launches[0], "NUM_BLOCKS")
     for ln in launches:
         assert _in_limits(ln.grid), (ln.name, ln.grid)
         block_n, num_blocks = _const(ln, "BLOCK_N"), _arg(ln, "NUM_BLOCKS")
@@ -73,9 +81,8 @@ def test_loss_grid_fits_cuda_and_covers_every_pixel(batch, classes, spatial, dty
     GateProblem(70000, 4, 8, 16, (16, 16), (8, 8), 2, "float32"),  # batch beyond axis 1
     GateProblem(1, 1, 1, 1, (8192, 8192), (4096, 4096), 2, "float32"),
 ])
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_gate_grids_fit_cuda_and_cover_every_pixel(problem, deterministic):
-    launches = launches_of(problem, deterministic=deterministic)
+def test_gate_grids_fit_cuda_and_cover_every_pixel(problem):
+    launches = launches_of(problem)
     d = len(problem.size)
     n, ng = _prod(problem.size), _prod(problem.g_size)
     coarse = tuple(v // problem.subsample for v in problem.size)
@@ -86,12 +93,22 @@ def test_gate_grids_fit_cuda_and_cover_every_pixel(problem, deterministic):
         assert _const(ln, "IDX64") == big, ln.name
         if ln.name == "_coarse_kernel":
             assert ln.grid[0] * _const(ln, "BLOCK_P") >= problem.batch * nc
-        if ln.name in ("_scale_kernel", "_dalpha_kernel", "_grad_x_kernel"):
-            assert ln.grid[0] * _const(ln, "BLOCK") >= problem.batch * n
+        if ln.name == "_grad_x_kernel":
+            tiles, cblocks = _arg(ln, "TILES"), _arg(ln, "CBLOCKS")
+            assert tiles * _const(ln, "BLOCK_P") >= nc and cblocks * _const(ln, "BLOCK_CX") >= problem.cx
+            assert ln.grid == (problem.batch * tiles * cblocks,)
+        if ln.name in ("_scale_kernel", "_dalpha_kernel"):
+            tiles, block = _arg(ln, "TILES"), _const(ln, "BLOCK")
+            assert tiles * block >= n and (tiles - 1) * block < n
+            if ln.name == "_dalpha_kernel":  # loops over the channels
+                assert ln.grid == (problem.batch * tiles,)
+            else:
+                cblocks = _arg(ln, "CBLOCKS")
+                assert ln.grid == (problem.batch * tiles * cblocks,)
+                assert cblocks * _const(ln, "BLOCK_C") >= problem.cx
     off_grid = (coarse != problem.size) + (coarse != problem.g_size)
     assert d in (2, 3)
-    assert [ln.name for ln in launches].count("_adjoint_kernel") == (off_grid if deterministic
-                                                                     else 0)
+    assert [ln.name for ln in launches].count("_adjoint_kernel") == off_grid
 
 
 def _prod(sizes) -> int:
@@ -118,16 +135,17 @@ def test_gate_dot_tiles_are_at_least_16(ci, cx, cg, three, s, dtype, det):
     size = (5, 9, 7) if three else (9, 13)
     prob = GateProblem(2, cx, cg, ci, size, tuple(max(1, v // 3) for v in size), s, dtype)
     for ln in launches_of(prob, deterministic=det):
-        if ln.name in ("_coarse_kernel", "_tile_backward_kernel"):
-            for name in ("CI_PAD", "BLOCK_K", "BLOCK_P"):
+        if ln.name in ("_coarse_kernel", "_tile_backward_kernel", "_grad_x_kernel"):
+            edges = ("CI_PAD", "BLOCK_CX" if ln.name == "_grad_x_kernel" else "BLOCK_K", "BLOCK_P")
+            for name in edges:
                 assert _const(ln, name) >= MIN_DOT, (name, ln.kwargs)
             assert _const(ln, "CI_PAD") >= ci
 
 
 def test_dot_operands_follow_dtype_and_tf32():
-    gpu = Target(gpu=True, interpreted=False, allow_tf32=False, deterministic=False)
-    tf32 = Target(gpu=True, interpreted=False, allow_tf32=True, deterministic=False)
-    interp = Target(gpu=False, interpreted=True, allow_tf32=True, deterministic=False)
+    gpu = Target(gpu=True, interpreted=False, allow_tf32=False)
+    tf32 = Target(gpu=True, interpreted=False, allow_tf32=True)
+    interp = Target(gpu=False, interpreted=True, allow_tf32=True)
     import triton.language as tl
 
     assert dot_operands(torch.bfloat16, gpu) == (tl.bfloat16, "ieee")
@@ -208,21 +226,15 @@ GATE_CASES = [((4, 3, 5, (13, 15), (5, 6)), torch.float64),
 
 @needs_interpreter
 @pytest.mark.parametrize("args,dtype", GATE_CASES, ids=[f"{a[0]}-{d}" for a, d in GATE_CASES])
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_gate_cuda_configuration_in_interpreter(args, dtype, deterministic):
+def test_gate_cuda_configuration_in_interpreter(args, dtype):
     from test_attention_gate import assert_matches_reference, run_op, reference_results, NAMES
 
     case = _gate_case(*args)
-    old = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        with gpu_configs():
-            if dtype == torch.float64:
-                assert_matches_reference(case, "triton")
-                return
-            outs, grads, cot = run_op(case, "triton", dtype)
-    finally:
-        torch.use_deterministic_algorithms(old)
+    with gpu_configs():
+        if dtype == torch.float64:
+            assert_matches_reference(case, "triton")
+            return
+        outs, grads, cot = run_op(case, "triton", dtype)
     ref_outs, ref_grads = reference_results(case, cot)
     tol = 1e-5 if dtype == torch.float32 else 6e-2
     for name, got, want in zip(NAMES, (*outs, *grads), (*ref_outs, *ref_grads)):
@@ -246,19 +258,13 @@ def test_loss_int64_offset_path_matches_reference(monkeypatch):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_gate_int64_offset_path_matches_reference(monkeypatch, deterministic):
+def test_gate_int64_offset_path_matches_reference(monkeypatch):
     from test_attention_gate import assert_matches_reference
 
-    monkeypatch.setattr(gate_mod, "needs_int64", lambda *extents: True)
+    monkeypatch.setattr(gate_config, "needs_int64", lambda *extents: True)
     case = _gate_case(3, 2, 3, (7, 9, 6), (3, 5, 2))
     assert gate_mod.GateShape(1, 1, 1, 1, 2, 2, 4, 4, 4, 2, 2, 2).idx64
-    old = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        assert_matches_reference(case, "triton")
-    finally:
-        torch.use_deterministic_algorithms(old)
+    assert_matches_reference(case, "triton")
 
 
 # ------------------------------------------------------------------ label contract
@@ -287,6 +293,45 @@ def test_triton_accepts_ignore_index_anywhere():
     torch.testing.assert_close(loss.double(), ref, rtol=2e-5, atol=2e-6)
 
 
+@needs_interpreter
+@pytest.mark.parametrize("batch", [False, True])
+def test_bad_labels_poison_their_loss_row_and_gradient(monkeypatch, batch):
+    """What a captured CUDA graph sees (no host report): NaN in the affected rows only."""
+    monkeypatch.setattr(loss_mod, "report_bad_labels", lambda *a: None)
+    logits = torch.randn(3, 4, 70)
+    target = torch.randint(0, 4, (3, 70))
+    target[1, 5] = 9
+    params = torch.rand(4, 4, dtype=torch.float64)
+    with use_backend("triton"):
+        loss, grad = OP_LOSS(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, batch, True, False)
+    kept = (target < 4).unsqueeze(1).expand_as(grad)  # the bad pixel itself gets 0
+    if batch:
+        assert loss.shape == (1,) and torch.isnan(loss).all() and torch.isnan(grad[kept]).all()
+    else:
+        assert torch.isnan(loss[1]) and torch.isnan(grad[1][kept[1]]).all()
+        keep = [0, 2]
+        ref, _ = _loss_reference(logits[keep], target[keep], params, False)
+        torch.testing.assert_close(loss[keep].double(), ref, rtol=2e-5, atol=2e-6)
+        assert torch.isfinite(grad[keep]).all()
+
+
+def test_pending_label_reports_raise_once_finished():
+    from unimri_kernels.triton import labels
+
+    class Done:
+        def query(self):
+            return True
+
+        def synchronize(self):
+            pass
+
+    labels._pending.append((Done(), torch.tensor([0.0, 2.0]), 5, -1))
+    with pytest.raises(ValueError, match=r"target holds 2 label\(s\) outside \[0, 5\) .*=-1"):
+        labels.raise_pending()
+    assert not labels._pending
+    labels.raise_pending()  # nothing left to report
+
+
 # ------------------------------------------------------------------ determinism
 class _AtomicCounter:
     def __init__(self, monkeypatch):
@@ -302,18 +347,24 @@ class _AtomicCounter:
         monkeypatch.setattr(interp.InterpreterBuilder, "create_atomic_rmw", counting)
 
 
+@triton.jit
+def _one_atomic_kernel(ptr):
+    tl.atomic_add(ptr, 1.0)
+
+
 @needs_interpreter
 @pytest.mark.parametrize("args", [(4, 3, 5, (9, 7), (3, 2)), (3, 2, 3, (5, 6, 4), (3, 2, 2)),
                                   (5, 2, 4, (6, 8), (6, 8), 2, 2.0)])
-def test_deterministic_gate_uses_no_atomics_and_repeats_bitwise(monkeypatch, args):
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_gate_uses_no_atomics_and_repeats_bitwise(monkeypatch, args, deterministic):
     from test_attention_gate import run_op
 
     case = _gate_case(*args)
     counter = _AtomicCounter(monkeypatch)
-    run_op(case, "triton", torch.float32)
-    assert counter.calls > 0  # the default mode does use atomics (the counter works)
+    _one_atomic_kernel[(1,)](torch.zeros(1))
+    assert counter.calls == 1  # the counter sees atomics
     old = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(deterministic)
     try:
         counter.calls = 0
         first = run_op(case, "triton", torch.float32)
@@ -344,6 +395,7 @@ def test_deterministic_loss_repeats_bitwise(monkeypatch):
 
 
 # ------------------------------------------------------------------ on a GPU, when present
+@pytest.mark.cuda
 @requires_cuda
 def test_cuda_deterministic_gate_repeats_bitwise():
     from test_attention_gate import run_op
@@ -360,11 +412,41 @@ def test_cuda_deterministic_gate_repeats_bitwise():
         assert torch.equal(a, b)
 
 
+@pytest.mark.cuda
 @requires_cuda
-def test_cuda_rejects_out_of_range_labels():
+def test_cuda_reports_out_of_range_labels_without_a_sync():
+    from unimri_kernels.triton.labels import raise_pending
+
     logits = torch.randn(2, 3, 50, device="cuda")
     target = torch.randint(0, 3, (2, 50), device="cuda")
     target[1, 17] = 3
     params = torch.rand(4, 3, dtype=torch.float64, device="cuda")
+    loss, grad = OP_LOSS(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, False, True, False)
     with pytest.raises(ValueError, match=r"target holds 1 label"):
-        OP_LOSS(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, False, True, False)
+        raise_pending()
+    assert torch.isfinite(loss[0]) and torch.isnan(loss[1])
+    assert torch.isfinite(grad[0]).all() and torch.isnan(grad[1, :, :17]).all()
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_graph_capture_turns_bad_labels_into_nan():
+    """Inside a captured graph nothing can be reported on the host: the row goes NaN."""
+    from unimri_kernels.triton.labels import raise_pending
+
+    logits = torch.randn(2, 3, 64, device="cuda")
+    target = torch.randint(0, 3, (2, 64), device="cuda")
+    params = torch.rand(4, 3, dtype=torch.float64, device="cuda")
+    loss_mod.ufl_forward_triton(logits, target, params, 0.4, 0.6, 1e-6, IGNORE, False)  # JIT
+    raise_pending()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss, _ = loss_mod.ufl_forward_triton(logits, target, params, 0.4, 0.6, 1e-6, IGNORE,
+                                              False)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss).all()
+    target[1, 9] = 7
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss[0]) and torch.isnan(loss[1])

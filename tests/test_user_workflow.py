@@ -67,7 +67,7 @@ def _checkpoint(path: str, in_channels=1, spatial_dims=2, size=(16, 16), intensi
                 keep_aspect=True) -> str:
     """An untrained tiny UNet saved as unimri train would (enough for predict's plumbing)."""
     from unimri.models import create_model
-    from unimri.train.predict import InferenceSpec
+    from unimri.infer.predict import InferenceSpec
 
     kwargs = {"spatial_dims": spatial_dims, "in_channels": in_channels, "num_classes": 2, "features": 4,
               "depth": 2}
@@ -197,7 +197,7 @@ def test_4d_nrrd_keeps_the_3d_geometry_like_4d_nifti(tmp_path, vector):
 
 
 def test_predict_on_4d_nrrd_writes_3d_labels_with_the_input_geometry(tmp_path):
-    from unimri.train.predict import predict_path
+    from unimri.infer.predict import predict_path
 
     ckpt = _checkpoint(str(tmp_path / "m2.pt"), in_channels=2)
     src = str(tmp_path / "mc.nrrd")
@@ -255,7 +255,7 @@ def test_single_existing_output_does_not_say_and_0_more(tmp_path, capsys):
 def test_predict_output_format_follows_the_suffix_with_identical_geometry(tmp_path, src_suffix, dst_suffix):
     if ".nii" in src_suffix + dst_suffix:
         pytest.importorskip("nibabel")
-    from unimri.train.predict import predict_path
+    from unimri.infer.predict import predict_path
 
     ckpt = _checkpoint(str(tmp_path / "m.pt"))
     src = str(tmp_path / f"scan{src_suffix}")
@@ -269,7 +269,7 @@ def test_predict_output_format_follows_the_suffix_with_identical_geometry(tmp_pa
 
 
 def test_folder_predict_default_format_is_the_inputs_and_can_be_chosen(tmp_path):
-    from unimri.train.predict import predict_path
+    from unimri.infer.predict import predict_path
 
     ckpt = _checkpoint(str(tmp_path / "m.pt"))
     folder = tmp_path / "in"
@@ -341,7 +341,7 @@ def test_evaluate_scores_prediction_files_against_labels(tmp_path, capsys):
 def test_stages_keep_the_aspect_ratio_unless_exact():
     from unimri.train.config import TrainConfig
     from unimri.train.datasets import StageCollate
-    from unimri.train.predict import InferenceSpec
+    from unimri.infer.predict import InferenceSpec
 
     cfg = TrainConfig(stages=[64, "96x128"])
     long_side, exact = cfg.stage_sizes
@@ -358,7 +358,7 @@ def test_stages_keep_the_aspect_ratio_unless_exact():
 # ---------------------------------------------------------------------------- 7. smaller things
 def test_intensity_far_from_training_warns(tmp_path):
     from unimri.data import Volume, intensity_profile
-    from unimri.train.predict import predict_path
+    from unimri.infer.predict import predict_path
 
     mr = [Volume(_scan(seed=i)[0][None], None, np.eye(4), SPACING, f"m{i}", {"modality": "MR"}) for i in range(2)]
     ckpt = _checkpoint(str(tmp_path / "m.pt"), intensity=intensity_profile(mr))
@@ -403,7 +403,7 @@ def test_truncated_nrrd_is_one_clear_line(tmp_path, capfd):
 
 def test_attention_modules_are_named_by_position_and_old_checkpoints_load(tmp_path):
     from unimri.models import create_model
-    from unimri.train.predict import load_trained_model
+    from unimri.infer.predict import load_trained_model
 
     kwargs = {"spatial_dims": 2, "in_channels": 1, "num_classes": 2, "features": 4, "attention": "sas"}
     expected = {"unet": "skip_level0", "fcn": "pool4", "rcnn": "encoder_level1", "segnet": "decoder_stage0",
@@ -431,7 +431,7 @@ def test_attention_modules_are_named_by_position_and_old_checkpoints_load(tmp_pa
 
 
 def test_main_one_line_for_user_mistakes_traceback_for_internal_errors(tmp_path, capsys, monkeypatch):
-    import unimri.cli as cli
+    from unimri import commands
 
     assert main(["predict", "--checkpoint", str(tmp_path / "none.pt"), "--input", str(tmp_path),
                  "--output", str(tmp_path / "o")]) == 2
@@ -450,7 +450,7 @@ def test_main_one_line_for_user_mistakes_traceback_for_internal_errors(tmp_path,
     def broken(args):  # an internal bug: numpy raises, not a unimri check
         return np.zeros(3) + np.zeros(4)
 
-    monkeypatch.setattr(cli, "cmd_datasets", broken)  # build_parser looks it up when main() runs
+    monkeypatch.setattr(commands, "cmd_datasets", broken)  # build_parser looks it up when main() runs
     with pytest.raises(ValueError, match="broadcast"):
         main(["datasets"])
     try:

@@ -51,3 +51,15 @@ def atomic_write_text(path: str, text: str) -> str:
 
 def atomic_write_json(path: str, obj: Any) -> str:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_json_object(path: str, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ValueError naming the file and ``what`` it should be."""
+    try:
+        with open(path) as fh:
+            value = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable {what} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a {what} (expected a JSON object)")
+    return value

@@ -9,14 +9,17 @@ Outputs:
     grad          (B, C, N) d loss_b / d logits in the logits' dtype (empty if not
                   ``compute_grad``), computed in the forward sweep.
 
-Backward is a scale of ``grad`` by grad_output. With ``inplace_backward`` (what the
+Backward is a scale of ``grad`` by grad_output (the Triton route of
+:func:`unified_focal_loss_autograd` instead runs the gradient kernel in backward with
+grad_output folded in). With ``inplace_backward`` (what the
 loss modules use outside ``torch.compile``) the scale happens in the saved buffer, as
 Liger-Kernel does, so forward+backward needs no second logits-sized buffer; backward
 through the same graph a second time then raises instead of returning wrong values.
 
 :func:`unified_focal_loss_autograd` is what the loss modules call: under
-``torch.compile`` and off the C++ backend it is this op; on the "direct" route
-(:func:`unimri_kernels.dispatch.route`: eager mode, C++ backend) it skips the custom-op layers (about 0.1 ms of Python a call, measured) and, for
+``torch.compile`` and on the reference backend it is this op; on the "direct" route
+(:func:`unimri_kernels.dispatch.route`: eager mode, C++ backend) it skips the custom-op
+layers (about 0.1 ms of Python a call, measured) and, for
 index targets with fp32/bf16/fp16 logits, splits the one-sweep kernel so that the forward
 keeps a per-pixel state and the backward turns it into the gradient with grad_output
 folded in (no separate scaling pass).
@@ -139,6 +142,30 @@ class _CppTwoSweeps(torch.autograd.Function):
         return _scaled(grad, grad_loss, ctx.inplace), None, None, None, None, None, None, None, None
 
 
+class _TritonTwoSweeps(torch.autograd.Function):
+    """Triton loss in eager mode: forward = stats + finish kernels (no gradient buffer kept),
+    backward = the gradient kernel with grad_output folded in. Three launches in all, no
+    host synchronisation; backward may run more than once."""
+
+    @staticmethod
+    def forward(ctx, logits, target, class_params, fp_weight, fn_weight, smooth, ignore_index, batch):
+        from unimri_kernels.triton.unified_focal_loss import ufl_forward_triton
+
+        loss, stats = ufl_forward_triton(logits, target, class_params, fp_weight, fn_weight, smooth,
+                                         ignore_index, batch)
+        ctx.save_for_backward(logits)
+        ctx.stats = stats
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        from unimri_kernels.triton.unified_focal_loss import ufl_grad_triton
+
+        (logits,) = ctx.saved_tensors
+        grad = ufl_grad_triton(logits, ctx.stats, grad_loss)
+        return grad, None, None, None, None, None, None, None
+
+
 def unified_focal_loss_autograd(logits: Tensor, target: Tensor, class_params: Tensor, fp_weight: float,
                                 fn_weight: float, smooth: float, ignore_index: int, batch: bool,
                                 compute_grad: bool, inplace_backward: bool) -> Tensor:
@@ -147,7 +174,11 @@ def unified_focal_loss_autograd(logits: Tensor, target: Tensor, class_params: Te
     Same arguments and maths as :func:`unified_focal_loss` (whose loss output this is);
     ``compute_grad`` False gives a loss with no gradient (no buffer, no graph).
     """
-    if route(logits) != "direct":
+    path = route(logits)
+    if path == "triton" and compute_grad:
+        return _TritonTwoSweeps.apply(logits, target, class_params, fp_weight, fn_weight, smooth,
+                                      ignore_index, batch)
+    if path != "direct":
         loss, _ = torch.ops.unimri.unified_focal_loss(logits, target, class_params, fp_weight, fn_weight,
                                                       smooth, ignore_index, batch, compute_grad,
                                                       inplace_backward)

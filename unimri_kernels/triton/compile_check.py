@@ -30,9 +30,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import torch
+import triton
+import triton.language as tl
 
 KERNEL_MODULES = ("unimri_kernels.triton.unified_focal_loss",
-                  "unimri_kernels.triton.attention_gate")
+                  "unimri_kernels.triton.gate_kernels")
 ARCHS = (80, 90, 100)
 #: Shared memory one block may use (bytes, opt-in maximum) per architecture.
 MAX_SHARED = {80: 166912, 90: 232448, 100: 232448}
@@ -337,8 +339,10 @@ def distinct_launches(problems: Iterable, settings: Sequence[tuple[bool, bool]]
     return out
 
 
-SETTINGS = ((False, False), (True, False), (False, True), (True, True))
-DOT_KERNELS = ("_coarse_kernel", "_tile_backward_kernel")
+#: (deterministic, allow_tf32): deterministic mode shares every configuration with the
+#: default (no kernel uses atomics), so only TF32 varies.
+SETTINGS = ((False, False), (False, True))
+DOT_KERNELS = ("_coarse_kernel", "_tile_backward_kernel", "_grad_x_kernel")
 
 
 def _tile_size(launch: Launch) -> tuple[int, int]:
@@ -346,32 +350,33 @@ def _tile_size(launch: Launch) -> tuple[int, int]:
     needs. Dot kernels: the pipelined (BLOCK_K, BLOCK_P) operand tile in bytes."""
     kw = launch.kwargs
     if "CI_PAD" in kw:
-        return kw["BLOCK_K"] * kw["BLOCK_P"] * launch.args[0].element_size(), kw["CI_PAD"]
+        edge = kw.get("BLOCK_K", kw.get("BLOCK_CX"))
+        return edge * kw["BLOCK_P"] * launch.args[0].element_size(), kw["CI_PAD"]
     if "BLOCK_C" in kw:
-        return kw["BLOCK_C"] * kw["BLOCK_N"], kw["BLOCK_C"]
+        return kw["BLOCK_C"] * kw.get("BLOCK_N", kw.get("BLOCK_R", kw.get("BLOCK", 1))), kw["BLOCK_C"]
     return kw.get("BLOCK", 0), 0
 
 
-def smoke_selection(distinct: dict[str, tuple[Launch, list[str]]], arch: int
-                    ) -> list[tuple[Launch, list[str]]]:
+def smoke_selection(distinct: dict[str, tuple[Launch, list[str]]], arch: int,
+                    every_arch: bool = False) -> list[tuple[Launch, list[str]]]:
     """A short but pointed subset for the test suite: on sm_90 the largest tile of every
-    (kernel, dtype, dot precision, deterministic) group, skipping variants that differ
-    only in a load dtype; on other archs the bf16 (tensor-core) dot kernels."""
+    (kernel, dtype, dot precision) group, skipping variants that differ
+    only in a load dtype; on other archs the bf16 (tensor-core) dot kernels, or with
+    ``every_arch`` the sm_90 selection on every arch."""
     groups: dict[tuple, tuple[Launch, list[str]]] = {}
     for key, (launch, probs) in distinct.items():
         kw = launch.kwargs
         dtype = str(launch.args[0].dtype).replace("torch.", "")
-        if arch != 90 and not (launch.name in DOT_KERNELS and dtype == "bfloat16"
-                               and not kw.get("DETERMINISTIC")):
+        full = arch == 90 or every_arch
+        if not full and not (launch.name in DOT_KERNELS and dtype == "bfloat16"):
             continue  # tensor-core code generation is what differs between archs
-        if arch == 90 and launch.name not in DOT_KERNELS:
+        if full and launch.name not in DOT_KERNELS:
             if dtype in ("float16", "float64") or kw.get("IS_INDEX") is False:
                 continue  # same code as fp32/bf16 but for the load dtype
-        if arch == 90 and launch.name == "_tile_backward_kernel" and (
+        if full and launch.name == "_tile_backward_kernel" and (
                 dtype in ("float16", "float64") or kw.get("PREC") == "ieee" and dtype == "float32"):
             continue  # the forward kernel covers these dot dtypes
-        group = (launch.name, dtype, kw.get("PREC"), kw.get("DETERMINISTIC"),
-                 kw.get("SCATTER"))
+        group = (launch.name, dtype, kw.get("PREC"), kw.get("OUTSIDE_ONLY"))
         best = groups.get(group)
         if best is None or _tile_size(launch) > _tile_size(best[0]):
             groups[group] = (launch, probs)
@@ -389,19 +394,36 @@ def dot_below_16_control(arch: int) -> Compiled:
     return res
 
 
+@triton.jit
+def _atomic_control(x_ptr, BLOCK: tl.constexpr):
+    tl.atomic_add(x_ptr + tl.arange(0, BLOCK), 1.0)
+
+
+def atomic_control(arch: int) -> Compiled:
+    """A kernel with a float atomic: the TTIR count must see it (the control of the
+    zero-atomics checks)."""
+    x = torch.empty(16, device="meta")
+    launch = Launch("_atomic_control", _atomic_control, (1,), (x,), {"BLOCK": 16, "num_warps": 1})
+    res = compile_launch(launch, arch)
+    res.problems = ["control: atomic_add"]
+    return res
+
+
 def run_matrix(matrix: str, archs: Sequence[int], progress: bool = False,
                on_result=None) -> list[Compiled]:
     """Compile the distinct configurations of the loss and gate matrices for ``archs``.
 
     ``matrix``: "full" (every config of the large matrix on every arch), "test" (every
-    config of the smaller matrix on sm_90, its ``tl.dot`` kernels on the other archs) or
-    "smoke" (:func:`smoke_selection` of "test", plus the dot-under-16 control)."""
+    config of the smaller matrix on sm_90, its ``tl.dot`` kernels on the other archs),
+    "smoke" (:func:`smoke_selection` of "test", then two controls: a dot edge under 16
+    that must fail and a float atomic that must be counted) or "report" (the sm_90 smoke
+    selection on every arch)."""
     full = matrix == "full"
     launches = distinct_launches([*loss_matrix(full), *gate_matrix(full)], SETTINGS)
     jobs = []
     for arch in archs:
-        if matrix == "smoke":
-            chosen = smoke_selection(launches, arch)
+        if matrix in ("smoke", "report"):
+            chosen = smoke_selection(launches, arch, every_arch=matrix == "report")
         elif arch == 90 or matrix == "full":
             chosen = list(launches.values())
         else:  # the tensor-core kernels are where architectures differ
@@ -420,12 +442,13 @@ def run_matrix(matrix: str, archs: Sequence[int], progress: bool = False,
             on_result(out, len(jobs))
     if matrix == "smoke":
         out.append(dot_below_16_control(archs[0]))
+        out.append(atomic_control(archs[0]))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--matrix", choices=("smoke", "test", "full"), default="smoke")
+    ap.add_argument("--matrix", choices=("smoke", "report", "test", "full"), default="smoke")
     ap.add_argument("--arch", type=int, nargs="+", default=list(ARCHS))
     ap.add_argument("--json", required=True, help="where to write the results")
     ap.add_argument("--progress", action="store_true")

@@ -1,5 +1,5 @@
 """What every Triton launcher decides before a launch: where it runs, which block sizes,
-which dot precision, whether atomics are allowed, and whether the grid fits CUDA.
+which dot precision, and whether the grid fits CUDA.
 
 The launch configuration of each kernel is one function of the problem shape and dtype
 (in :mod:`.unified_focal_loss` and :mod:`.attention_gate`), given a :class:`Target`:
@@ -10,12 +10,17 @@ The launch configuration of each kernel is one function of the problem shape and
 * ``interpreted``: the kernels run under ``TRITON_INTERPRET=1``, which has no TF32 and
   returns garbage for bf16 ``tl.dot``: dots there take IEEE fp32 operands.
 * ``allow_tf32``: ``torch.backends.cuda.matmul.allow_tf32`` (fp32 dots use TF32 if set).
-* ``deterministic``: ``torch.are_deterministic_algorithms_enabled()``: no float atomics.
+* ``num_sms``: the device's SM count (132 where there is none to ask), for grids that
+  give every SM several programs.
+
+No kernel uses float atomics, so results do not depend on
+``torch.use_deterministic_algorithms``: they are bitwise reproducible either way.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import struct
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -42,7 +47,6 @@ class Target:
     gpu: bool
     interpreted: bool
     allow_tf32: bool
-    deterministic: bool
     num_sms: int = DEFAULT_NUM_SMS
 
 
@@ -56,8 +60,7 @@ def target_for(device: torch.device) -> Target:
     if device.type == "cuda":
         num_sms = torch.cuda.get_device_properties(device).multi_processor_count
     return Target(gpu=device.type in ("cuda", "meta") or _force_gpu, interpreted=interpreted,
-                  allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
-                  deterministic=torch.are_deterministic_algorithms_enabled(), num_sms=num_sms)
+                  allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32), num_sms=num_sms)
 
 
 @contextlib.contextmanager
@@ -105,9 +108,12 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def skip_host_checks(device: torch.device) -> bool:
-    """Host-side reads of device results are impossible on meta tensors and forbidden
-    while a CUDA graph is being captured."""
-    if device.type == "meta":
-        return True
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+def split_f64(x: float) -> tuple[float, float]:
+    """(hi, lo), both exact in float32, with hi + lo = x to about 2**-48 relative: how a
+    float64 scalar reaches a kernel (Triton passes Python floats as fp32)."""
+    hi = _f32(float(x))
+    return hi, _f32(float(x) - hi)
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]

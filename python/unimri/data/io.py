@@ -5,10 +5,12 @@ indices to RAS+ world millimetres (the NIfTI convention; ITK's LPS is converted)
 the spacing per axis. 3D arrays are indexed (x, y, z) in file order for every format
 (SimpleITK's (z, y, x) arrays are transposed). 2D images are (H, W) or (H, W, 3).
 The optional libraries are imported on first use; a missing one raises ImportError
-naming the pip package.
+naming the pip package. Every reader checks the grid its header declares against
+:mod:`unimri.data.limits` before any voxel data is read or decompressed.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from typing import Any
@@ -17,12 +19,16 @@ import numpy as np
 
 from unimri._atomic import atomic_write_path
 
+from .limits import check_declared_shape
 from .volume import spacing_from_affine
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# NIfTI extensions lie between the header and the voxel data; nibabel reads them whole,
+# so a header whose data offset lies further than this is refused before nibabel opens it
+_MAX_NIFTI_VOX_OFFSET = 64 * 2**20
 
 
 def _require(module: str, pip_name: str, what: str):
@@ -68,8 +74,35 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], di
                      f"{NIFTI_SUFFIXES + ITK_SUFFIXES + IMAGE_2D_SUFFIXES}")
 
 
+def _check_nifti_header(nib, path: str) -> None:
+    """Parse the NIfTI-1/2 header alone and refuse an oversized grid or data offset."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read(540)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ValueError(f"cannot read NIfTI file {path!r} (truncated or corrupt?): {exc}") from exc
+    header = None
+    for cls in (nib.Nifti1Header, nib.Nifti2Header):
+        size = cls.template_dtype.itemsize
+        if len(raw) < size:
+            continue
+        for order in ("<", ">"):
+            if int(np.frombuffer(raw[:4], dtype=order + "i4")[0]) == size:
+                header = cls(raw[:size], endianness=order, check=False)
+    if header is None:
+        return  # not a NIfTI header nibabel knows; nibabel's own error names the problem
+    shape = header.get_data_shape()
+    check_declared_shape(path, shape, header.get_data_dtype().itemsize)
+    offset = float(header["vox_offset"])
+    if not 0 <= offset <= _MAX_NIFTI_VOX_OFFSET:
+        raise ValueError(f"image file {path!r}: header puts the voxel data at byte {offset:.0f}, beyond the "
+                         f"{_MAX_NIFTI_VOX_OFFSET:,} bytes a NIfTI header and its extensions may take")
+
+
 def _read_nifti(path: str):
     nib = _require("nibabel", "nibabel", "reading NIfTI")
+    _check_nifti_header(nib, path)
     try:
         img = nib.load(path)
         array = np.asanyarray(img.dataobj)  # forces the read: truncation fails here, not later
@@ -99,8 +132,23 @@ def _read_itk(path: str):
     warnings_shown = sitk.ProcessObject_GetGlobalWarningDisplay()
     sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK would print its trace to stderr
     try:
-        img = sitk.ReadImage(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        declared = tuple(reader.GetSize()) + ((reader.GetNumberOfComponents(),)
+                                              if reader.GetNumberOfComponents() > 1 else ())
+        bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        itemsize = int(bits.group(1)) // 8 if bits else 8
+    except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's whole trace
+        sitk.ProcessObject_SetGlobalWarningDisplay(warnings_shown)
+        raise ValueError(f"cannot read image file {path!r} (truncated or corrupt?): "
+                         f"{_itk_reason(exc)}") from None
+    try:
+        check_declared_shape(path, declared, itemsize)
+        img = reader.Execute()
         array = sitk.GetArrayFromImage(img)
+    except ValueError:
+        raise
     except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's whole trace
         raise ValueError(f"cannot read image file {path!r} (truncated or corrupt?): "
                          f"{_itk_reason(exc)}") from None
@@ -175,8 +223,13 @@ def check_finite(array: np.ndarray, where: str, replace: float | None = None) ->
 
 def _read_2d(path: str):
     pil = _require("PIL.Image", "pillow", "reading 2D images")
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the check below replaces Pillow's
     try:
         with pil.open(path) as im:
+            width, height = im.size
+            check_declared_shape(path, (height, width, len(im.getbands())), 1)
             im.load()
             mode = im.mode
             if mode in ("P", "LA", "RGBA", "CMYK", "YCbCr"):
@@ -184,8 +237,12 @@ def _read_2d(path: str):
             elif mode == "1":
                 im = im.convert("L")
             array = np.asarray(im)
+    except ValueError:
+        raise
     except Exception as exc:
         raise ValueError(f"cannot read image file {path!r} with Pillow: {exc}") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     affine = np.eye(4)
     meta = {"format": "2d", "path": path, "mode": mode, "header_zooms": (1.0, 1.0)}
     return array, affine, (1.0, 1.0), meta

@@ -181,8 +181,10 @@ class FusedSegmentationLoss(nn.Module):
                 raise ValueError("target holds non-integer values but has a class-index shape "
                                  f"{tuple(target.shape)}; pass one-hot/soft targets as (B, C, *S)")
         labels = labels.reshape(labels.shape[0], -1).to(torch.int64).contiguous()
-        # the C++ kernel checks labels in its own pass (same ValueError), at no extra cost
-        if self.validate and not torch.compiler.is_compiling() and backend_for(labels) != "cpp":
+        # the C++ and Triton kernels count bad labels in their own pass (no extra read, and
+        # on CUDA no host sync: see unimri_kernels.triton.labels)
+        if (self.validate and not torch.compiler.is_compiling()
+                and backend_for(labels) not in ("cpp", "triton")):
             _check_label_range(labels, num_classes, self.ignore_index)
         return labels
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from unimri.train.precision import AMP_MODES
+from unimri.runtime.precision import AMP_MODES
 
 SCHEDULES = ("none", "cosine", "poly", "plateau")
 
@@ -22,7 +22,7 @@ class StageSize(tuple):
 
     ``keep_aspect=True`` (a stage given as one number, e.g. ``64``): the tuple is the
     bounding cube and each batch is resized so that its longest axis is that number, the
-    other axes in proportion (:func:`unimri.train.resize.fit_long_side`); the backbone pads
+    other axes in proportion (:func:`unimri.runtime.resize.fit_long_side`); the backbone pads
     to its stride. ``keep_aspect=False`` (``"96x128"`` or a list): exactly this size.
     """
 
@@ -77,6 +77,12 @@ class TrainConfig:
     24 x 64); ``"96x128"`` or a list per axis is an exact size; ``batch_sizes``/``epochs`` may be one value for all stages or one
     per stage. ``epochs`` is the most a stage runs; early stopping (``patience`` epochs
     without a validation-loss improvement larger than ``min_delta``) may end it sooner.
+
+    Cross-validation is nested: each of the ``folds`` outer folds is a test set that only
+    scoring sees; ``val_fraction`` of the remaining groups (patients, or cases) are the
+    validation set for early stopping and the best epoch, the rest train. The split comes
+    from ``split_seed`` (``seed`` when None), so runs that differ only in ``seed`` share
+    their test folds.
     """
 
     # what to train
@@ -110,7 +116,9 @@ class TrainConfig:
     amp: str = "auto"
     folds: int = 5
     fold_indices: Any = None
+    val_fraction: float = 0.2  # share of each fold's non-test groups held out for early stopping
     seed: int = 0
+    split_seed: int | None = None  # seed of the nested split; None: ``seed``
     # machinery
     device: str = "auto"
     num_workers: int = 0
@@ -123,11 +131,9 @@ class TrainConfig:
     @property
     def stage_sizes(self) -> list[StageSize]:
         """The stage input sizes, each a :class:`StageSize` of ``spatial_dims`` ints."""
-        stages = self.stages
-        if isinstance(stages, (int, str)) and not (isinstance(stages, str) and "," in stages):
+        stages = split_sizes(self.stages) if isinstance(self.stages, str) else self.stages
+        if isinstance(stages, int):
             stages = [stages]
-        elif isinstance(stages, str):
-            stages = [s.strip() for s in stages.split(",") if s.strip()]
         return [_as_size(s, self.spatial_dims, f"stages[{i}]", keep_aspect=True) for i, s in enumerate(stages)]
 
     def _per_stage(self, value: Any, name: str) -> list[int]:
@@ -165,6 +171,11 @@ class TrainConfig:
             raise ValueError(f"fold_indices: expected values in [0, {self.folds}), got {bad}")
         return [int(f) for f in folds]
 
+    @property
+    def split_seed_or_seed(self) -> int:
+        """The seed the nested split is drawn with."""
+        return int(self.seed if self.split_seed is None else self.split_seed)
+
     def model_spec(self, in_channels: int, num_classes: int) -> dict[str, Any]:
         """What rebuilds the network: ``create_model(spec['name'], **spec['kwargs'])``."""
         kwargs: dict[str, Any] = {"spatial_dims": self.spatial_dims, "in_channels": in_channels,
@@ -178,7 +189,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ checks
     def validate(self) -> "TrainConfig":
         """Checks every field that can be checked without data; raises ValueError/TypeError."""
-        from unimri.train import registry
+        from unimri.runtime import registry
 
         registry.check_model_name(self.model)
         registry.check_loss_name(self.loss)
@@ -199,6 +210,8 @@ class TrainConfig:
         if self.folds < 2:
             raise ValueError(f"folds: expected >= 2 (k-fold cross-validation), got {self.folds!r}")
         self.selected_folds()
+        if not 0 < float(self.val_fraction) < 1:
+            raise ValueError(f"val_fraction: expected in (0, 1), got {self.val_fraction!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp not in AMP_MODES:
@@ -271,3 +284,9 @@ def parse_int_list(text: str | Sequence[int], name: str) -> list[int]:
         return [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
+
+
+def split_sizes(text: str) -> list[int | str]:
+    """Comma-separated sizes: ``"64,128"`` -> ``[64, 128]``; ``"96x128"`` stays one per-axis string."""
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    return [int(v) if v.isdigit() else v for v in parts]

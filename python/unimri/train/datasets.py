@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unimri.train.config import TrainConfig
-from unimri.train.resize import fit_long_side, resize, soft_labels
+from unimri.runtime.resize import fit_long_side, resize, soft_labels
 
 
 class StageCollate:
@@ -16,7 +16,7 @@ class StageCollate:
     ``size`` with ``keep_aspect`` (a :class:`unimri.train.config.StageSize` from a
     one-number stage, or ``keep_aspect=True``): the batch is resized so that its longest
     axis is ``max(size)`` and the others keep the aspect ratio of the batch's largest
-    native extent per axis (:func:`unimri.train.resize.fit_long_side`); otherwise to
+    native extent per axis (:func:`unimri.runtime.resize.fit_long_side`); otherwise to
     exactly ``size``.
 
     Returns {"image": (B, C, *S') float32, "target": (B, K, *S') soft one-hot float32,

@@ -13,21 +13,22 @@ import copy
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from unimri.train import registry
-from unimri.train.checkpoint import (capture_rng, load_checkpoint, load_weights, restore_rng,
+from unimri.runtime import registry
+from unimri.train.checkpoint import (capture_rng, check_model_spec, load_checkpoint, load_weights, restore_rng,
                                      save_checkpoint, seed_everything)
 from unimri.train.config import TrainConfig
 from unimri.train.datasets import StageCollate, make_dataset
 from unimri.train.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, broadcast_flag
 from unimri.data.transforms import intensity_profile
-from unimri.train.precision import autocast_for, grad_scaler_for, resolve_amp
-from unimri.train.predict import InferenceSpec
+from unimri.runtime.precision import autocast_for, grad_scaler_for, resolve_amp
+from unimri.runtime.inference import InferenceSpec
 from unimri.train.runlog import JsonlLog
 
 
@@ -99,6 +100,29 @@ def _make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int):
     raise ValueError(f"schedule: expected one of ('none', 'cosine', 'poly', 'plateau'), got {name!r}")
 
 
+@dataclass
+class _Progress:
+    """Early-stopping state of the running stage and the epoch count across stages."""
+
+    global_epoch: int = 0
+    best: float = math.inf
+    bad: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def start_stage(self) -> None:
+        self.best, self.bad, self.best_weights = math.inf, 0, None
+
+    def update(self, val_loss: float, min_delta: float, model: nn.Module) -> bool:
+        """Record one epoch's validation loss; True (and the weights kept) if it improved."""
+        improved = val_loss < self.best - min_delta
+        if improved:
+            self.best, self.bad = val_loss, 0
+            self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad += 1
+        return improved
+
+
 class FoldTrainer:
     """Trains one cross-validation fold in ``fold_dir`` (``last.pt``, ``best.pt``, ``model.pt``)."""
 
@@ -159,21 +183,39 @@ class FoldTrainer:
         ``epochs_done_in_run`` is a one-element counter shared across folds so that
         ``stop_after_epochs`` counts the epochs this process ran in total.
         """
-        cfg, ctx = self.cfg, self.ctx
         counter = epochs_done_in_run if epochs_done_in_run is not None else [0]
-        seed_everything(cfg.seed + 1000 * self.fold)
-        model = registry.create_model(self.spec).to(ctx.device)
-        loss_fn = registry.create_loss(cfg.loss, **cfg.loss_kwargs)
-        if hasattr(loss_fn, "to"):
-            loss_fn = loss_fn.to(ctx.device)
-        state = None
-        if resume and os.path.exists(self.paths["last"]):
-            state = load_checkpoint(self.paths["last"], map_location="cpu")
-            from unimri.train.checkpoint import check_model_spec
+        seed_everything(self.cfg.seed + 1000 * self.fold)
+        model, loss_fn = self._build_model_and_loss()
+        state = self._load_resume_state(model) if resume else None
+        net = self._training_wrapper(model)
+        progress = _Progress(global_epoch=state["global_epoch"] if state else 0)
+        for stage in range(state["stage"] if state else 0, len(self.cfg.stage_sizes)):
+            self._run_stage(stage, model, net, loss_fn, state, progress, counter)
+            state = None  # only the first stage run continues from the checkpoint
+        if self.ctx.is_main:
+            save_checkpoint(self.paths["model"], self.weights_state(model, "model", history=self.history))
+        return model
 
-            check_model_spec(state["model_spec"], self.spec, self.paths["last"])
-            load_weights(model, state["model"], self.paths["last"])
-            self.history = list(state["history"])
+    def _build_model_and_loss(self) -> tuple[nn.Module, nn.Module]:
+        model = registry.create_model(self.spec).to(self.ctx.device)
+        loss_fn = registry.create_loss(self.cfg.loss, **self.cfg.loss_kwargs)
+        if hasattr(loss_fn, "to"):
+            loss_fn = loss_fn.to(self.ctx.device)
+        return model, loss_fn
+
+    def _load_resume_state(self, model: nn.Module) -> dict[str, Any] | None:
+        """The ``last.pt`` checkpoint (its weights loaded into ``model``), or None if there is none."""
+        if not os.path.exists(self.paths["last"]):
+            return None
+        state = load_checkpoint(self.paths["last"], map_location="cpu")
+        check_model_spec(state["model_spec"], self.spec, self.paths["last"])
+        load_weights(model, state["model"], self.paths["last"])
+        self.history = list(state["history"])
+        return state
+
+    def _training_wrapper(self, model: nn.Module) -> nn.Module:
+        """``model`` in its training memory format, wrapped for DDP and/or torch.compile."""
+        cfg, ctx = self.cfg, self.ctx
         if cfg.channels_last:
             model = model.to(memory_format=memory_format_for(cfg.spatial_dims))
         net: nn.Module = model
@@ -182,77 +224,80 @@ class FoldTrainer:
                 model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         if cfg.compile:
             net = torch.compile(net)  # the unimri ops are opaque custom ops: no graph breaks
-        start_stage = state["stage"] if state else 0
-        global_epoch = state["global_epoch"] if state else 0
-        sizes, batches, max_epochs = cfg.stage_sizes, cfg.stage_batch_sizes, cfg.stage_epochs
-        for stage in range(start_stage, len(sizes)):
-            size, batch_size, n_epochs = sizes[stage], batches[stage], max_epochs[stage]
-            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay)
-            scheduler = _make_scheduler(cfg.schedule, optimizer, n_epochs)
-            amp = resolve_amp(cfg.amp, ctx.device)
-            scaler = grad_scaler_for(ctx.device, amp)
-            best, bad, start_epoch = math.inf, 0, 0
-            best_weights: dict[str, torch.Tensor] | None = None
-            if state is not None and stage == start_stage:
-                optimizer.load_state_dict(state["optimizer"])
-                if scheduler is not None and state["scheduler"] is not None:
-                    scheduler.load_state_dict(state["scheduler"])
-                if scaler is not None and state["scaler"] is not None:
-                    scaler.load_state_dict(state["scaler"])
-                best, bad, start_epoch = state["best_val_loss"], state["bad_epochs"], state["next_epoch"]
-                if os.path.exists(self.paths["best"]):
-                    best_weights = load_checkpoint(self.paths["best"])["model"]
-                restore_rng(state["rng"])
-            if start_epoch >= n_epochs or (state is not None and stage == start_stage and bad >= cfg.patience):
+        return net
+
+    def _restore_stage(self, state: dict[str, Any], optimizer, scheduler, scaler,
+                       progress: "_Progress") -> int:
+        """Optimizer, schedule, scaler, early-stopping state and RNG of the interrupted stage;
+        returns the epoch to continue from."""
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        progress.best, progress.bad = state["best_val_loss"], state["bad_epochs"]
+        if os.path.exists(self.paths["best"]):
+            progress.best_weights = load_checkpoint(self.paths["best"])["model"]
+        restore_rng(state["rng"])
+        return state["next_epoch"]
+
+    def _run_stage(self, stage: int, model: nn.Module, net: nn.Module, loss_fn: nn.Module,
+                   state: dict[str, Any] | None, progress: "_Progress", counter: list[int]) -> None:
+        """One progressive-resizing stage: epochs until ``epochs`` or early stopping, then the
+        stage's best weights are loaded into ``model`` (carried to the next stage)."""
+        cfg, ctx = self.cfg, self.ctx
+        size, batch_size = cfg.stage_sizes[stage], cfg.stage_batch_sizes[stage]
+        n_epochs, last_stage = cfg.stage_epochs[stage], stage == len(cfg.stage_sizes) - 1
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        scheduler = _make_scheduler(cfg.schedule, optimizer, n_epochs)
+        amp = resolve_amp(cfg.amp, ctx.device)
+        scaler = grad_scaler_for(ctx.device, amp)
+        progress.start_stage()
+        start_epoch = 0
+        if state is not None:
+            start_epoch = self._restore_stage(state, optimizer, scheduler, scaler, progress)
+            if start_epoch >= n_epochs or progress.bad >= cfg.patience:
                 start_epoch = n_epochs  # the stage had already ended when the run stopped
-            train_loader, train_sampler = self._loader(self.train_set, size, batch_size, True,
-                                                       cfg.seed + 1000 * self.fold + stage)
-            val_loader, _ = self._loader(self.val_set, size, batch_size, False, 0)
-            for epoch in range(start_epoch, n_epochs):
-                t0, cpu0 = time.perf_counter(), time.process_time()
-                train_sampler.set_epoch(epoch)
-                _set_dataset_epoch(self.train_set, global_epoch)
-                train_loss = self._train_epoch(net, model, loss_fn, optimizer, scaler, train_loader,
-                                               amp, f"fold {self.fold} stage {stage} {'x'.join(map(str, size))} "
-                                                    f"epoch {epoch + 1}/{n_epochs}")
-                val_loss, val_dsc = self._validate(net if cfg.compile and not ctx.distributed else model,
-                                                   loss_fn, val_loader, amp)
-                if scheduler is not None:
-                    scheduler.step(val_loss) if cfg.schedule == "plateau" else scheduler.step()
-                improved = val_loss < best - cfg.min_delta
+        train_loader, train_sampler = self._loader(self.train_set, size, batch_size, True,
+                                                   cfg.seed + 1000 * self.fold + stage)
+        val_loader, _ = self._loader(self.val_set, size, batch_size, False, 0)
+        for epoch in range(start_epoch, n_epochs):
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            train_sampler.set_epoch(epoch)
+            _set_dataset_epoch(self.train_set, progress.global_epoch)
+            train_loss = self._train_epoch(net, model, loss_fn, optimizer, scaler, train_loader,
+                                           amp, f"fold {self.fold} stage {stage} {'x'.join(map(str, size))} "
+                                                f"epoch {epoch + 1}/{n_epochs}")
+            val_loss, val_dsc = self._validate(net if cfg.compile and not ctx.distributed else model,
+                                               loss_fn, val_loader, amp)
+            if scheduler is not None:
+                scheduler.step(val_loss) if cfg.schedule == "plateau" else scheduler.step()
+            improved = progress.update(val_loss, cfg.min_delta, model)
+            record = {"event": "epoch", "fold": self.fold, "stage": stage, "size": list(size),
+                      "epoch": progress.global_epoch, "stage_epoch": epoch, "train_loss": train_loss,
+                      "val_loss": val_loss, "val_dsc": val_dsc, "lr": optimizer.param_groups[0]["lr"],
+                      "best": improved, "seconds": round(time.perf_counter() - t0, 3),
+                      # this process's CPU time: what the epoch costs whatever else loads the machine
+                      "cpu_seconds": round(time.process_time() - cpu0, 3)}
+            self.history.append(record)
+            progress.global_epoch += 1
+            counter[0] += 1
+            stop = progress.bad >= cfg.patience
+            if ctx.is_main:
+                self.log.write(record)
                 if improved:
-                    best, bad = val_loss, 0
-                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad += 1
-                record = {"event": "epoch", "fold": self.fold, "stage": stage, "size": list(size),
-                          "epoch": global_epoch, "stage_epoch": epoch, "train_loss": train_loss,
-                          "val_loss": val_loss, "val_dsc": val_dsc, "lr": optimizer.param_groups[0]["lr"],
-                          "best": improved, "seconds": round(time.perf_counter() - t0, 3),
-                          # this process's CPU time: what the epoch costs whatever else loads the machine
-                          "cpu_seconds": round(time.process_time() - cpu0, 3)}
-                self.history.append(record)
-                global_epoch += 1
-                counter[0] += 1
-                stop = bad >= cfg.patience
-                if ctx.is_main:
-                    self.log.write(record)
-                    if improved:
-                        save_checkpoint(self.paths["best"], self.weights_state(model, "best", stage=stage))
-                    save_checkpoint(self.paths["last"], self._checkpoint_state(
-                        model, optimizer, scheduler, scaler, stage, epoch + 1, global_epoch, best, bad))
-                if cfg.stop_after_epochs is not None and counter[0] >= cfg.stop_after_epochs \
-                        and not (stage == len(sizes) - 1 and (epoch + 1 == n_epochs or stop)):
-                    raise TrainingInterrupted(f"stopped after {counter[0]} epoch(s) (stop_after_epochs)")
-                if broadcast_flag(stop, ctx):
-                    break
-            if best_weights is not None:
-                model.load_state_dict(best_weights)  # carry the stage's best weights forward
-            state = None
-        if ctx.is_main:
-            save_checkpoint(self.paths["model"], self.weights_state(model, "model", history=self.history))
-        return model
+                    save_checkpoint(self.paths["best"], self.weights_state(model, "best", stage=stage))
+                save_checkpoint(self.paths["last"], self._checkpoint_state(
+                    model, optimizer, scheduler, scaler, stage, epoch + 1, progress.global_epoch,
+                    progress.best, progress.bad))
+            if cfg.stop_after_epochs is not None and counter[0] >= cfg.stop_after_epochs \
+                    and not (last_stage and (epoch + 1 == n_epochs or stop)):
+                raise TrainingInterrupted(f"stopped after {counter[0]} epoch(s) (stop_after_epochs)")
+            if broadcast_flag(stop, ctx):
+                break
+        if progress.best_weights is not None:
+            model.load_state_dict(progress.best_weights)  # carry the stage's best weights forward
 
     def _train_epoch(self, net: nn.Module, model: nn.Module, loss_fn: nn.Module, optimizer, scaler,
                      loader: DataLoader, amp: str, desc: str) -> float:
@@ -295,7 +340,7 @@ class FoldTrainer:
     @torch.no_grad()
     def _validate(self, model: nn.Module, loss_fn: nn.Module, loader: DataLoader, amp: str) -> tuple[float, float]:
         """Validation loss at the stage size and foreground DSC at native resolution (micro)."""
-        from unimri.train.resize import resize_logits
+        from unimri.runtime.resize import resize_logits
 
         ctx, k = self.ctx, self.num_classes
         model.eval()

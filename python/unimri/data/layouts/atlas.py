@@ -8,7 +8,7 @@
 
 A case is a folder holding one T1w image and one or more lesion masks (0/1 or 0/255),
 united into one binary label. ``meta["group"]`` is the subject (R1.2: the numeric folder;
-v2: ``sub-...``), so repeated sessions stay in one fold.
+v2: ``sub-...``), so all scans of one subject (``ses-1``, ``ses-2``, ...) stay in one fold.
 """
 from __future__ import annotations
 

@@ -1,0 +1,2 @@
+"""The paper's studies on top of training: ablations, the MONAI peer, statistics and training
+throughput."""
