@@ -22,49 +22,38 @@ void check_contiguous(std::initializer_list<const at::Tensor*> ts) {
                 "attention_gate_cpu: expects contiguous CPU tensors");
 }
 
-using ForwardKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                             const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                             const at::Tensor&, int64_t, double, int64_t, bool,
-                                                             GateSaved*);
-using BackwardKernel = std::vector<at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                   const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                   double, int64_t, const at::Tensor&, const GateSaved&);
+using ForwardKernel = decltype(&base::attention_gate_forward);
+using BackwardKernel = decltype(&base::attention_gate_backward);
 
 ForwardKernel forward_kernel() { return UNIMRI_KERNEL_FOR(cpu_variant(), attention_gate_forward); }
 
 BackwardKernel backward_kernel() { return UNIMRI_KERNEL_FOR(cpu_variant(), attention_gate_backward); }
 
-// One gate: theta_weight (Ci, Cx, s, ...); y (B, Cx, *S), alpha (B, 1, *S).
-std::tuple<at::Tensor, at::Tensor> attention_gate_cpu(const at::Tensor& x, const at::Tensor& g,
-                                                      const at::Tensor& theta_weight,
-                                                      const at::Tensor& phi_weight,
-                                                      const at::Tensor& phi_bias,
-                                                      const at::Tensor& psi_weight,
-                                                      const at::Tensor& psi_bias,
-                                                      int64_t subsample, double focal) {
+// The schemas' flat arguments as one GateArgs; `op` names the op in error messages. Several
+// gates (stacked) need theta_weight (gates, Ci, Cx, s, ...).
+GateArgs gate_args(const char* op, bool stacked, const at::Tensor& x, const at::Tensor& g,
+                   const at::Tensor& theta_weight, const at::Tensor& phi_weight, const at::Tensor& phi_bias,
+                   const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample, double focal) {
   check_contiguous({&x, &g});
-  at::AutoDispatchBelowADInplaceOrView no_autograd;  // internal BLAS calls use out= buffers
-  auto [y, alpha] = forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample,
-                                     focal, 1, true, nullptr);
-  return {y.view(x.sizes()), alpha};
+  TORCH_CHECK(!stacked || theta_weight.dim() == x.dim() + 1, op, ": theta_weight must be (gates, Ci, Cx, s, ...)");
+  return GateArgs{x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal,
+                  stacked ? theta_weight.size(0) : 1};
 }
 
-// Gn gates on the same (x, g), parameters stacked: theta_weight (Gn, Ci, Cx, s, ...),
+// One gate (kStacked false): theta_weight (Ci, Cx, s, ...); y (B, Cx, *S), alpha (B, 1, *S).
+// Gn gates on the same (x, g) (kStacked), parameters stacked: theta_weight (Gn, Ci, Cx, s, ...),
 // phi_weight (Gn, Ci, Cg), phi_bias and psi_weight (Gn, Ci), psi_bias (Gn,);
 // y (Gn, B, Cx, *S), alpha (B, Gn, *S).
-std::tuple<at::Tensor, at::Tensor> attention_gates_cpu(const at::Tensor& x, const at::Tensor& g,
-                                                       const at::Tensor& theta_weight,
-                                                       const at::Tensor& phi_weight,
-                                                       const at::Tensor& phi_bias,
-                                                       const at::Tensor& psi_weight,
-                                                       const at::Tensor& psi_bias,
-                                                       int64_t subsample, double focal) {
-  check_contiguous({&x, &g});
-  TORCH_CHECK(theta_weight.dim() == x.dim() + 1, "attention_gates_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
-  at::AutoDispatchBelowADInplaceOrView no_autograd;
-  return forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal,
-                          theta_weight.size(0), true, nullptr);
+template <bool kStacked>
+std::tuple<at::Tensor, at::Tensor> gates_forward_cpu(const at::Tensor& x, const at::Tensor& g,
+                                                     const at::Tensor& theta_weight, const at::Tensor& phi_weight,
+                                                     const at::Tensor& phi_bias, const at::Tensor& psi_weight,
+                                                     const at::Tensor& psi_bias, int64_t subsample, double focal) {
+  const GateArgs args = gate_args(kStacked ? "attention_gates_cpu" : "attention_gate_cpu", kStacked, x, g,
+                                  theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal);
+  at::AutoDispatchBelowADInplaceOrView no_autograd;  // internal BLAS calls use out= buffers
+  auto [y, alpha] = forward_kernel()(args, true, nullptr);
+  return {kStacked ? y : y.view(x.sizes()), alpha};
 }
 
 // The same gates, attention maps only: alpha (B, Gn, *S) (for the folded SAS head, which reads
@@ -73,11 +62,10 @@ at::Tensor attention_gates_alpha_cpu(const at::Tensor& x, const at::Tensor& g, c
                                      const at::Tensor& phi_weight, const at::Tensor& phi_bias,
                                      const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,
                                      double focal) {
-  check_contiguous({&x, &g});
-  TORCH_CHECK(theta_weight.dim() == x.dim() + 1, "attention_gates_alpha_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
+  const GateArgs args = gate_args("attention_gates_alpha_cpu", true, x, g, theta_weight, phi_weight, phi_bias,
+                                  psi_weight, psi_bias, subsample, focal);
   at::AutoDispatchBelowADInplaceOrView no_autograd;
-  return std::get<1>(forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample,
-                                      focal, theta_weight.size(0), false, nullptr));
+  return std::get<1>(forward_kernel()(args, false, nullptr));
 }
 
 // The same, also returning what the backward would recompute (GateSaved: h, coarse), for
@@ -86,57 +74,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_gates_alpha_saving_cpu(
     const at::Tensor& x, const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,
     const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,
     double focal) {
-  check_contiguous({&x, &g});
-  TORCH_CHECK(theta_weight.dim() == x.dim() + 1,
-              "attention_gates_alpha_saving_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
+  const GateArgs args = gate_args("attention_gates_alpha_saving_cpu", true, x, g, theta_weight, phi_weight, phi_bias,
+                                  psi_weight, psi_bias, subsample, focal);
   at::AutoDispatchBelowADInplaceOrView no_autograd;
   GateSaved saved;
-  at::Tensor alpha = std::get<1>(forward_kernel()(x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                                                  subsample, focal, theta_weight.size(0), false, &saved));
+  at::Tensor alpha = std::get<1>(forward_kernel()(args, false, &saved));
   return {alpha, saved.h, saved.coarse};
 }
 
 using GateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-GateGrads gates_backward(const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x,
-                         const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,
-                         const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias,
-                         int64_t subsample, double focal, int64_t gates,
-                         const at::Tensor& grad_x_in = at::Tensor(), const GateSaved& saved = {}) {
-  check_contiguous({&grad_alpha, &x, &g});
+// The gradients of the gates in `args` from `upstream` (converted to x's dtype here).
+GateGrads gates_backward(const GateArgs& args, const GateUpstream& upstream, const GateSaved& saved = {}) {
+  const at::Tensor &x = args.x, &grad_y = upstream.grad_y, &grad_alpha = upstream.grad_alpha,
+                   &grad_x_in = upstream.grad_x_in;
+  check_contiguous({&grad_alpha});
   TORCH_CHECK(!grad_x_in.defined() || (grad_x_in.is_contiguous() && grad_x_in.sizes() == x.sizes()),
               "attention_gate_backward_cpu: grad_x_in must be a contiguous tensor shaped like x ", x.sizes(), ", got ",
               grad_x_in.sizes());
   at::AutoDispatchBelowADInplaceOrView no_autograd;
-  TORCH_CHECK(!grad_y.defined() || (grad_y.is_contiguous() && grad_y.numel() == gates * x.numel()),
+  TORCH_CHECK(!grad_y.defined() || (grad_y.is_contiguous() && grad_y.numel() == args.gates * x.numel()),
               "attention_gate_backward_cpu: grad_y shape ", grad_y.sizes());
-  TORCH_CHECK(grad_alpha.numel() * x.size(1) == gates * x.numel(), "attention_gate_backward_cpu: grad_alpha shape ",
+  TORCH_CHECK(grad_alpha.numel() * x.size(1) == args.gates * x.numel(), "attention_gate_backward_cpu: grad_alpha shape ",
               grad_alpha.sizes());
-  const at::Tensor gy = grad_y.defined() ? grad_y.to(x.scalar_type()) : grad_y, ga = grad_alpha.to(x.scalar_type());
-  const at::Tensor gx_in = grad_x_in.defined() ? grad_x_in.to(x.scalar_type()) : grad_x_in;
-  const std::vector<at::Tensor> r = backward_kernel()(gy, ga, x, g, theta_weight, phi_weight, phi_bias, psi_weight,
-                                                      psi_bias, subsample, focal, gates, gx_in, saved);
+  auto in_x_dtype = [&](const at::Tensor& t) { return t.defined() ? t.to(x.scalar_type()) : t; };
+  const GateUpstream converted{in_x_dtype(grad_y), in_x_dtype(grad_alpha), in_x_dtype(grad_x_in)};
+  const std::vector<at::Tensor> r = backward_kernel()(args, converted, saved);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
 }
 
-GateGrads attention_gate_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x,
-                                      const at::Tensor& g, const at::Tensor& theta_weight,
-                                      const at::Tensor& phi_weight, const at::Tensor& phi_bias,
-                                      const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,
-                                      double focal) {
-  return gates_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                        subsample, focal, 1);
-}
-
-GateGrads attention_gates_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x,
-                                       const at::Tensor& g, const at::Tensor& theta_weight,
-                                       const at::Tensor& phi_weight, const at::Tensor& phi_bias,
-                                       const at::Tensor& psi_weight, const at::Tensor& psi_bias, int64_t subsample,
-                                       double focal) {
-  TORCH_CHECK(theta_weight.dim() == x.dim() + 1,
-              "attention_gates_backward_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
-  return gates_backward(grad_y, grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                        subsample, focal, theta_weight.size(0));
+// The gradients of gates_forward_cpu<kStacked>.
+template <bool kStacked>
+GateGrads gates_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_alpha, const at::Tensor& x,
+                             const at::Tensor& g, const at::Tensor& theta_weight, const at::Tensor& phi_weight,
+                             const at::Tensor& phi_bias, const at::Tensor& psi_weight, const at::Tensor& psi_bias,
+                             int64_t subsample, double focal) {
+  return gates_backward(gate_args(kStacked ? "attention_gates_backward_cpu" : "attention_gate_backward_cpu", kStacked,
+                                  x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, subsample, focal),
+                        GateUpstream{grad_y, grad_alpha, at::Tensor()});
 }
 
 // Gradients of attention_gates_alpha_cpu (no y, so no grad_y); grad_x_in (laid out like x), when
@@ -149,22 +124,21 @@ GateGrads attention_gates_alpha_backward_cpu(const at::Tensor& grad_alpha, const
                                              const std::optional<at::Tensor>& grad_x_in,
                                              const std::optional<at::Tensor>& saved_h,
                                              const std::optional<at::Tensor>& saved_coarse) {
-  TORCH_CHECK(theta_weight.dim() == x.dim() + 1,
-              "attention_gates_alpha_backward_cpu: theta_weight must be (gates, Ci, Cx, s, ...)");
   TORCH_CHECK(saved_h.has_value() == saved_coarse.has_value(),
               "attention_gates_alpha_backward_cpu: saved_h and saved_coarse go together");
-  return gates_backward(at::Tensor(), grad_alpha, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias,
-                        subsample, focal, theta_weight.size(0), grad_x_in.value_or(at::Tensor()),
+  return gates_backward(gate_args("attention_gates_alpha_backward_cpu", true, x, g, theta_weight, phi_weight,
+                                  phi_bias, psi_weight, psi_bias, subsample, focal),
+                        GateUpstream{at::Tensor(), grad_alpha, grad_x_in.value_or(at::Tensor())},
                         GateSaved{saved_h.value_or(at::Tensor()), saved_coarse.value_or(at::Tensor())});
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(unimri, CPU, m) {
-  m.impl("attention_gate_cpu", &attention_gate_cpu);
-  m.impl("attention_gate_backward_cpu", &attention_gate_backward_cpu);
-  m.impl("attention_gates_cpu", &attention_gates_cpu);
-  m.impl("attention_gates_backward_cpu", &attention_gates_backward_cpu);
+  m.impl("attention_gate_cpu", &gates_forward_cpu<false>);
+  m.impl("attention_gate_backward_cpu", &gates_backward_cpu<false>);
+  m.impl("attention_gates_cpu", &gates_forward_cpu<true>);
+  m.impl("attention_gates_backward_cpu", &gates_backward_cpu<true>);
   m.impl("attention_gates_alpha_cpu", &attention_gates_alpha_cpu);
   m.impl("attention_gates_alpha_backward_cpu", &attention_gates_alpha_backward_cpu);
   m.impl("attention_gates_alpha_saving_cpu", &attention_gates_alpha_saving_cpu);

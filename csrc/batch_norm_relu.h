@@ -30,16 +30,16 @@ inline void bn_relu_affine(const BnReluArgs& a, const double* mean, const double
 // Per variant (namespaces base, avx2, avx512). forward: out = relu(bn(x)); with batch_stats,
 // mean and var (biased) are written, else read; scale and shift (C,) are written.
 // backward: grad_x (x's dtype), grad_weight and grad_bias (C,).
-#define UNIMRI_DECLARE_BN_RELU_KERNELS(ns)                                                                  \
+#define UNIMRI_BN_RELU_KERNELS(ns, BODY)                                                                  \
   namespace ns {                                                                                            \
   void batch_norm_relu_forward(const BnReluArgs& a, const void* x, void* out, double* mean, double* var,    \
-                               double* scale, double* shift);                                               \
+                               double* scale, double* shift) BODY                                               \
   void batch_norm_relu_backward(const BnReluArgs& a, const void* grad_out, const void* x, const double* mean, \
-                                const double* var, void* grad_x, double* grad_weight, double* grad_bias);   \
+                                const double* var, void* grad_x, double* grad_weight, double* grad_bias) BODY   \
   }
+#define UNIMRI_DECLARE_BN_RELU_KERNELS(ns) UNIMRI_BN_RELU_KERNELS(ns, ;)
 UNIMRI_DECLARE_BN_RELU_KERNELS(base)
 UNIMRI_DECLARE_BN_RELU_KERNELS(avx2)
 UNIMRI_DECLARE_BN_RELU_KERNELS(avx512)
-#undef UNIMRI_DECLARE_BN_RELU_KERNELS
 
 }  // namespace unimri

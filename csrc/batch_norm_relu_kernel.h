@@ -1,6 +1,5 @@
 // Batch norm + ReLU CPU kernels, compiled once per CPU variant by kernels_<variant>.cpp
-// (cpu_variant.h) inside namespace unimri::<variant>, after unified_focal_loss_kernel.h (whose
-// load_row / store_row convert rows to acc_t). The op entry points are in batch_norm_relu.cpp.
+// (cpu_variant.h) inside namespace unimri::<variant>. The op entry points are in batch_norm_relu.cpp.
 // No include guard on purpose. Maths: unimri_kernels/reference/batch_norm_relu.py.
 //
 // x is (B, C, N) contiguous. Work is split over the B * C rows (parallel); per-channel sums
@@ -12,6 +11,8 @@
 // Backward: the ReLU mask is recomputed from x (nothing but x is saved); one read of
 //   (grad_out, x) for sum g' and sum g' (x - mean), with g' = grad_out * [out > 0], and one
 //   read of (grad_out, x) with one write of grad_x.
+#include "common/vec_rows.h"
+
 namespace {
 
 constexpr int64_t kBnrBlock = 2048;  // elements of a row converted to acc_t at a time
@@ -27,15 +28,6 @@ void for_row_blocks(const scalar_t* row, int64_t n, acc_t* buf, Fn&& fn) {
       fn(static_cast<const acc_t*>(buf), j, len);
     }
   }
-}
-
-template <typename acc_t>
-double vec_sum(const Vectorized<acc_t>& v) {
-  alignas(64) acc_t lanes[Vectorized<acc_t>::size()];
-  v.store(lanes);
-  double s = 0;
-  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) s += lanes[i];
-  return s;
 }
 
 // Per-row sums {sum (x - k), sum (x - k)^2} with k = x[0, c, 0]; mean and biased variance.

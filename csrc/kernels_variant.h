@@ -6,6 +6,7 @@
 namespace unimri::UNIMRI_VARIANT_NS {
 extern const bool kCompiled = true;
 #include "unified_focal_loss_kernel.h"
+#include "unified_focal_loss_state_kernel.h"
 #include "tile_gemm_kernel.h"
 #include "attention_gate_kernel.h"
 #include "batch_norm_relu_kernel.h"

@@ -24,14 +24,14 @@ struct MaxPoolArgs {
 // Per variant (namespaces base, avx2, avx512). forward: out = the maximum of each window (NaN if
 // the window holds one). backward: grad_x is grad_out at the element nn.MaxPool picks (the
 // first maximum in (d, h, w) order; the last NaN if the window holds NaN) and 0 elsewhere.
-#define UNIMRI_DECLARE_MAX_POOL_KERNELS(ns)                                                          \
+#define UNIMRI_MAX_POOL_KERNELS(ns, BODY)                                                          \
   namespace ns {                                                                                     \
-  void max_pool2x_forward(const MaxPoolArgs& a, const void* x, void* out);                           \
-  void max_pool2x_backward(const MaxPoolArgs& a, const void* grad_out, const void* x, void* grad_x); \
+  void max_pool2x_forward(const MaxPoolArgs& a, const void* x, void* out) BODY                           \
+  void max_pool2x_backward(const MaxPoolArgs& a, const void* grad_out, const void* x, void* grad_x) BODY \
   }
+#define UNIMRI_DECLARE_MAX_POOL_KERNELS(ns) UNIMRI_MAX_POOL_KERNELS(ns, ;)
 UNIMRI_DECLARE_MAX_POOL_KERNELS(base)
 UNIMRI_DECLARE_MAX_POOL_KERNELS(avx2)
 UNIMRI_DECLARE_MAX_POOL_KERNELS(avx512)
-#undef UNIMRI_DECLARE_MAX_POOL_KERNELS
 
 }  // namespace unimri

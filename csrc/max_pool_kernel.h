@@ -1,12 +1,14 @@
 // 2x max pooling (kernel 2, stride 2, no padding) CPU kernels, compiled once per CPU variant by
-// kernels_<variant>.cpp inside namespace unimri::<variant>, after unified_focal_loss_kernel.h
-// (load_vec / store_vec convert to and from acc_t). The op entry points are in max_pool.cpp.
+// kernels_<variant>.cpp inside namespace unimri::<variant>. The op entry points are in max_pool.cpp.
 // No include guard on purpose. Maths: unimri_kernels/reference/max_pool.py (nn.MaxPool2d/3d).
 //
 // One output row reads its window rows (2 in 2D, 4 in 3D); along W a window's two columns are
 // neighbours, split into even / odd lanes by deinterleave2. The backward recomputes which
 // element each window picked from x (nothing else is saved; PyTorch saves int64 indices) and
 // writes both columns of every window row back with interleave2, so grad_x is written once.
+#include "common/interleave.h"
+#include "common/vec_rows.h"
+
 namespace {
 
 // Pointers to the window rows of output row `r` (flattened over planes, Do, Ho), in the order

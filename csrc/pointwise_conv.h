@@ -18,16 +18,16 @@ struct PointwiseArgs {
 // input gradient is forward(grad_out) with w transposed and no bias. weight_grad: grad_w (Co, Ci)
 // = sum over b, n of grad_out x^T and grad_b (Co,) = sum of grad_out, accumulated per tile in
 // x's compute precision and across tiles in float64, in a fixed order.
-#define UNIMRI_DECLARE_POINTWISE_KERNELS(ns)                                                          \
+#define UNIMRI_POINTWISE_KERNELS(ns, BODY)                                                          \
   namespace ns {                                                                                      \
   void pointwise_conv_forward(const PointwiseArgs& a, const void* x, const double* w, const double* bias, \
-                              void* out);                                                             \
+                              void* out) BODY                                                             \
   void pointwise_conv_weight_grad(const PointwiseArgs& a, const void* grad_out, const void* x, double* grad_w, \
-                                  double* grad_b);                                                    \
+                                  double* grad_b) BODY                                                    \
   }
+#define UNIMRI_DECLARE_POINTWISE_KERNELS(ns) UNIMRI_POINTWISE_KERNELS(ns, ;)
 UNIMRI_DECLARE_POINTWISE_KERNELS(base)
 UNIMRI_DECLARE_POINTWISE_KERNELS(avx2)
 UNIMRI_DECLARE_POINTWISE_KERNELS(avx512)
-#undef UNIMRI_DECLARE_POINTWISE_KERNELS
 
 }  // namespace unimri

@@ -1,13 +1,14 @@
 // Pointwise (1x1) convolution CPU kernels for few output channels (segmentation heads),
-// compiled once per CPU variant by kernels_<variant>.cpp inside namespace unimri::<variant>,
-// after unified_focal_loss_kernel.h (load_row / load_vec / store_vec) and
-// batch_norm_relu_kernel.h (vec_sum). The op entry points are in pointwise_conv.cpp.
+// compiled once per CPU variant by kernels_<variant>.cpp inside namespace unimri::<variant>.
+// The op entry points are in pointwise_conv.cpp.
 // No include guard on purpose. Maths: unimri_kernels/reference/pointwise_conv.py.
 //
 // Work is split into (sample, tile of pixels) tasks; a tile's Ci input rows (converted to
 // acc_t for half/bf16) stay in L1 while every output row is accumulated from them with vector
 // FMAs, so x is read once and the output written once. oneDNN's 1x1 convolution with 2 output
 // channels runs far below memory speed on NCHW tensors (it reorders them).
+#include "common/vec_rows.h"
+
 namespace {
 
 // Pixels per task: the tile's rows of acc_t fit in about 32 KB; a multiple of 2 acc_t vectors

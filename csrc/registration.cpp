@@ -1,5 +1,8 @@
-// The one TORCH_LIBRARY block of unimri: schemas of the CPU kernels. Their
-// implementations are registered per file with TORCH_LIBRARY_IMPL(unimri, CPU, m).
+// The one place where unimri's C++ schemas are defined: the single TORCH_LIBRARY(unimri, m) block
+// below. The registration rule for every op: its schema here, its CPU implementation registered
+// with TORCH_LIBRARY_IMPL(unimri, CPU, m) at the end of its own <op>.cpp, next to the code; no
+// file opens a TORCH_LIBRARY_FRAGMENT. The queries about the build itself (CPU variant, output
+// pool, tile products) have no kernel file and are defined here with their implementation.
 // The public, autograd- and compile-aware ops are the Python custom ops of
 // unimri_kernels/ops, which call these for CPU tensors.
 #include <torch/library.h>
@@ -9,6 +12,7 @@
 
 #include "cpu_variant.h"
 #include "output_pool.h"
+#include "tile_gemm.h"
 
 TORCH_LIBRARY(unimri, m) {
   // Unified Focal loss family, both passes fused (see csrc/unified_focal_loss.cpp).
@@ -50,7 +54,7 @@ TORCH_LIBRARY(unimri, m) {
       "int subsample, float focal, Tensor? grad_x_in=None, Tensor? saved_h=None, Tensor? saved_coarse=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The alpha-only forward also returning what its backward would recompute (saved_h,
-  // saved_coarse: csrc/attention_gate.h, GateSaved), for the eager SAS route.
+  // saved_coarse: csrc/attention_gate.h, GateSaved), for the direct SAS route (unimri_kernels.dispatch.route).
   m.def(
       "attention_gates_alpha_saving_cpu(Tensor x, Tensor g, Tensor theta_weight, Tensor phi_weight, "
       "Tensor phi_bias, Tensor psi_weight, Tensor psi_bias, int subsample, float focal) -> (Tensor, Tensor, Tensor)");
@@ -91,4 +95,17 @@ TORCH_LIBRARY(unimri, m) {
         [](std::vector<int64_t> size, c10::ScalarType dtype) {
           return unimri::pooled_empty(size, at::TensorOptions().dtype(dtype).device(at::kCPU));
         });
+  // Whether the kernels' tile products call the BLAS directly (else at::mm), and whether they
+  // multiply bf16/fp16 tiles in that type (else as float32).
+  m.def("tile_gemm_uses_blas() -> bool", [] { return unimri::tile_gemm_uses_blas(); });
+  m.def("tile_gemm_half_products(ScalarType dtype) -> str", [](c10::ScalarType dtype) -> std::string {
+    switch (unimri::tile_gemm_half_products(dtype)) {
+      case unimri::HalfProducts::kAlways:
+        return "always";
+      case unimri::HalfProducts::kWherePaying:
+        return "where_paying";
+      default:
+        return "never";
+    }
+  });
 }

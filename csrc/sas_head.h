@@ -24,20 +24,20 @@ struct SasHeadArgs {
 // input_grad: with grad_y_k = at_k grad_p + d_k y_k + e_k (at (K, C, Co), d (K, C, C),
 //   e (K, C)), grad_x (B, C, N) = sum_k alpha_k grad_y_k and
 //   grad_alpha (B, K, N) = sum_c x grad_y_k, each written once in dtype.
-#define UNIMRI_DECLARE_SAS_HEAD_KERNELS(ns)                                                              \
+#define UNIMRI_SAS_HEAD_KERNELS(ns, BODY)                                                              \
   namespace ns {                                                                                         \
-  void sas_head_moments(const SasHeadArgs& a, const void* x, const void* alpha, double* sum, double* gram); \
+  void sas_head_moments(const SasHeadArgs& a, const void* x, const void* alpha, double* sum, double* gram) BODY \
   void sas_head_apply(const SasHeadArgs& a, const void* x, const void* alpha, const double* mat,         \
-                      const double* bias, void* out);                                                    \
+                      const double* bias, void* out) BODY                                                    \
   void sas_head_weight_grad(const SasHeadArgs& a, const void* grad_p, const void* x, const void* alpha,  \
-                            double* grad_a, double* grad_c);                                             \
+                            double* grad_a, double* grad_c) BODY                                             \
   void sas_head_input_grad(const SasHeadArgs& a, const void* grad_p, const void* x, const void* alpha,   \
                            const double* at, const double* d, const double* e, void* grad_x,             \
-                           void* grad_alpha);                                                            \
+                           void* grad_alpha) BODY                                                            \
   }
+#define UNIMRI_DECLARE_SAS_HEAD_KERNELS(ns) UNIMRI_SAS_HEAD_KERNELS(ns, ;)
 UNIMRI_DECLARE_SAS_HEAD_KERNELS(base)
 UNIMRI_DECLARE_SAS_HEAD_KERNELS(avx2)
 UNIMRI_DECLARE_SAS_HEAD_KERNELS(avx512)
-#undef UNIMRI_DECLARE_SAS_HEAD_KERNELS
 
 }  // namespace unimri

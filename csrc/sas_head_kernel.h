@@ -1,6 +1,5 @@
 // Selective-attention head CPU kernels, compiled once per CPU variant by kernels_<variant>.cpp
-// inside namespace unimri::<variant>, after unified_focal_loss_kernel.h (load_row, store_row),
-// batch_norm_relu_kernel.h (vec_sum) and tile_gemm_kernel.h. The op entry points are in sas_head.cpp. No include
+// inside namespace unimri::<variant>, after tile_gemm_kernel.h. The op entry points are in sas_head.cpp. No include
 // guard on purpose. Maths: unimri_kernels/ops/sas_head.py and unimri_kernels/reference/sas_head.py.
 //
 // The head reads the gated inputs y_k = alpha_k * x of K gates through x (B, C, N) and their
@@ -12,6 +11,8 @@
 // pixels (moments, weight gradients) run in a fixed number of task groups, each accumulating its tiles in
 // order, and the groups are summed in float64 in order: the result does not depend on the
 // thread count.
+#include "common/vec_rows.h"
+
 namespace {
 
 // Pixels per tile for N pixels per sample: a tile of `bytes` per pixel fits in about 384 KB

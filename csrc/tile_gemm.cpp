@@ -1,9 +1,8 @@
-// Which tile products the kernels use (tile_gemm.h), and the op that tells the tests.
-#include <torch/library.h>
+// Which tile products the kernels use (tile_gemm.h); registration.cpp defines the ops that tell the tests.
+#include <c10/core/ScalarType.h>
 
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <utility>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -56,22 +55,6 @@ HalfProducts tile_gemm_half_products(c10::ScalarType dtype) {
   if (!symbol || !tile_gemm_uses_blas() || env_is("fp32")) return HalfProducts::kNever;
   if (env_is("half")) return HalfProducts::kAlways;
   return cpu_has_amx_for(dtype) ? HalfProducts::kWherePaying : HalfProducts::kNever;
-}
-
-TORCH_LIBRARY_FRAGMENT(unimri, m) {
-  // Whether the kernels' tile products call the BLAS directly (else at::mm), and whether they
-  // multiply bf16/fp16 tiles in that type (else as float32).
-  m.def("tile_gemm_uses_blas() -> bool", [] { return tile_gemm_uses_blas(); });
-  m.def("tile_gemm_half_products(ScalarType dtype) -> str", [](c10::ScalarType dtype) -> std::string {
-    switch (tile_gemm_half_products(dtype)) {
-      case HalfProducts::kAlways:
-        return "always";
-      case HalfProducts::kWherePaying:
-        return "where_paying";
-      default:
-        return "never";
-    }
-  });
 }
 
 }  // namespace unimri

@@ -2,7 +2,7 @@
 //
 // logits (B, C, N) contiguous, target int64 (B, N) with ignore_index or soft (B, C, N)
 // in the logits' dtype, class_params (4, C) float64 rows [fw, g, tw, e] — the maths is
-// in unimri_kernels/reference/loss.py. Pass 1 reduces TP, Σp, Σy per (sample, class),
+// in unimri_kernels/reference/unified_focal_loss.py. Pass 1 reduces TP, Σp, Σy per (sample, class),
 // the focal sum and the valid count over tiles of pixels (deterministic: one partial row
 // per tile, reduced in order) and checks the labels on the way. Then:
 // * index targets, fp32/bf16/fp16 logits, C <= kStateMaxClasses (one sweep): pass 1 also

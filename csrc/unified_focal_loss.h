@@ -45,16 +45,16 @@ struct LossFinishArgs {
 //     partial sums and, if state is not null, the per-pixel state (B, C, N) in state_dtype (the
 //     logits' dtype, or kFloat) that loss_finish turns into the gradient;
 //   loss_finish: that light pass.
-#define UNIMRI_DECLARE_LOSS_KERNELS(ns)                                                           \
+#define UNIMRI_LOSS_KERNELS(ns, BODY)                                                           \
   namespace ns {                                                                                  \
-  void loss_stats(const LossArgs& args, void* partial);                                           \
-  void loss_grad(const LossArgs& args, const void* coef, bool batch, void* grad);                 \
-  void loss_stats_state(const LossArgs& args, float* partial, void* state, LossDtype state_dtype); \
-  void loss_finish(const LossFinishArgs& args);                                                   \
+  void loss_stats(const LossArgs& args, void* partial) BODY                                           \
+  void loss_grad(const LossArgs& args, const void* coef, bool batch, void* grad) BODY                 \
+  void loss_stats_state(const LossArgs& args, float* partial, void* state, LossDtype state_dtype) BODY \
+  void loss_finish(const LossFinishArgs& args) BODY                                                   \
   }
+#define UNIMRI_DECLARE_LOSS_KERNELS(ns) UNIMRI_LOSS_KERNELS(ns, ;)
 UNIMRI_DECLARE_LOSS_KERNELS(base)
 UNIMRI_DECLARE_LOSS_KERNELS(avx2)
 UNIMRI_DECLARE_LOSS_KERNELS(avx512)
-#undef UNIMRI_DECLARE_LOSS_KERNELS
 
 }  // namespace unimri

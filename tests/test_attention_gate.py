@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import requires_cuda
 from unimri_kernels.dispatch import available_backends, use_backend
-from unimri_kernels.ops.attention_gate import attention_gate
+from unimri_kernels.ops.attention_gate import GateParams, attention_gate, gate
 from unimri_kernels.reference.attention_gate import attention_gate_reference
 
 CPU_BACKENDS = [b for b in available_backends("cpu") if b != "reference"]
@@ -43,6 +43,10 @@ class Case:
                 rnd(self.ci, self.cx, *(self.subsample,) * d, scale=0.5), rnd(self.ci, self.cg, scale=0.5),
                 rnd(self.ci, scale=0.5), rnd(self.ci), rnd(1, scale=0.5)]
 
+    def params(self, weights: list[torch.Tensor]) -> GateParams:
+        """The gate's parameters: the five weights of :meth:`inputs` with subsample and focal."""
+        return GateParams(*weights, self.subsample, self.focal)
+
 
 @st.composite
 def cases(draw, max_2d: int = 13, max_3d: int = 6, max_channels: int = 5) -> Case:
@@ -69,7 +73,7 @@ def run_op(case: Case, backend: str, dtype=torch.float64, device="cpu", seed=0):
     """Outputs and input gradients of the op for random cotangents (grad_output != 1)."""
     inputs = [t.requires_grad_(True) for t in case.inputs(dtype, device, seed)]
     with use_backend(backend):
-        y, alpha = attention_gate(*inputs, subsample=case.subsample, focal=case.focal)
+        y, alpha = gate(inputs[0], inputs[1], case.params(inputs[2:]))
         gen = torch.Generator().manual_seed(seed + 1)
         gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
         ga = torch.randn(alpha.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)

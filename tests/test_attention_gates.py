@@ -161,19 +161,20 @@ def test_gradcheck_cpp(case):
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
 @pytest.mark.parametrize("case", [Case(2, 3, 2, 2, (6, 5), (3, 2), 2, 1.0),
                                   Case(1, 2, 2, 2, (4, 5, 3), (2, 2, 1), 2, 2.0)], ids=["2d", "3d"])
-def test_eager_path_equals_the_custom_op(case):
-    """In eager mode on CPU the C++ kernels run through a small autograd Function (less per-call
-    overhead); it must give exactly what the custom op (used when compiled) gives."""
+def test_direct_route_equals_the_custom_op(case):
+    """On the direct route (eager mode, CPU) the C++ kernels run through a small autograd
+    Function (less per-call overhead); it must give exactly what the custom op (used when
+    compiled) gives."""
     def custom_op(*args, subsample, focal):
         return torch.ops.unimri.attention_gates(*args, subsample, focal)
 
     with use_backend("cpp"):
-        eager, cot = results(attention_gates, case, 2)
+        direct, cot = results(attention_gates, case, 2)
         op, _ = results(custom_op, case, 2, cotangents=cot)
         y, _ = attention_gates(*stacked_inputs(case, 2), subsample=case.subsample, focal=case.focal)
-    assert type(y.grad_fn).__name__ == "EagerAttentionGatesBackward"
-    for name, a, b in zip(NAMES, eager, op):
-        assert torch.equal(a, b), f"{name} differs between the eager path and the custom op"
+    assert type(y.grad_fn).__name__ == "DirectAttentionGatesBackward"
+    for name, a, b in zip(NAMES, direct, op):
+        assert torch.equal(a, b), f"{name} differs between the direct route and the custom op"
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")

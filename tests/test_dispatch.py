@@ -32,6 +32,48 @@ def test_cpu_default_is_cpp_when_built_and_env_overrides(monkeypatch):
             pass
 
 
+def test_route_names_the_implementation(monkeypatch):
+    """route(): "direct" for CPU tensors on the C++ backend in eager mode, the backend's name
+    otherwise, "compiled" while torch.compile traces; fused_route() only for the first two."""
+    x = torch.zeros(2)
+    monkeypatch.delenv("UNIMRI_BACKEND", raising=False)
+    expected = "direct" if dispatch.has_cpp() else "reference"
+    assert dispatch.route(x) == expected
+    assert dispatch.fused_route(x) == (expected == "direct")
+    with dispatch.use_backend("reference"):
+        assert dispatch.route(x) == "reference"
+        assert not dispatch.fused_route(x)
+    monkeypatch.setenv("UNIMRI_BACKEND", "triton")
+    assert dispatch.route(x) == "triton"  # conftest set TRITON_INTERPRET=1
+    monkeypatch.delenv("UNIMRI_BACKEND")
+    seen = []
+
+    def traced(t):
+        seen.append((dispatch.route(t), dispatch.fused_route(t)))
+        return t + 1
+
+    torch.compile(traced, backend="eager", fullgraph=True)(x)
+    assert seen == [("compiled", True)]
+    assert dispatch.route(torch.zeros(2, device="meta")) == "compiled"  # the custom ops' fakes
+
+
+def test_run_op_takes_the_direct_function_only_on_the_direct_route():
+    class Direct(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t + 1
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad
+
+    x = torch.zeros(2)
+    got = dispatch.run_op(x, Direct, lambda t: t + 2, x)
+    assert torch.equal(got, x + (1 if dispatch.route(x) == "direct" else 2))
+    with dispatch.use_backend("reference"):
+        assert torch.equal(dispatch.run_op(x, Direct, lambda t: t + 2, x), x + 2)
+
+
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("UNIMRI_BACKEND", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -13,7 +13,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from unimri.nn import AttentionGate, SelectiveAttention
-from unimri.nn.eager import OktayAttentionGate, OktaySelectiveAttention
+from unimri.nn.plain import OktayAttentionGate, OktaySelectiveAttention
 from unimri.nn.sas_head import foldable, foldable_gate
 from unimri_kernels.ops.sas_head import sas_head
 from unimri_kernels.reference.attention_gate import attention_gate_reference
@@ -200,7 +200,7 @@ def test_single_value_per_channel_in_training_is_refused(module_cls):
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_oktay_eager_block_matches(d):
-    """The plain-PyTorch Oktay block (the benchmarks' eager baseline) computes the same
+    """The plain-PyTorch Oktay block (the benchmarks' plain-PyTorch baseline) computes the same
     function as SelectiveAttention once it holds the same weights."""
     fast, slow = _pair("batch", d, gates=2)
     eager = OktaySelectiveAttention.from_module(slow)

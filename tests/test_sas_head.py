@@ -3,7 +3,7 @@ maps, never forming ``alpha_k * x`` on CPU) and ``unimri::attention_gates_alpha`
 attention maps alone) against their float64 references: hypothesis on random shapes, every CPU
 build, the BLAS and ATen tile products, bf16/fp16 tile products and the rule choosing them,
 low precision, gradcheck, opcheck, the reference
-backend, the eager route, torch.compile(fullgraph=True) of SelectiveAttention and bad input."""
+backend, the direct route, torch.compile(fullgraph=True) of SelectiveAttention and bad input."""
 from __future__ import annotations
 
 import copy
@@ -192,14 +192,14 @@ def test_reference_backend_matches_reference():
 
 
 @needs_cpp
-def test_eager_route_equals_the_custom_op():
-    """The eager route (a small autograd Function) and the custom op (compiled graphs) run the
+def test_direct_route_equals_the_custom_op():
+    """The direct route (a small autograd Function) and the custom op (compiled graphs) run the
     same code: identical outputs and gradients."""
     ins = _inputs((2, 5, 9, 11), 2, 5, torch.float32)
     go = torch.randn(2, 5, 9, 11)
     with use_backend("cpp"):
         out = sas_head(*ins)[0]
-        assert type(out.grad_fn).__name__ == "EagerSasHeadBackward"
+        assert type(out.grad_fn).__name__ == "DirectSasHeadBackward"
         got = torch.autograd.grad(out, ins, go)
         want_out = _sas_head_op(*ins, 1e-5)[0]
         want = torch.autograd.grad(want_out, ins, go)
@@ -240,7 +240,7 @@ def test_alpha_only_gates_equal_the_gates_op(backend):
 @pytest.mark.parametrize("size,g_size", [((9, 10), (4, 5)), ((12, 10), (6, 5)), ((5, 6, 7), (2, 3, 3))],
                          ids=["2d-odd-edges", "2d-g-on-coarse-grid", "3d"])
 def test_gates_backward_from_saved_forward_equals_recomputed(monkeypatch, dtype, size, g_size):
-    """The eager route keeps what the gates' forward computed (tiles' h, coarse attention)
+    """The direct route keeps what the gates' forward computed (tiles' h, coarse attention)
     instead of letting the backward recompute it: identical alpha and gradients, bit for bit
     (also with bf16 tiles multiplied in bf16); saved tensors of other inputs are refused."""
     if dtype == torch.bfloat16:
@@ -288,15 +288,15 @@ def test_training_modules_take_the_gates_and_head_route(module_cls):
     module = module_cls(4, 6)
     x, g = torch.randn(2, 4, 8, 8).relu().requires_grad_(), torch.randn(2, 6, 4, 4)
     names = _backward_nodes(module(x, g)[0])
-    assert "EagerGatesAndHeadBackward" in names and "EagerAttentionGatesBackward" not in names
+    assert "DirectGatesAndHeadBackward" in names and "DirectAttentionGatesBackward" not in names
     module.eval()
-    assert "EagerGatesAndHeadBackward" not in _backward_nodes(module(x, g)[0])
+    assert "DirectGatesAndHeadBackward" not in _backward_nodes(module(x, g)[0])
 
 
 @needs_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_gates_and_head_node_equals_the_two_ops(dtype):
-    """The one-node eager route (the head's share of grad x added inside the gate kernel) gives
+    """The one-node direct route (the head's share of grad x added inside the gate kernel) gives
     what the two custom ops give: alpha exactly, outputs and every gradient to rounding (the
     merge's norm is F.batch_norm here, the fused batch norm + ReLU in the module)."""
     torch.manual_seed(5)
@@ -307,12 +307,12 @@ def test_gates_and_head_node_equals_the_two_ops(dtype):
     leaves = [x, g, *sas.parameters()]
     out, alpha = sas(x, g)
     got = torch.autograd.grad((out * go).sum() + alpha.square().sum(), leaves)
-    stacked = sas._stacked()
+    params = sas.params
     w = torch.stack([gate.out_conv.weight.reshape(5, 5) for gate in sas.gates])
     gamma = torch.stack([gate.out_norm.weight for gate in sas.gates])
     beta = torch.stack([gate.out_norm.bias for gate in sas.gates])
     merge = sas.merge[0].weight.reshape(5, 3, 5)
-    want_alpha = torch.ops.unimri.attention_gates_alpha(x, g, *stacked, 2, 1.0)
+    want_alpha = torch.ops.unimri.attention_gates_alpha(x, g, *params)
     merged = _sas_head_op(x, want_alpha, w, gamma, beta, merge, 1e-5)[0]
     want_out = torch.relu(torch.nn.functional.batch_norm(
         merged, None, None, sas.merge[1].weight, sas.merge[1].bias, True, 0.0, 1e-5))

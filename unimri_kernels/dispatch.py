@@ -1,13 +1,43 @@
-"""Which implementation runs a ``unimri::*`` op for a given tensor.
+"""Which implementation runs a ``unimri`` op: the one routing rule, and every environment
+switch the kernels read.
 
-Rules (DESIGN.md, "Dispatch"), read at call time so tests and users can switch:
+:func:`route` is the only routing decision; every op's wrapper asks it once per call:
 
-* CUDA tensors -> Triton kernel (reference if ``UNIMRI_BACKEND=reference``).
-* CPU tensors -> C++ kernel from ``unimri_kernels._C``.
-* ``UNIMRI_BACKEND=triton`` with ``TRITON_INTERPRET=1`` -> Triton kernel on the CPU.
-* ``UNIMRI_BACKEND=reference`` -> pure PyTorch reference.
+* ``"compiled"``: under ``torch.compile`` (tracing), and for meta tensors (shapes only, e.g.
+  the trainer's size probe) -> the ``torch.library`` custom op, whose fake implementation
+  traces and whose body picks the kernel (:func:`backend_for`) when the graph runs. ``torch.library.opcheck`` and direct ``torch.ops.unimri.*`` calls run the same
+  custom op.
+* ``"direct"``: eager mode, CPU tensors, C++ backend -> the C++ kernels of
+  ``unimri_kernels._C`` through a small ``torch.autograd.Function`` (the ``Direct*`` classes of
+  :mod:`unimri_kernels.ops`), which skips the custom op's per-call overhead.
+* ``"triton"``: CUDA tensors (or CPU tensors with ``UNIMRI_BACKEND=triton`` and
+  ``TRITON_INTERPRET=1``) -> the custom op, whose body launches the Triton kernel.
+* ``"reference"``: ``UNIMRI_BACKEND=reference``, or CPU tensors without a built ``_C`` -> the
+  custom op, whose body runs the PyTorch reference (:mod:`unimri_kernels.reference`).
 
-If ``_C`` failed to build, CPU tensors use the reference and one warning says so.
+Inside a custom op's body :func:`backend_for` names the kernel for the tensor's device
+("cpp", "triton" or "reference"); :func:`route` is that choice plus whether the op is being
+traced. If ``_C`` failed to build, CPU tensors use the reference and one warning says so.
+
+Environment switches (all read at call time unless said otherwise, so tests and users can
+change them between calls):
+
+* ``UNIMRI_BACKEND`` = ``auto`` (default) | ``cpp`` | ``triton`` | ``reference``: the backend
+  (:func:`use_backend` overrides it inside a ``with`` block).
+* ``TRITON_INTERPRET=1``: Triton's CPU interpreter (Triton's own switch; it must be set before
+  the kernels are imported); needed for ``UNIMRI_BACKEND=triton`` on CPU tensors.
+* ``UNIMRI_CPU_VARIANT`` = ``auto`` (default: the widest the CPU runs) | ``baseline`` | ``avx2``
+  | ``avx512``: which build of the C++ kernels runs (csrc/cpu_variant.h); asking for one the
+  machine cannot run raises a ValueError naming the variable. ``UNIMRI_CPU_BASELINE=1`` is a
+  synonym of ``UNIMRI_CPU_VARIANT=baseline``. :func:`cpu_variant` names the one in use.
+* ``UNIMRI_TILE_GEMM`` = unset (default) | ``aten`` | ``fp32`` | ``half``: the C++ kernels'
+  small tile products (csrc/tile_gemm.h): by default the BLAS directly, bf16/fp16 tiles in their
+  type only where the CPU has AMX; ``aten`` multiplies through ``at::mm`` (and bf16/fp16 tiles
+  as float32), ``fp32`` converts bf16/fp16 tiles to float32, ``half`` always multiplies them in
+  their type.
+* ``UNIMRI_CPU_POOL_MB`` (read once, when the pool is first used): the most megabytes of free
+  output blocks the C++ kernels keep for reuse (csrc/output_pool.h; default 2048 or an eighth
+  of RAM, 0 disables); :func:`cpu_pool_stats`.
 """
 from __future__ import annotations
 
@@ -172,11 +202,34 @@ def release_cpu_pool() -> None:
         torch.ops.unimri.cpu_pool_release()
 
 
-def eager_cpp_route(x: torch.Tensor) -> bool:
-    """Whether an op on ``x`` may call the C++ kernels through a small autograd Function
-    instead of its custom op (eager mode, a CPU tensor, the cpp backend): the custom op costs
-    some 0.1-0.5 ms per forward + backward in Python."""
-    return not torch.compiler.is_compiling() and x.device.type == "cpu" and backend_for(x) == "cpp"
+ROUTES = ("compiled", "direct", "triton", "reference")
+
+
+def route(x: torch.Tensor) -> str:
+    """The implementation that runs an op on ``x`` now, one of :data:`ROUTES` (see the module
+    docstring): "compiled" while ``torch.compile`` traces (or for meta tensors), "direct" for
+    the C++ kernels through an autograd Function in eager mode on CPU, else the custom op with
+    the Triton kernel or the reference."""
+    if torch.compiler.is_compiling() or x.device.type == "meta":
+        return "compiled"
+    backend = backend_for(x)
+    return "direct" if backend == "cpp" else backend
+
+
+def fused_route(x: torch.Tensor) -> bool:
+    """Whether a module with a plain-PyTorch fallback (batch norm + ReLU, max pooling, 1x1
+    convolution) runs the fused op on ``x``: traced (the custom op picks its kernel when the
+    graph runs) or on the direct C++ route; the Triton and reference backends have no kernel
+    for these ops, so the modules' own forward runs."""
+    return route(x) in ("compiled", "direct")
+
+
+def run_op(x: torch.Tensor, direct: type[torch.autograd.Function], op, *args):
+    """``direct.apply(*args)`` on the "direct" route, else the custom op ``op(*args)``: the one
+    call site of :func:`route` for the ops that have both."""
+    if route(x) == "direct":
+        return direct.apply(*args)
+    return op(*args)
 
 
 def cpp_ops():

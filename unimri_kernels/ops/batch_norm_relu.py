@@ -124,8 +124,9 @@ def _backward(ctx, grad_out, _grad_mean, _grad_var):
 _batch_norm_relu_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class EagerBatchNormRelu(torch.autograd.Function):
-    """The C++ kernels without the custom op's per-call overhead, for eager mode on CPU
+class DirectBatchNormRelu(torch.autograd.Function):
+    """The C++ kernels without the custom op's per-call overhead: the "direct" route of
+    :func:`unimri_kernels.dispatch.route`
     (:func:`unimri.nn.norm_act.norm_relu` uses it outside ``torch.compile``). In training the
     running statistics, when given, are updated in place by ``factor`` (see
     ``batch_norm_relu_cpu``). Returns relu(batch_norm(x)) only."""
@@ -158,4 +159,4 @@ def batch_norm_relu(x: torch.Tensor, weight: torch.Tensor | None = None, bias: t
     return _batch_norm_relu_op(x, weight, bias, running_mean, running_var, float(eps))
 
 
-__all__ = ["EagerBatchNormRelu", "batch_norm_relu", "check_batch_norm_relu_inputs"]
+__all__ = ["DirectBatchNormRelu", "batch_norm_relu", "check_batch_norm_relu_inputs"]

@@ -74,8 +74,9 @@ def _backward(ctx, grad_out):
 _max_pool2x_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class EagerMaxPool2x(torch.autograd.Function):
-    """The C++ kernels without the custom op's per-call overhead, for eager mode on CPU with
+class DirectMaxPool2x(torch.autograd.Function):
+    """The C++ kernels without the custom op's per-call overhead (the "direct" route of
+    :func:`unimri_kernels.dispatch.route`), on CPU with
     contiguous x (:class:`unimri.nn.pooling.MaxPool2x` uses it outside ``torch.compile``)."""
 
     @staticmethod
@@ -96,4 +97,4 @@ def max_pool2x(x: torch.Tensor) -> torch.Tensor:
     return _max_pool2x_op(x)
 
 
-__all__ = ["EagerMaxPool2x", "check_max_pool2x_input", "max_pool2x"]
+__all__ = ["DirectMaxPool2x", "check_max_pool2x_input", "max_pool2x"]

@@ -94,8 +94,9 @@ def _backward(ctx, grad_out):
 _pointwise_conv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class EagerPointwiseConv(torch.autograd.Function):
-    """The C++ kernels without the custom op's per-call overhead, for eager mode on CPU with
+class DirectPointwiseConv(torch.autograd.Function):
+    """The C++ kernels without the custom op's per-call overhead (the "direct" route of
+    :func:`unimri_kernels.dispatch.route`), on CPU with
     contiguous x (:class:`unimri.nn.pointwise.PointwiseConv2d` uses it outside
     ``torch.compile``)."""
 
@@ -119,4 +120,4 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return _pointwise_conv_op(x, weight, bias)
 
 
-__all__ = ["EagerPointwiseConv", "check_pointwise_conv_inputs", "pointwise_conv"]
+__all__ = ["DirectPointwiseConv", "check_pointwise_conv_inputs", "pointwise_conv"]

@@ -35,9 +35,9 @@ import contextlib
 
 import torch
 
-from unimri_kernels.dispatch import backend_for, cpp_ops, eager_cpp_route, pooled_empty
-from unimri_kernels.ops.attention_gate import autocast_inputs
-from unimri_kernels.ops.attention_gates import attention_gates_alpha, check_attention_gates_inputs
+from unimri_kernels.dispatch import backend_for, cpp_ops, pooled_empty, route
+from unimri_kernels.ops.attention_gate import GateParams
+from unimri_kernels.ops.attention_gates import checked_gates, run_gates_alpha
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -249,7 +249,7 @@ def sas_head_backward(grad_p, x, alpha, w, gamma, beta, merge, m, gram, eps):
     return grad_x, grad_alpha, dw, r * ds, dt, dmerge.transpose(0, 1).contiguous()
 
 
-# --- the op: checks, custom op (torch.compile, opcheck), eager route ---
+# --- the op: checks, custom op (torch.compile, opcheck), direct route ---
 
 def _check_floating(named: dict) -> None:
     for name, t in named.items():
@@ -366,9 +366,10 @@ def _backward(ctx, grad_out, *_):
 _sas_head_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class EagerSasHead(torch.autograd.Function):
-    """The same forward and backward without the custom op's per-call overhead, for eager mode
-    (:func:`sas_head` uses it outside ``torch.compile``). Inputs checked."""
+class DirectSasHead(torch.autograd.Function):
+    """The same forward and backward without the custom op's per-call overhead: what
+    :func:`sas_head` runs outside ``torch.compile`` (its passes pick the C++ kernels or torch
+    operations by device and backend). Inputs checked."""
 
     @staticmethod
     def forward(ctx, x, alpha, w, gamma, beta, merge, eps: float):
@@ -390,63 +391,63 @@ def sas_head(x: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor, gamma: torch
     """``(P, mean, var)``: the folded SAS head in training mode (batch statistics) over x
     (B, C, *S) and the gates' attention maps alpha (B, K, *S); see the module docstring."""
     check_sas_head_inputs(x, alpha, w, gamma, beta, merge)
-    if not torch.compiler.is_compiling():
-        return EagerSasHead.apply(x, alpha, w, gamma, beta, merge, float(eps))
-    return _sas_head_op(x, alpha, w, gamma, beta, merge, float(eps))[:3]
+    if route(x) == "compiled":
+        return _sas_head_op(x, alpha, w, gamma, beta, merge, float(eps))[:3]
+    return DirectSasHead.apply(x, alpha, w, gamma, beta, merge, float(eps))
 
 
-class EagerGatesAndHead(torch.autograd.Function):
-    """The gates (alpha only) and the head as one autograd node, for eager mode on CPU: in the
-    backward the head's share of ``grad x`` goes into the gate kernel's one write of
-    ``grad x`` (``grad_x_in``) instead of a separate sum by autograd. Inputs checked and
-    contiguous, in x's dtype (the head's parameters in any floating dtype)."""
+class DirectGatesAndHead(torch.autograd.Function):
+    """The gates (alpha only) and the head as one autograd node, the "direct" route on CPU: in
+    the backward the head's share of ``grad x`` goes into the gate kernel's one write of
+    ``grad x`` (``grad_x_in``) instead of a separate sum by autograd.
+    ``apply(x, g, *gate_params, w, gamma, beta, merge, eps)`` with the :class:`GateParams`
+    unpacked (autograd tracks only the tensors passed to ``apply`` themselves); inputs checked
+    and contiguous, in x's dtype (the head's parameters in any floating dtype)."""
 
     @staticmethod
-    def forward(ctx, x, g, theta_weight, phi_weight, phi_bias, psi_weight, psi_bias, w, gamma, beta,
-                merge, subsample: int, focal: float, eps: float):
-        gate_params = (theta_weight, phi_weight, phi_bias, psi_weight, psi_bias)
+    def forward(ctx, x, g, *rest):
+        params = GateParams(*rest[:len(GateParams._fields)])
+        w, gamma, beta, merge, eps = rest[len(GateParams._fields):]
         # the gates' activations that their backward would recompute are kept (saved_*)
-        alpha, saved_h, saved_coarse = cpp_ops().attention_gates_alpha_saving_cpu(x, g, *gate_params, subsample,
-                                                                                   focal)
+        alpha, saved_h, saved_coarse = cpp_ops().attention_gates_alpha_saving_cpu(x, g, *params)
         out, mean, var, m, gram = _forward(x, alpha, w, gamma, beta, merge, eps)
-        ctx.save_for_backward(x, g, *gate_params, alpha, w, gamma, beta, merge, m, gram, saved_h, saved_coarse)
-        ctx.args = (subsample, focal, eps)
+        ctx.save_for_backward(x, g, *params.weights, alpha, w, gamma, beta, merge, m, gram, saved_h,
+                              saved_coarse)
+        ctx.args = (params.subsample, params.focal, eps)
         ctx.mark_non_differentiable(mean, var)
         return out, alpha, mean, var
 
     @staticmethod
     def backward(ctx, grad_out, grad_alpha, _gm, _gv):
-        x, g, *gate_params, alpha, w, gamma, beta, merge, m, gram, saved_h, saved_coarse = ctx.saved_tensors
+        x, g, *gate_weights, alpha, w, gamma, beta, merge, m, gram, saved_h, saved_coarse = ctx.saved_tensors
         subsample, focal, eps = ctx.args
         gx_head, galpha, *head_grads = _backward_impl(grad_out, x, alpha, w, gamma, beta, merge, m,
                                                       gram, eps)
         if grad_alpha is not None:
             galpha = galpha + grad_alpha
         gate_grads = cpp_ops().attention_gates_alpha_backward_cpu(
-            galpha.contiguous(), x, g, *gate_params, subsample, focal, gx_head.contiguous(), saved_h, saved_coarse)
-        return *gate_grads, *head_grads, None, None, None
+            galpha.contiguous(), x, g, *gate_weights, subsample, focal, gx_head.contiguous(), saved_h,
+            saved_coarse)
+        return *gate_grads, None, None, *head_grads, None
 
 
-def gates_and_head(x: torch.Tensor, g: torch.Tensor, gate_params: list[torch.Tensor],
-                   w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, merge: torch.Tensor,
-                   subsample: int, focal: float, eps: float
+def gates_and_head(x: torch.Tensor, g: torch.Tensor, params: GateParams, w: torch.Tensor,
+                   gamma: torch.Tensor, beta: torch.Tensor, merge: torch.Tensor, eps: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(P, alpha, mean, var)``: the gates' attention maps
-    (:func:`~unimri_kernels.ops.attention_gates.attention_gates_alpha`, parameters stacked
-    along a gates dimension) and the folded head in training mode (:func:`sas_head`) on them.
-    Under autocast the gates and the head's input run in the autocast dtype."""
-    x, g, *gate_params = autocast_inputs(x, g, *gate_params)
-    check_attention_gates_inputs(x, g, *gate_params, subsample, focal)
-    if eager_cpp_route(x):
-        check_head_parameters(x, gate_params[0].shape[0], w, gamma, beta, merge)
-        args = [t.contiguous() for t in (x, g, *gate_params)]
-        return EagerGatesAndHead.apply(*args, w, gamma, beta, merge, int(subsample), float(focal),
-                                       float(eps))
-    alpha = attention_gates_alpha(x, g, *gate_params, subsample, focal)
+    (:func:`~unimri_kernels.ops.attention_gates.gates_alpha`, ``params`` stacked along a gates
+    dimension) and the folded head in training mode (:func:`sas_head`) on them. Under autocast
+    the gates and the head's input run in the autocast dtype."""
+    x, g, params = checked_gates(x, g, params)
+    if route(x) == "direct":
+        check_head_parameters(x, params.num_gates, w, gamma, beta, merge)
+        return DirectGatesAndHead.apply(x.contiguous(), g.contiguous(), *params.contiguous(), w, gamma,
+                                        beta, merge, float(eps))
+    alpha = run_gates_alpha(x, g, params)
     out, mean, var = sas_head(x, alpha, w, gamma, beta, merge, eps)
     return out, alpha, mean, var
 
 
-__all__ = ["EagerGatesAndHead", "EagerSasHead", "apply_folded", "check_head_parameters",
+__all__ = ["DirectGatesAndHead", "DirectSasHead", "apply_folded", "check_head_parameters",
            "check_sas_head_inputs", "compute_dtype", "gated", "gates_and_head", "no_autocast",
            "sas_head"]

@@ -17,8 +17,9 @@ Liger-Kernel does, so forward+backward needs no second logits-sized buffer; back
 through the same graph a second time then raises instead of returning wrong values.
 
 :func:`unified_focal_loss_autograd` is what the loss modules call: under
-``torch.compile`` and off the C++ backend it is this op; in eager mode on the C++
-backend it skips the custom-op layers (about 0.1 ms of Python a call, measured) and, for
+``torch.compile`` and on the reference backend it is this op; on the "direct" route
+(:func:`unimri_kernels.dispatch.route`: eager mode, C++ backend) it skips the custom-op
+layers (about 0.1 ms of Python a call, measured) and, for
 index targets with fp32/bf16/fp16 logits, splits the one-sweep kernel so that the forward
 keeps a per-pixel state and the backward turns it into the gradient with grad_output
 folded in (no separate scaling pass).
@@ -28,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unimri_kernels.dispatch import backend_for, cpp_ops
+from unimri_kernels.dispatch import backend_for, cpp_ops, route
 from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_torch
 
 #: Most classes of the C++ one-sweep path (csrc/unified_focal_loss.h, kStateMaxClasses).
@@ -173,11 +174,11 @@ def unified_focal_loss_autograd(logits: Tensor, target: Tensor, class_params: Te
     Same arguments and maths as :func:`unified_focal_loss` (whose loss output this is);
     ``compute_grad`` False gives a loss with no gradient (no buffer, no graph).
     """
-    backend = None if torch.compiler.is_compiling() else backend_for(logits)
-    if backend == "triton" and compute_grad:
+    path = route(logits)
+    if path == "triton" and compute_grad:
         return _TritonTwoSweeps.apply(logits, target, class_params, fp_weight, fn_weight, smooth,
                                       ignore_index, batch)
-    if backend != "cpp":
+    if path != "direct":
         loss, _ = torch.ops.unimri.unified_focal_loss(logits, target, class_params, fp_weight, fn_weight,
                                                       smooth, ignore_index, batch, compute_grad,
                                                       inplace_backward)

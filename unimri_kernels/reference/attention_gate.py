@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the grid attention gate (Oktay et al. 2018; DESIGN.md).
+"""Pure-PyTorch reference of the grid attention gate (Oktay et al. 2018; the paper's eq. 1).
 
 Ground truth for the fused ``unimri::attention_gate`` op (float64-capable). With
 ``d`` = 2 or 3 spatial dimensions, ``s`` = subsample and ``f`` = focal exponent::
@@ -45,17 +45,9 @@ def _conv(spatial_dims: int):
     return F.conv2d if spatial_dims == 2 else F.conv3d
 
 
-def attention_gate_coarse(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    theta_weight: torch.Tensor,
-    phi_weight: torch.Tensor,
-    phi_bias: torch.Tensor,
-    psi_weight: torch.Tensor,
-    psi_bias: torch.Tensor,
-    subsample: int,
-    focal: float,
-) -> torch.Tensor:
+def attention_gate_coarse(x: torch.Tensor, g: torch.Tensor, theta_weight: torch.Tensor, phi_weight: torch.Tensor,
+                          phi_bias: torch.Tensor, psi_weight: torch.Tensor, psi_bias: torch.Tensor,
+                          subsample: int, focal: float) -> torch.Tensor:
     """Coarse attention ``sigmoid(q) ** f`` of shape (B, 1, *Sc) (see the module docstring).
 
     Shapes: x (B, Cx, *S), g (B, Cg, *Sg), theta_weight (Ci, Cx, s, ..., s),
@@ -73,17 +65,9 @@ def attention_gate_coarse(
     return a if focal == 1.0 else a.pow(focal)
 
 
-def attention_gate_reference(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    theta_weight: torch.Tensor,
-    phi_weight: torch.Tensor,
-    phi_bias: torch.Tensor,
-    psi_weight: torch.Tensor,
-    psi_bias: torch.Tensor,
-    subsample: int = 2,
-    focal: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_gate_reference(x: torch.Tensor, g: torch.Tensor, theta_weight: torch.Tensor, phi_weight: torch.Tensor,
+                             phi_bias: torch.Tensor, psi_weight: torch.Tensor, psi_bias: torch.Tensor,
+                             subsample: int = 2, focal: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated input ``y = alpha * x`` (B, Cx, *S) and attention ``alpha`` (B, 1, *S) in [0, 1].
 
     Differentiable with plain autograd; computes in the dtype of its inputs.

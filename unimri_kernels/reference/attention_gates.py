@@ -8,17 +8,9 @@ import torch
 from unimri_kernels.reference.attention_gate import attention_gate_reference
 
 
-def attention_gates_reference(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    theta_weight: torch.Tensor,
-    phi_weight: torch.Tensor,
-    phi_bias: torch.Tensor,
-    psi_weight: torch.Tensor,
-    psi_bias: torch.Tensor,
-    subsample: int = 2,
-    focal: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_gates_reference(x: torch.Tensor, g: torch.Tensor, theta_weight: torch.Tensor, phi_weight: torch.Tensor,
+                              phi_bias: torch.Tensor, psi_weight: torch.Tensor, psi_bias: torch.Tensor,
+                              subsample: int = 2, focal: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, alpha)``: y (Gn, B, Cx, *S) with ``y[k] = alpha[:, k] * x``, alpha (B, Gn, *S).
 
     Parameters are those of Gn gates stacked along a leading dimension: theta_weight

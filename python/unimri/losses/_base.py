@@ -52,8 +52,10 @@ class ClassParams:
         return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
-def _per_class(value: float | list[float] | tuple[float, ...] | Tensor | None, num_classes: int,
-               name: str, default: float) -> list[float]:
+def per_class(value: float | list[float] | tuple[float, ...] | Tensor | None, num_classes: int,
+              name: str, default: float) -> list[float]:
+    """One float per class from a scalar, a sequence or a tensor of ``num_classes`` values
+    (``default`` for each when ``value`` is None); a ValueError names ``name`` otherwise."""
     if value is None:
         return [default] * num_classes
     if isinstance(value, (int, float)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from unimri.losses._base import ClassParams, FusedSegmentationLoss, _per_class
+from unimri.losses._base import ClassParams, FusedSegmentationLoss, per_class
 
 
 class CrossEntropyLoss(FusedSegmentationLoss):
@@ -26,7 +26,7 @@ class CrossEntropyLoss(FusedSegmentationLoss):
 
     def class_params(self, num_classes: int) -> ClassParams:
         inc = self.included(num_classes)
-        w = _per_class(self.class_weight, num_classes, "weight", 1.0)
+        w = per_class(self.class_weight, num_classes, "weight", 1.0)
         zero = [0.0] * num_classes
         return ClassParams([a * m for a, m in zip(w, inc)], zero, zero, [1.0] * num_classes)
 
@@ -43,7 +43,7 @@ class FocalLoss(FusedSegmentationLoss):
 
     def class_params(self, num_classes: int) -> ClassParams:
         inc = self.included(num_classes)
-        a = _per_class(self.alpha, num_classes, "alpha", 1.0)
+        a = per_class(self.alpha, num_classes, "alpha", 1.0)
         zero = [0.0] * num_classes
         return ClassParams([x * m for x, m in zip(a, inc)], [self.gamma] * num_classes, zero,
                            [1.0] * num_classes)

@@ -45,7 +45,8 @@ class _DeltaGamma(FusedSegmentationLoss):
         return weight, gamma
 
     def _tversky_rows(self, num_classes: int, scale: float, symmetric: bool) -> tuple[list[float], list[float]]:
-        # L_aFT divides by C (every class, as in DESIGN.md); excluded classes weigh 0.
+        # L_aFT divides by C (every class: unimri_kernels.reference.unified_focal_loss); excluded
+        # classes weigh 0.
         weight = self.tversky_mean_weights(num_classes, scale)
         exponent = [1.0 if (c == self.common_class and not symmetric) else 1.0 - self.gamma
                     for c in range(num_classes)]

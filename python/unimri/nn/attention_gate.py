@@ -27,8 +27,9 @@ from unimri.nn.sas_head import (
     merge_with_gates,
     uses_batch_stats,
 )
-from unimri_kernels.ops.attention_gate import attention_gate
-from unimri_kernels.ops.attention_gates import attention_gates
+from unimri_kernels.ops.attention_gate import GateParams
+from unimri_kernels.ops.attention_gate import gate as fused_gate
+from unimri_kernels.ops.attention_gates import gates as fused_gates
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
@@ -100,6 +101,12 @@ class AttentionGate(nn.Module):
                 f"inter_channels={self.inter_channels}, spatial_dims={self.spatial_dims}, "
                 f"subsample={self.subsample}, focal={self.focal}")
 
+    @property
+    def params(self) -> GateParams:
+        """This gate's parameters as the fused op takes them."""
+        return GateParams(self.theta_weight, self.phi_weight, self.phi_bias, self.psi_weight,
+                          self.psi_bias, self.subsample, self.focal)
+
     def checked_inputs(self, x: torch.Tensor, g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, g)`` validated against this gate's channels and rank; ``g=None`` is x itself."""
         check_input("x", x, self.spatial_dims, self.in_channels)
@@ -114,9 +121,7 @@ class AttentionGate(nn.Module):
 
     def gate(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused op alone: ``(alpha * x, alpha)`` without the output conv and norm."""
-        x, g = self.checked_inputs(x, g)
-        return attention_gate(x, g, self.theta_weight, self.phi_weight, self.phi_bias,
-                              self.psi_weight, self.psi_bias, self.subsample, self.focal)
+        return fused_gate(*self.checked_inputs(x, g), self.params)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fold and foldable_gate(self) and uses_batch_stats([self]):
@@ -161,24 +166,26 @@ class SelectiveAttention(nn.Module):
     def num_gates(self) -> int:
         return len(self.gates)
 
-    def _stacked(self) -> list[torch.Tensor]:
-        """The gates' parameters stacked as ``unimri::attention_gates`` takes them."""
-        stacked = [torch.stack([getattr(gate, name) for gate in self.gates])
-                   for name in ("theta_weight", "phi_weight", "phi_bias", "psi_weight")]
-        return [*stacked, torch.cat([gate.psi_bias for gate in self.gates])]
+    @property
+    def params(self) -> GateParams:
+        """The gates' parameters stacked along a gates dimension, as
+        ``unimri::attention_gates`` takes them."""
+        names = ("theta_weight", "phi_weight", "phi_bias", "psi_weight")
+        stacked = [torch.stack([getattr(gate, name) for gate in self.gates]) for name in names]
+        first = self.gates[0]
+        return GateParams(*stacked, torch.cat([gate.psi_bias for gate in self.gates]),
+                          first.subsample, first.focal)
 
     def gate(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every gate's fused op at once (``unimri::attention_gates``): ``(ys, alpha)`` with
         ys (K, B, Cx, *S), ``ys[k] = alpha[:, k:k+1] * x``, and alpha (B, K, *S)."""
-        first = self.gates[0]
-        x, g = first.checked_inputs(x, g)
-        return attention_gates(x, g, *self._stacked(), first.subsample, first.focal)
+        return fused_gates(*self.gates[0].checked_inputs(x, g), self.params)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         fold = self.fold and foldable(self)
         if fold and uses_batch_stats(self.gates):
             x, g = self.gates[0].checked_inputs(x, g)
-            merged, alpha = merge_with_gates(self, x, g, self._stacked())
+            merged, alpha = merge_with_gates(self, x, g, self.params)
             return norm_relu(merged, self.merge[1]), alpha
         ys, alpha = self.gate(x, g)
         if fold:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from unimri_kernels.dispatch import backend_for
-from unimri_kernels.ops.batch_norm_relu import EagerBatchNormRelu, batch_norm_relu
+from unimri_kernels.dispatch import fused_route, route
+from unimri_kernels.ops.batch_norm_relu import DirectBatchNormRelu, batch_norm_relu
 
 _FUSED_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -39,8 +39,7 @@ def fusable(x: torch.Tensor, norm: nn.Module) -> bool:
     if not (type(norm) in _FUSED_NORMS and x.device.type == "cpu" and x.dim() >= 3
             and x.is_contiguous() and x.shape[1] == norm.num_features):
         return False
-    # compiled: the custom op picks its backend when it runs (nothing to check while tracing)
-    return torch.compiler.is_compiling() or backend_for(x) == "cpp"
+    return fused_route(x)
 
 
 def norm_relu(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -53,7 +52,7 @@ def norm_relu(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{tuple(x.shape)}")
     track = norm.training and norm.track_running_stats
-    if not torch.compiler.is_compiling():
+    if route(x) == "direct":
         # the C++ op directly, running statistics updated inside (less per-call overhead)
         factor = 0.0
         if track:
@@ -61,7 +60,7 @@ def norm_relu(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
             factor = norm.momentum if norm.momentum is not None else \
                 1.0 / float(norm.num_batches_tracked)
         given = (norm.running_mean, norm.running_var) if track or not batch_stats else (None, None)
-        return EagerBatchNormRelu.apply(x, norm.weight, norm.bias, *given, batch_stats, factor,
+        return DirectBatchNormRelu.apply(x, norm.weight, norm.bias, *given, batch_stats, factor,
                                         float(norm.eps))
     given = (None, None) if batch_stats else (norm.running_mean, norm.running_var)
     out, mean, var = batch_norm_relu(x, norm.weight, norm.bias, *given, norm.eps)

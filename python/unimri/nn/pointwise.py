@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unimri_kernels.dispatch import backend_for
-from unimri_kernels.ops.pointwise_conv import EagerPointwiseConv, pointwise_conv
+from unimri_kernels.dispatch import fused_route, run_op
+from unimri_kernels.ops.pointwise_conv import DirectPointwiseConv, pointwise_conv
 
 # Beyond this many output channels a GEMM (oneDNN) does better than the kernel's row-by-row FMAs.
 MAX_FUSED_OUT_CHANNELS = 16
@@ -26,22 +26,19 @@ def fusable_pointwise(conv: nn.Module, x: torch.Tensor) -> bool:
             and x.dim() == conv.spatial_dims + 2 and x.is_floating_point() and x.is_contiguous()
             and x.shape[0] > 0 and x.shape[1] == conv.in_channels):
         return False
-    # compiled: the custom op picks its backend when it runs (nothing to check while tracing)
-    return torch.compiler.is_compiling() or backend_for(x) == "cpp"
+    return fused_route(x)
 
 
 def fused_pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` (B, C_out, *S) on the fused op: through a small autograd Function in eager
-    mode, the custom op when compiled."""
+    """``conv(x)`` (B, C_out, *S) on the fused op: through a small autograd Function on the
+    direct route, the custom op when compiled (:func:`unimri_kernels.dispatch.route`)."""
     weight = conv.weight.reshape(conv.out_channels, conv.in_channels)
     bias = conv.bias
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
-    if torch.compiler.is_compiling():
-        return pointwise_conv(x, weight, bias)
-    return EagerPointwiseConv.apply(x, weight, bias)
+    return run_op(x, DirectPointwiseConv, pointwise_conv, x, weight, bias)
 
 
 class _FusedPointwise:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unimri_kernels.dispatch import backend_for
-from unimri_kernels.ops.max_pool import EagerMaxPool2x, max_pool2x
+from unimri_kernels.dispatch import fused_route, run_op
+from unimri_kernels.ops.max_pool import DirectMaxPool2x, max_pool2x
 
 
 def fusable_pool(x: torch.Tensor, spatial_dims: int) -> bool:
@@ -19,16 +19,14 @@ def fusable_pool(x: torch.Tensor, spatial_dims: int) -> bool:
     if not (x.device.type == "cpu" and x.dim() == spatial_dims + 2 and x.is_floating_point()
             and x.is_contiguous() and x.shape[0] * x.shape[1] > 0 and min(x.shape[2:]) >= 2):
         return False
-    # compiled: the custom op picks its backend when it runs (nothing to check while tracing)
-    return torch.compiler.is_compiling() or backend_for(x) == "cpp"
+    return fused_route(x)
 
 
 def fused_pool2x(x: torch.Tensor) -> torch.Tensor:
     """The fused 2x max pooling of x (B, C, *S) (see :func:`fusable_pool`): the C++ op through a
-    small autograd Function in eager mode, the custom op when compiled."""
-    if torch.compiler.is_compiling():
-        return max_pool2x(x)
-    return EagerMaxPool2x.apply(x)
+    small autograd Function on the direct route, the custom op when compiled
+    (:func:`unimri_kernels.dispatch.route`)."""
+    return run_op(x, DirectMaxPool2x, max_pool2x, x)
 
 
 class _FusedPool2x:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from unimri.nn.norm_act import update_running_stats
+from unimri_kernels.ops.attention_gate import GateParams
 from unimri_kernels.ops.sas_head import apply_folded, gates_and_head
 
 
@@ -78,15 +79,13 @@ def _identity_merge(gate: nn.Module, c: int, device: torch.device) -> torch.Tens
 
 
 def merge_with_gates(sas: nn.Module, x: torch.Tensor, g: torch.Tensor,
-                     gate_params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                     params: GateParams) -> tuple[torch.Tensor, torch.Tensor]:
     """``(merge output before its norm and ReLU, alpha)`` of a SelectiveAttention for which
     :func:`foldable` and :func:`uses_batch_stats` hold: the gates' attention maps (parameters
-    ``gate_params`` stacked) and the folded head on x (B, C, *S) and them
+    ``params`` stacked) and the folded head on x (B, C, *S) and them
     (:func:`~unimri_kernels.ops.sas_head.gates_and_head`); updates the gates' running
     statistics as their norms would."""
-    first = sas.gates[0]
-    return _gates_and_folded(list(sas.gates), _merge_matrix(sas), x, g, gate_params,
-                             first.subsample, first.focal)
+    return _gates_and_folded(list(sas.gates), _merge_matrix(sas), x, g, params)
 
 
 def gate_output_with_gate(gate: nn.Module, x: torch.Tensor,
@@ -94,10 +93,9 @@ def gate_output_with_gate(gate: nn.Module, x: torch.Tensor,
     """``(gate.out_norm(gate.out_conv(alpha * x)), alpha)`` of an AttentionGate for which
     :func:`foldable_gate` and :func:`uses_batch_stats` hold (running statistics updated as the
     norm itself would)."""
-    params = [gate.theta_weight[None], gate.phi_weight[None], gate.phi_bias[None],
-              gate.psi_weight[None], gate.psi_bias]
-    return _gates_and_folded([gate], _identity_merge(gate, x.shape[1], x.device), x, g, params,
-                             gate.subsample, gate.focal)
+    one = gate.params
+    stacked = one.with_weights(*(t[None] for t in one.weights[:4]), one.psi_bias)
+    return _gates_and_folded([gate], _identity_merge(gate, x.shape[1], x.device), x, g, stacked)
 
 
 def _head_params(gates: list[nn.Module], c: int) -> tuple[torch.Tensor, ...]:
@@ -108,15 +106,14 @@ def _head_params(gates: list[nn.Module], c: int) -> tuple[torch.Tensor, ...]:
 
 
 def _gates_and_folded(gates: list[nn.Module], m: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
-                      gate_params: list[torch.Tensor], subsample: int, focal: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      params: GateParams) -> tuple[torch.Tensor, torch.Tensor]:
     first = gates[0].out_norm
     n = x.numel() // x.shape[1]
     if first.training and n < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input "
                          f"size {tuple(x.shape)}")
-    out, alpha, mean, var = gates_and_head(x, g, gate_params, *_head_params(gates, x.shape[1]), m,
-                                           subsample, focal, first.eps)
+    out, alpha, mean, var = gates_and_head(x, g, params, *_head_params(gates, x.shape[1]), m,
+                                           first.eps)
     if first.training and first.track_running_stats:
         update_running_stats([gate.out_norm for gate in gates], mean, var, n)
     return out, alpha
