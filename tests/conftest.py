@@ -15,7 +15,22 @@ settings.register_profile("dev", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CUDA = torch.cuda.is_available()
-requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+_NO_CUDA = "needs a CUDA device"
+requires_cuda = pytest.mark.skipif(not CUDA, reason=_NO_CUDA)
+
+
+def pytest_collection_modifyitems(config, items):
+    """One rule for CUDA tests, whichever way a file marks them: a test carrying
+    ``requires_cuda`` also gets the ``cuda`` marker (``pytest -m cuda`` selects exactly the
+    CUDA tests; scripts/gpu_check.sh relies on it), and a test marked ``cuda`` skips without
+    a CUDA device."""
+    for item in items:
+        skip_without_gpu = any(m.kwargs.get("reason") == _NO_CUDA for m in item.iter_markers("skipif"))
+        marked = item.get_closest_marker("cuda") is not None
+        if skip_without_gpu and not marked:
+            item.add_marker(pytest.mark.cuda)
+        if marked and not skip_without_gpu:
+            item.add_marker(requires_cuda)
 
 
 @pytest.fixture
