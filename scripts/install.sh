@@ -85,10 +85,18 @@ if ! $PY -c "import triton" 2>/dev/null && $PY -c "import torch, sys; sys.exit(t
   REQUIRED+=("triton==3.7.1|triton")  # the triton release matching torch 2.13 (the CPU wheel names none)
 fi
 
-missing() {  # prints the pip requirements among "$@" whose module does not import
-  for entry in "$@"; do
-    if ! $PY -c "import ${entry#*|}" 2>/dev/null; then echo "${entry%%|*}"; fi
-  done
+missing() {  # prints the pip requirements among "$@" ("requirement|module") whose module is absent
+  $PY - "$@" <<'PY'
+import importlib.util, sys
+for entry in sys.argv[1:]:
+    requirement, module = entry.split("|")
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        print(requirement)
+PY
 }
 mapfile -t need < <(missing "${REQUIRED[@]}")
 if [ ${#need[@]} -gt 0 ]; then
