@@ -15,6 +15,11 @@ settings.register_profile("dev", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CUDA = torch.cuda.is_available()
+if CUDA:
+    # CUDA results are compared with float64 references: no TF32 in cuDNN convolutions (on by
+    # default) or cuBLAS matmuls; a test of the TF32 path turns it on itself
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 _NO_CUDA = "needs a CUDA device"
 requires_cuda = pytest.mark.skipif(not CUDA, reason=_NO_CUDA)
 
