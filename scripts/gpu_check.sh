@@ -20,6 +20,7 @@
 #   bash scripts/gpu_check.sh --dry-run        # on a CPU: walks every step, CUDA parts recorded
 #                                              # as "no GPU" (install --check, tests collected only)
 set -uo pipefail
+CALLER=$PWD
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${UNIMRI_GPU_OUT:-benchmarks/results/gpu_check}
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --quick) QUICK=--quick ;;
     --compile) COMPILE=--compile ;;
-    --out) OUT=$2; shift ;;
+    --out) OUT=$2; case "$OUT" in /*) ;; *) OUT="$CALLER/$OUT" ;; esac; shift ;;
     *) echo "gpu_check: unknown argument '$1' (--dry-run, --quick, --compile, --out DIR)" >&2; exit 2 ;;
   esac
   shift
