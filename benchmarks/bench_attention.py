@@ -1,5 +1,5 @@
 """Benchmark of the fused attention gate (SAS) against the eager reference,
-``torch.compile(reference)`` and MONAI's ``AttentionBlock``.
+``torch.compile(reference)`` (only with ``run.py --compile``) and MONAI's ``AttentionBlock``.
 
     python benchmarks/run.py --ops attention [--quick]
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from harness import Recorder, copy_bandwidth_gbs, peak_memory_bytes, saved_tensor_bytes
+from harness import Recorder, compile_wanted, copy_bandwidth_gbs, peak_memory_bytes, saved_tensor_bytes
 
 from unimri_kernels.dispatch import backend_for
 from unimri_kernels.ops.attention_gate import attention_gate
@@ -64,14 +64,15 @@ def _providers(x, g, weights, device):
     def eager():
         return attention_gate_reference(x, g, *weights, subsample=2, focal=1.0)[0]
 
-    compiled_ref = torch.compile(attention_gate_reference)
-
-    def compiled():
-        return compiled_ref(x, g, *weights, subsample=2, focal=1.0)[0]
-
     providers = {f"unimri fused ({backend_for(x)})": (fused, [x, g, *weights]),
-                 "eager reference": (eager, [x, g, *weights]),
-                 "torch.compile(reference)": (compiled, [x, g, *weights])}
+                 "eager reference": (eager, [x, g, *weights])}
+    if compile_wanted():
+        compiled_ref = torch.compile(attention_gate_reference)
+
+        def compiled():
+            return compiled_ref(x, g, *weights, subsample=2, focal=1.0)[0]
+
+        providers["torch.compile(reference)"] = (compiled, [x, g, *weights])
     block = _monai_block(d, x.shape[1], g.shape[1], device)
     if block is not None:
         mode = "bilinear" if d == 2 else "trilinear"

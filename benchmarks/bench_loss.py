@@ -2,7 +2,7 @@
 
 Providers, side by side in one run: ``unimri`` (fused: C++ on CPU, Triton on CUDA),
 ``eager_reference`` (the pure-PyTorch ground truth with autograd), ``compile_reference``
-(``torch.compile`` of it), ``monai`` (``AsymmetricUnifiedFocalLoss`` fed softmax
+(``torch.compile`` of it; only with ``run.py --compile``), ``monai`` (``AsymmetricUnifiedFocalLoss`` fed softmax
 probabilities, as its docstring asks) and ``torch_ce`` (``F.cross_entropy``, the floor).
 Metrics: median time of forward and forward+backward, peak extra memory of
 forward+backward (bytes and as a multiple of the logits' size) and, on a GPU, achieved
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Recorder, copy_bandwidth_gbs, peak_memory_bytes  # noqa: E402
+from harness import Recorder, compile_wanted, copy_bandwidth_gbs, peak_memory_bytes  # noqa: E402
 
 from unimri.losses import UnifiedFocalLoss  # noqa: E402
 from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference  # noqa: E402
@@ -39,9 +39,10 @@ def _providers(num_classes: int) -> dict[str, Callable[[torch.Tensor, torch.Tens
     out: dict[str, Callable] = {
         "unimri": fused,
         "eager_reference": reference,
-        "compile_reference": torch.compile(reference, dynamic=False),
         "torch_ce": F.cross_entropy,
     }
+    if compile_wanted():
+        out["compile_reference"] = torch.compile(reference, dynamic=False)
     try:
         from monai.losses import AsymmetricUnifiedFocalLoss
 

@@ -10,7 +10,8 @@ compilation (done in the untimed warm-up step; its duration is recorded as a row
 
 Sizes: 2D batch 4 of 1 x 128 x 128, width 16 (quick: batch 2 of 1 x 64 x 64, width 8).
 ``UNIMRI_BENCH_MODELS=unet,fcn`` restricts the backbones (e.g. to split a run);
-``UNIMRI_BENCH_COMPILE=0`` leaves out the compiled variant (inductor builds C++ for minutes).
+The compiled variant is measured only with ``run.py --compile`` (``UNIMRI_BENCH_COMPILE=1``):
+inductor builds C++ for minutes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from harness import compile_wanted
 from trainsteps import (Variant, cpu_isa, interleaved_times, machine_load, make_step, problem,
                         record_times, unified_loss)
 from unimri.models import MODEL_NAMES, create_model
@@ -49,7 +51,7 @@ def _models() -> list[str]:
 def run(rec, quick: bool, device: str) -> None:
     features, batch, spatial = (8, 2, (64, 64)) if quick else (16, 4, (128, 128))
     repeat = 2 if quick else 4
-    with_compile = os.environ.get("UNIMRI_BENCH_COMPILE", "1") != "0"
+    with_compile = compile_wanted()
     variants = [v for v in VARIANTS if with_compile or not v.compile]
     size = f"2d b{batch} 1x" + "x".join(map(str, spatial)) + f" width {features}"
     x, y = problem(spatial, batch, device)

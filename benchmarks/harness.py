@@ -198,6 +198,13 @@ class Row:
     note: str = ""
 
 
+def compile_wanted() -> bool:
+    """Whether the ``torch.compile`` providers and variants are measured: only when asked
+    (``benchmarks/run.py --compile`` or ``UNIMRI_BENCH_COMPILE=1``): inductor spends minutes
+    compiling before the first timed call."""
+    return os.environ.get("UNIMRI_BENCH_COMPILE", "0") == "1"
+
+
 def _triton_version() -> str:
     """Triton's installed version, read from its metadata: importing triton into the process
     being measured slowed the fused loss's step about 2x in later timings on CPU (measured)."""
@@ -218,14 +225,33 @@ class Recorder:
         self.isa = "" if device.startswith("cuda") else cpu_isa()
         self.kernel_variant = kernel_variant(device)
         self.rows: list[Row] = []
+        self._stream = None  # open CSV that receives each row as it is recorded (see stream_to)
         self._stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self._triton = _triton_version()
 
+    def stream_to(self, path: str) -> None:
+        """Write every row to the CSV at ``path`` as soon as it is recorded (header first), so a
+        run stopped by a time limit keeps what it measured; :meth:`write` later replaces the file
+        with the same rows."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._stream = open(path, "w", newline="")
+        csv.DictWriter(self._stream, fieldnames=FIELDS).writeheader()
+        for r in self.rows:
+            self._append(r)
+        self._stream.flush()
+
+    def _append(self, row: Row) -> None:
+        csv.DictWriter(self._stream, fieldnames=FIELDS).writerow(asdict(row))
+        self._stream.flush()
+
     def add(self, op: str, provider: str, mode: str, metric: str, unit: str, size: str,
             p50: float, p20: float = float("nan"), p80: float = float("nan"), note: str = "") -> None:
-        self.rows.append(Row(op, provider, mode, metric, unit, size, float(p50), float(p20),
-                             float(p80), self.device_label, self.isa, self.kernel_variant,
-                             torch.__version__, self._triton, self._stamp, note))
+        row = Row(op, provider, mode, metric, unit, size, float(p50), float(p20),
+                  float(p80), self.device_label, self.isa, self.kernel_variant,
+                  torch.__version__, self._triton, self._stamp, note)
+        self.rows.append(row)
+        if self._stream is not None:
+            self._append(row)
 
     def time(self, op: str, provider: str, mode: str, size: str, fn: Callable[[], object],
              repeat: int = 10, warmup: int = 2, note: str = "") -> float:
@@ -244,6 +270,9 @@ class Recorder:
         return {name: st[0] for name, st in stats.items()}
 
     def write(self, out_dir: str, stem: str) -> list[str]:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
         os.makedirs(out_dir, exist_ok=True)
         paths = [self._write_csv(out_dir, stem), self._write_table(out_dir, stem)]
         png = self._write_plot(out_dir, stem)

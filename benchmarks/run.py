@@ -3,6 +3,11 @@
     python benchmarks/run.py                 # every bench_*.py, full sizes
     python benchmarks/run.py --ops summary   # the headline table (loss, gate, training steps)
     python benchmarks/run.py --ops loss --quick
+    python benchmarks/run.py --ops train --compile   # include the torch.compile providers/variants
+
+Each CSV row is written as soon as it is measured (a run stopped by a time limit keeps its
+rows); the markdown table and plot follow when a benchmark ends. ``--check-args`` only
+validates the arguments and imports the benchmarks (scripts/gpu_check.sh --dry-run).
 
 Each markdown file starts with the machine (CPU model, ISA ATen uses, threads) and the
 load average before and after the benchmark: on a shared machine, figures of one run are
@@ -89,20 +94,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. one half of a split run)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also measure torch.compile providers/variants (inductor compiles for minutes)")
+    ap.add_argument("--check-args", action="store_true",
+                    help="validate the arguments and import the benchmarks, measure nothing")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.ops.split(",") if n.strip()]
     unknown = [n for n in names if n not in benches]
     if unknown:
         ap.error(f"--ops: unknown benchmark(s) {unknown}; known: {sorted(benches)}")
+    if args.compile:
+        os.environ["UNIMRI_BENCH_COMPILE"] = "1"
     tag = "gpu" if args.device.startswith("cuda") else "cpu"
     for name in names:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", benches[name])
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
+        stem = f"{name}_{tag}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
+        if args.check_args:
+            print(f"check-args: bench_{name} imports; would write {os.path.join(args.out, stem)}.csv "
+                  f"on {args.device}, compile {'on' if args.compile else 'off'}")
+            continue
         rec = Recorder(args.device)
+        rec.stream_to(os.path.join(args.out, f"{stem}.csv"))
         before = _load()
         mod.run(rec, quick=args.quick, device=args.device)
-        stem = f"{name}_{tag}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
         for path in rec.write(args.out, stem):
             print("wrote", path)
         _prepend_machine(os.path.join(args.out, f"{stem}.md"), before, _load())

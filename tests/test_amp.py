@@ -142,15 +142,15 @@ def test_resolve_amp_policy():
 
 
 def test_cli_train_with_amp_bf16_on_cpu(tmp_path):
-    """``unimri train --amp bf16`` on CPU: SAS + unified loss learn in bf16 autocast and
-    write finite weights."""
+    """``unimri train --amp bf16`` on CPU: SAS + unified loss learn in bf16 autocast (the
+    training loss falls over the second stage's epochs) and write finite float32 weights."""
     from unimri.cli import main
     from unimri.train.checkpoint import load_checkpoint
 
     out = str(tmp_path / "run")
     data = json.dumps({"num_cases": 4, "size": 32, "fg_fraction": [0.08, 0.15]})
     flags = ["train", "--model", "unet", "--attention", "sas", "--features", "4", "--dataset", "phantom",
-             "--dataset-kwargs", data, "--stages", "16,32", "--batch-size", "2", "--epochs", "1,2",
+             "--dataset-kwargs", data, "--stages", "16,32", "--batch-size", "2", "--epochs", "1,4",
              "--lr", "0.05", "--folds", "2", "--fold", "0", "--device", "cpu", "--no-progress",
              "--amp", "bf16", "--out", out]
     assert main(flags) == 0
@@ -159,7 +159,8 @@ def test_cli_train_with_amp_bf16_on_cpu(tmp_path):
     assert weights and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert all(v.dtype != torch.bfloat16 for v in weights.values())
     losses = [h["train_loss"] for h in state["history"]]
-    assert len(losses) == 3 and all(map(lambda v: v == v and v < 10, losses))
+    # seen here: 0.644 -> 0.537 over the second stage (0.83x); 0.95x leaves room for other CPUs' bf16
+    assert len(losses) == 5 and losses[-1] < 0.95 * losses[1], losses
 
 
 def test_bf16_training_matches_fp32_training(tmp_path):

@@ -94,14 +94,19 @@ def test_opcheck(train):
         torch.library.opcheck(torch.ops.unimri.batch_norm_relu.default, (x, w, b, rm, rv, 1e-5))
 
 
-def test_reference_backend_matches_reference():
-    x, w, b, rm, rv = _inputs((2, 3, 5, 4), True)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_reference_backend_matches_torch_batch_norm(train):
+    """The reference backend (the reference forward and the op's registered backward, through
+    the batch statistics in training) against PyTorch's ``relu(batch_norm(x))``, an independent
+    implementation, in float64, with a cotangent that is not all ones."""
+    x, w, b, rm, rv = _inputs((2, 3, 5, 4), train)
     with use_backend("reference"):
         out = batch_norm_relu(x, w, b, rm, rv, 1e-5)[0]
-        gx = torch.autograd.grad(out.sum(), x)[0]
-    ref = batch_norm_relu_reference(x, w, b, rm, rv, 1e-5)[0]
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(gx, torch.autograd.grad(ref.sum(), x)[0])
+    want = F.relu(F.batch_norm(x, rm, rv, w, b, training=train, eps=1e-5))
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(torch.autograd.grad(out, (x, w, b), go), torch.autograd.grad(want, (x, w, b), go)):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 # ------------------------------------------------------------------ the module helper

@@ -95,10 +95,24 @@ def test_opcheck(bias):
     torch.library.opcheck(torch.ops.unimri.pointwise_conv.default, (x, w, b))
 
 
-def test_reference_backend_matches_reference():
+@pytest.mark.parametrize("shape,out_channels,bias", [((2, 5, 6, 7), 3, True), ((1, 4, 3, 4, 5), 2, False)],
+                         ids=["2d-bias", "3d-no-bias"])
+def test_reference_backend_matches_torch_convolution(shape, out_channels, bias):
+    """The reference backend (the reference forward and the op's registered backward) against
+    PyTorch's 1x1 convolution, an independent implementation, in float64."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, generator=gen, dtype=F64, requires_grad=True)
+    w = torch.randn(out_channels, shape[1], generator=gen, dtype=F64, requires_grad=True)
+    b = torch.randn(out_channels, generator=gen, dtype=F64, requires_grad=True) if bias else None
+    leaves = [x, w] + ([b] if bias else [])
     with use_backend("reference"):
-        _assert_matches((2, 5, 6, 7), 3)
-        _assert_matches((1, 4, 3, 4, 5), 2, bias=False)
+        out = pointwise_conv(x, w, b)
+    conv = F.conv2d if len(shape) == 4 else F.conv3d
+    want = conv(x, w.reshape(*w.shape, *(1,) * (len(shape) - 2)), b)
+    go = torch.randn(out.shape, generator=gen, dtype=F64)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(torch.autograd.grad(out, leaves, go), torch.autograd.grad(want, leaves, go)):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cls,ref_cls,shape", [(PointwiseConv2d, nn.Conv2d, (2, 16, 12, 9)),
