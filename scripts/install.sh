@@ -6,7 +6,7 @@
 #   are). With no torch, the local CPU wheel torch 2.13.0 is installed (pinned: an unpinned
 #   torch downloads CUDA builds).
 # * Only missing packages are installed. With every required package importable no index is
-#   needed (PIP_NO_INDEX=1 works). Without an index the optional ones (MONAI, nibabel,
+#   needed (PIP_NO_INDEX=1 works). Without an index the optional ones (MONAI, nibabel, pydicom, highdicom,
 #   SimpleITK, Pillow, expecttest) may stay missing: their tests skip one by one; a missing
 #   required package is an error that names it.
 # * A torch outside the tested range (docs/versions.md) or a triton other than the one the
@@ -80,7 +80,8 @@ PY
 REQUIRED=("numpy|numpy" "setuptools>=64|setuptools" "wheel|wheel" "ninja|ninja" "tqdm|tqdm"
           "matplotlib|matplotlib" "pyyaml|yaml" "scipy|scipy" "pytest|pytest" "pytest-xdist|xdist"
           "hypothesis|hypothesis" "pytest-benchmark|pytest_benchmark")
-OPTIONAL=("nibabel|nibabel" "SimpleITK|SimpleITK" "pillow|PIL" "monai|monai" "expecttest|expecttest")
+OPTIONAL=("nibabel|nibabel" "SimpleITK|SimpleITK" "pillow|PIL" "monai|monai" "expecttest|expecttest"
+          "pydicom|pydicom" "highdicom|highdicom")
 if ! $PY -c "import triton" 2>/dev/null && $PY -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')"; then
   REQUIRED+=("triton==3.7.1|triton")  # the triton release matching torch 2.13 (the CPU wheel names none)
 fi

@@ -20,4 +20,14 @@ if [ $APT = 1 ] && command -v apt-get >/dev/null && ! command -v aarch64-linux-g
     >/dev/null 2>&1 || echo "warning: could not install g++-aarch64-linux-gnu; the aarch64 compile test will skip"
 fi
 PY=${PYTHON:-python3}
-exec $PY -m pytest -q -p no:cacheprovider -n 2 --benchmark-disable "$@"
+$PY -m pytest -q -p no:cacheprovider -n 2 --benchmark-disable "$@"
+# The whole suite (no arguments) also runs the nnU-Net plugin and DICOM tests in their own
+# venv (nnunetv2 needs a torchvision that cannot load against a local CPU torch); without a
+# package index that venv cannot be made, and the step says so instead.
+if [ $# -eq 0 ]; then
+  if [ -n "${PIP_NO_INDEX:-}" ] && [ ! -x "${UNIMRI_NNUNET_VENV:-$HOME/.cache/unimri/venv-nnunet}/bin/python" ]; then
+    echo "test.sh: nnU-Net/DICOM venv tests not run: no package index (PIP_NO_INDEX) to create their venv"
+  else
+    bash scripts/test_nnunet.sh
+  fi
+fi

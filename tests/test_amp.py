@@ -16,6 +16,7 @@ Documented tolerances against float32 (bf16 keeps 8 bits of mantissa, so ~0.4 % 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 
@@ -103,11 +104,31 @@ def test_attention_modules_compile_fullgraph_under_autocast(module_cls):
     torch.testing.assert_close(amap.float(), map_eager.float())
 
 
+@functools.lru_cache(maxsize=None)
+def _torch_conv3d_bf16_backward_is_broken() -> bool:
+    """Whether PyTorch's own bf16 Conv3d backward returns non-finite weight gradients on this
+    CPU. Seen on AMD EPYC (Zen 4, AVX-512 BF16 without AMX), torch 2.11 and 2.13: about one
+    call in twelve on a (2, 32, 2, 2, 2) input gives NaN, with no unimri op involved."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(300):
+            conv = torch.nn.Conv3d(32, 64, 3, padding=1)
+            with torch.autocast("cpu", torch.bfloat16):
+                y = conv(torch.randn(2, 32, 2, 2, 2))
+            y.float().sum().backward()
+            if not torch.isfinite(conv.weight.grad).all():
+                return True
+    return False
+
+
 @pytest.mark.parametrize("name,spatial_dims,attention", COMBOS,
                          ids=[f"{n}-{d}d-{a}" for n, d, a in COMBOS])
 def test_backbone_trains_under_cpu_bf16_autocast(name, spatial_dims, attention):
     """Forward + backward + SGD step under bf16 autocast: finite low-precision logits, an fp32
     finite gradient for every parameter, and every parameter with a gradient moves."""
+    if spatial_dims == 3 and _torch_conv3d_bf16_backward_is_broken():
+        pytest.skip("this CPU's PyTorch bf16 Conv3d backward gives non-finite weight gradients "
+                    "(plain torch.nn.Conv3d, no unimri op; docs/versions.md)")
     model = create_model(name, spatial_dims=spatial_dims, in_channels=1, num_classes=2, features=4,
                          attention=attention)
     x = torch.randn((2, 1) + SHAPES[spatial_dims])
