@@ -39,7 +39,7 @@ run() {
     phantom_all)
       unimri ablate --study all --models unet --dataset phantom --dataset-kwargs "$PHANTOM" \
         "${PHANTOM_RECIPE[@]}" --peer monai --out "$OUT/phantom_all"
-      for s in components loss attention; do publish "$OUT/phantom_all/${s}_results.json" "${s}_phantom.json"; done ;;
+      for s in components loss attention; do publish "$OUT/phantom_all/$s/${s}_results.json" "${s}_phantom.json"; done ;;
     phantom_backbones)
       unimri ablate --study backbones --dataset phantom --dataset-kwargs "$PHANTOM" \
         "${PHANTOM_RECIPE[@]}" --out "$OUT/phantom_backbones"
@@ -58,10 +58,10 @@ run() {
     colin27_all)
       unimri ablate --study all --models unet --dataset colin27-hippocampus --dataset-kwargs "$COLIN" \
         "${COLIN_RECIPE[@]}" --seeds 3 --peer monai --out "$OUT/colin27_all"
-      for s in components loss attention; do publish "$OUT/colin27_all/${s}_results.json" "${s}_colin27.json"; done
+      for s in components loss attention; do publish "$OUT/colin27_all/$s/${s}_results.json" "${s}_colin27.json"; done
       # leave-one-slab-out at width 8: the components study's unified-approach runs
       $PY -m unimri.studies.collect --out "$DEST/colin27_loso_w8.json" --study colin27-loso \
-        --group "UNet w8" --method "unified approach" "$OUT"/colin27_all/unet-all_unified_approach-seed{0,1,2} ;;
+        --group "UNet w8" --method "unified approach" "$OUT"/colin27_all/components/unet-all_unified_approach-seed{0,1,2} ;;
     colin27_backbones)
       unimri ablate --study backbones --dataset colin27-hippocampus --dataset-kwargs "$COLIN" \
         "${COLIN_RECIPE[@]}" --seeds 2 --out "$OUT/colin27_backbones"
