@@ -322,7 +322,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "model": "unet", "features": 8, "dataset": "phantom",
     "dataset_kwargs": {"num_cases": 120, "size": 64, "seed": 1},
     "stages": [32, 64], "batch_size": 4, "epochs": [8, 16], "patience": 10,
-    "lr": 0.3, "schedule": "cosine", "folds": 3, "val_fraction": 0.1, "seed": 0,
+    "lr": 0.4, "schedule": "cosine", "folds": 3, "val_fraction": 0.1, "seed": 0,
 }
 
 
