@@ -61,9 +61,10 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
                                    "lesion, bright and dark lesions): cross-entropy baseline (no attention, 24 "
                                    "epochs at 64x64) vs the unified approach (SAS + unified focal loss + "
                                    "progressive resizing: 8 epochs at 32x32, then 16 at 64x64, weights carried "
-                                   "over); SGD lr 0.1 with a cosine schedule per stage, batch 4, early stopping "
-                                   "(patience 10) on a validation set, 3-fold nested cross-validation: each fold's "
-                                   "40 test cases are only scored. Prints the test metric table (mean ± std "
+                                   "over); SGD lr 0.4 with a cosine schedule per stage, batch 4, early stopping "
+                                   "(patience 10) on a validation set (0.1 of each fold's non-test cases), "
+                                   "3-fold nested cross-validation: each fold's 40 test cases are only scored. "
+                                   "Prints the test metric table (mean ± std "
                                    "over test folds, difference with its CI) and writes curves_unet.png and "
                                    "overlays_unet.png.")
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")

@@ -102,14 +102,14 @@ def evaluate_files(pred_dir: str, label_dir: str, progress: bool = True,
 
 
 def _read_pair(case_id: str, pred_path: str, label_path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    from unimri.data.layouts.common import _same_geometry
+    from unimri.data.layouts.common import same_geometry
 
     pred, pred_affine, _ = _read_label(pred_path)
     label, label_affine, spacing = _read_label(label_path)
     if pred.shape != label.shape:
         raise ValueError(f"case {case_id!r}: prediction {pred_path!r} has shape {pred.shape} but label "
                          f"{label_path!r} has {label.shape}")
-    if pred.ndim == 3 and not _same_geometry(pred_affine, label_affine):
+    if pred.ndim == 3 and not same_geometry(pred_affine, label_affine):
         raise ValueError(f"case {case_id!r}: prediction {pred_path!r} and label {label_path!r} have "
                          f"different geometry (origin, spacing or direction)")
     return pred, label, spacing

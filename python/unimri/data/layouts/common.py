@@ -26,7 +26,9 @@ def strip_suffix(path: str) -> str:
     return name[: len(name) - len(suffix_of(path))]
 
 
-def _same_geometry(a: np.ndarray, b: np.ndarray) -> bool:
+def same_geometry(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two 4x4 affines give the same voxel grid (origin, spacing, direction), up to a
+    tolerance scaled by the voxel size."""
     scale = max(1.0, float(np.abs(a[:3, :3]).max()))
     return bool(np.allclose(a, b, atol=1e-3 * scale, rtol=1e-4))
 
@@ -88,7 +90,7 @@ def volume_case(image_paths: Sequence[str], label_path: str | None, case_id: str
         elif parts[0].shape != channels[0].shape:
             raise ValueError(f"case {case_id!r}: image {path!r} has shape {parts[0].shape} but "
                              f"{ref_path!r} has {channels[0].shape}")
-        elif not _same_geometry(aff, affine):
+        elif not same_geometry(aff, affine):
             raise ValueError(f"case {case_id!r}: affine of {path!r} differs from that of {ref_path!r}")
         channels += parts
     label = None
@@ -99,7 +101,7 @@ def volume_case(image_paths: Sequence[str], label_path: str | None, case_id: str
         if array.shape != channels[0].shape:
             raise ValueError(f"case {case_id!r}: label {label_path!r} has shape {array.shape} but image "
                              f"{ref_path!r} has {channels[0].shape}")
-        if not _same_geometry(aff, affine):
+        if not same_geometry(aff, affine):
             raise ValueError(f"case {case_id!r}: affine of label {label_path!r} differs from that of "
                              f"image {ref_path!r}")
         label = binary_mask(array, label_path) if binary else label_array(array, label_path, num_classes)

@@ -8,10 +8,10 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
+from unimri._atomic import read_json_object
 from ..io import IMAGE_2D_SUFFIXES, read_image
 from ..registry import register_layout
 from ..volume import Volume
@@ -27,13 +27,7 @@ def _detect(folder: str) -> bool:
 
 def _read_json(folder: str) -> dict:
     path = os.path.join(folder, "dataset.json")
-    try:
-        with open(path) as fh:
-            spec = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read dataset.json ({exc})") from exc
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(spec).__name__}")
+    spec = read_json_object(path, "nnU-Net dataset.json")
     missing = [k for k in ("labels",) if k not in spec]
     if "channel_names" not in spec and "modality" not in spec:
         missing.append("channel_names (v2) or modality (v1)")
