@@ -56,7 +56,8 @@ def test_dry_run_selects_exactly_the_cuda_tests(dry_run):
     ids = [line for line in collected.splitlines() if "::" in line]
     # CUDA tests of every file that has them, test_triton_launch.py's included
     for must in ("tests/test_triton_launch.py::test_cuda_deterministic_gate_repeats_bitwise",
-                 "tests/test_triton_launch.py::test_cuda_rejects_out_of_range_labels",
+                 "tests/test_triton_launch.py::test_cuda_reports_out_of_range_labels_without_a_sync",
+                 "tests/test_triton_launch.py::test_cuda_graph_capture_turns_bad_labels_into_nan",
                  "tests/test_cuda.py::test_triton_is_bitwise_deterministic_run_to_run[cuda]",
                  "tests/test_unified_focal_loss.py::test_cuda_gradcheck_and_opcheck",
                  "tests/test_attention_gate.py::test_cuda_compile_fullgraph",
