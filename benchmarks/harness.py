@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 FIELDS = ["op", "provider", "mode", "metric", "unit", "size", "p50", "p20", "p80",
-          "device", "isa", "kernel_variant", "torch", "triton", "timestamp", "note"]
+          "device", "isa", "kernel_variant", "torch", "triton", "timestamp", "note", "commit", "command"]
 
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
               "asimd", "sve", "sve2", "bf16")
@@ -196,6 +196,8 @@ class Row:
     triton: str = ""
     timestamp: str = ""
     note: str = ""
+    commit: str = ""
+    command: str = ""
 
 
 def compile_wanted() -> bool:
@@ -228,6 +230,9 @@ class Recorder:
         self._stream = None  # open CSV that receives each row as it is recorded (see stream_to)
         self._stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self._triton = _triton_version()
+        from unimri.runtime.provenance import command_line, git_commit
+
+        self._commit, self._command = git_commit(), command_line()
 
     def stream_to(self, path: str) -> None:
         """Write every row to the CSV at ``path`` as soon as it is recorded (header first), so a
@@ -248,7 +253,7 @@ class Recorder:
             p50: float, p20: float = float("nan"), p80: float = float("nan"), note: str = "") -> None:
         row = Row(op, provider, mode, metric, unit, size, float(p50), float(p20),
                   float(p80), self.device_label, self.isa, self.kernel_variant,
-                  torch.__version__, self._triton, self._stamp, note)
+                  torch.__version__, self._triton, self._stamp, note, self._commit, self._command)
         self.rows.append(row)
         if self._stream is not None:
             self._append(row)
