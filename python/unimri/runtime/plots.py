@@ -65,6 +65,28 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
     return _save(fig, path)
 
 
+def draw_overlay_panel(ax, image: np.ndarray, mask: np.ndarray | None = None,
+                       tint: tuple[float, float, float] = (0.95, 0.15, 0.1), alpha: float = 0.5,
+                       truth: np.ndarray | None = None, title: str = "", ylabel: str = "",
+                       title_size: int = 8) -> None:
+    """One overlay panel: the grey image (H, W, display orientation), an optional binary mask
+    (H, W) filled in ``tint`` at ``alpha``, and the ground truth's (H, W) outline in green."""
+    ax.imshow(image, cmap="gray", origin="lower")
+    if mask is not None:
+        filled = np.asarray(mask, dtype=bool)
+        rgba = np.zeros((*filled.shape, 4), dtype=np.float32)
+        rgba[filled] = (*tint, alpha)
+        ax.imshow(rgba, origin="lower")
+    if truth is not None and truth.any():
+        ax.contour(truth.astype(float), levels=[0.5], colors=["lime"], linewidths=0.8, origin="lower")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=title_size)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=7)
+
+
 def plot_overlays(cases: Sequence[Mapping[str, Any]], path: str, title: str = "") -> str:
     """One row per case: the image with ground truth, then each method's prediction.
 
@@ -83,22 +105,10 @@ def plot_overlays(cases: Sequence[Mapping[str, Any]], path: str, title: str = ""
         label = np.asarray(case["label"])
         panels = [("ground truth", label)] + [(m, np.asarray(case["predictions"][m])) for m in methods]
         for col, (name, mask) in enumerate(panels):
-            ax = axes[row][col]
-            ax.imshow(image.T, cmap="gray", origin="lower")
-            fg = (mask > 0).astype(np.float32)
-            color = (0.1, 0.9, 0.1, 0.45) if col == 0 else (0.95, 0.15, 0.1, 0.5)
-            rgba = np.zeros((*fg.T.shape, 4), dtype=np.float32)
-            rgba[fg.T > 0] = color
-            ax.imshow(rgba, origin="lower")
-            if col > 0 and (label > 0).any():
-                ax.contour((label > 0).T.astype(float), levels=[0.5], colors=["lime"], linewidths=0.8,
-                           origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=8)
-            if col == 0:
-                ax.set_ylabel(str(case["case_id"]), fontsize=7)
+            draw_overlay_panel(axes[row][col], image.T, (mask > 0).T, truth=(label > 0).T if col > 0 else None,
+                               tint=(0.1, 0.9, 0.1) if col == 0 else (0.95, 0.15, 0.1),
+                               alpha=0.45 if col == 0 else 0.5, title=name if row == 0 else "",
+                               ylabel=str(case["case_id"]) if col == 0 else "")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

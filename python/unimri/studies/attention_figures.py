@@ -42,7 +42,7 @@ def plot_overlays_with_attention(rows: Sequence[Mapping[str, Any]], path: str, t
     """``rows[i]`` = {"case_id", "image" (H, W), "label" (H, W), "predictions": {method: (H, W)},
     "attention": {method: (gate name, (H, W) map)}}: ground truth (green contour), predictions
     (red), then each method's attention map (colour scale 0-1) with the ground-truth contour."""
-    from unimri.runtime.plots import _plt, _save
+    from unimri.runtime.plots import _plt, _save, draw_overlay_panel
 
     if not rows:
         raise ValueError("plot_overlays_with_attention: rows is empty")
@@ -61,20 +61,12 @@ def plot_overlays_with_attention(rows: Sequence[Mapping[str, Any]], path: str, t
                    for m in gated]
         for c, (name, kind, values) in enumerate(panels):
             ax = axes[r][c]
-            ax.imshow(image, cmap="gray", origin="lower")
+            draw_overlay_panel(ax, image, values if kind == "mask" else None,
+                               tint=(0.1, 0.9, 0.1) if c == 0 else (0.95, 0.15, 0.1),
+                               truth=truth if c > 0 else None, title=name if r == 0 else "",
+                               ylabel=str(row["case_id"]) if c == 0 else "", title_size=7)
             if kind == "map":
                 shown = ax.imshow(values, cmap="inferno", vmin=0, vmax=1, alpha=0.6, origin="lower")
-            else:
-                tint = (0.1, 0.9, 0.1) if c == 0 else (0.95, 0.15, 0.1)
-                ax.imshow(np.dstack([*(np.full(values.shape, v) for v in tint), 0.5 * values]), origin="lower")
-            if c > 0 and truth.any():
-                ax.contour(truth.astype(float), levels=[0.5], colors=["lime"], linewidths=0.8, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=7)
-            if c == 0:
-                ax.set_ylabel(str(row["case_id"]), fontsize=7)
     if shown is not None:
         fig.colorbar(shown, ax=axes[:, -1].tolist(), fraction=0.05, label="attention α")
     if title:
