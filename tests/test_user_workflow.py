@@ -176,6 +176,50 @@ def test_training_stops_at_the_first_nonfinite_loss_without_writing_weights(tmp_
     assert not [f for f in os.listdir(os.path.join(out, "fold0")) if f.endswith(".pt")]
 
 
+def test_on_nonfinite_end_keeps_the_best_epoch_and_marks_the_fold_diverged(tmp_path, monkeypatch):
+    """A study's run whose loss diverges at its second epoch ends there with the first epoch's
+    (best) weights, is scored on its test cases, and is marked diverged in result.json, the
+    results row and the rendered table."""
+    from unimri.data import Volume
+    from unimri.studies.quality import fold_row, make_record, render_table
+    from unimri.train.config import TrainConfig
+    from unimri.train.engine import FoldTrainer, NonFiniteLossError
+    from unimri.train.experiment import run_experiment
+
+    real_epoch = FoldTrainer._train_epoch
+    calls = []
+
+    def diverge_at_second_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise NonFiniteLossError("training stopped: the training loss is nan (test)")
+        return real_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(FoldTrainer, "_train_epoch", diverge_at_second_epoch)
+    cases = [Volume(img[None, ..., 1], lab[..., 1], np.eye(4), (1.0, 1.0), f"c{i}")
+             for i, (img, lab) in enumerate(_scan(seed=i) for i in range(6))]
+    cfg = TrainConfig(model="unet", features=4, model_kwargs={"depth": 2}, stages=[16, 16], batch_size=2,
+                      epochs=3, folds=2, fold_indices=[0], device="cpu", progress=False)
+    with pytest.raises(NonFiniteLossError):  # the default stops the run
+        run_experiment(cfg, str(tmp_path / "error"), cases=cases)
+    calls.clear()
+    out = str(tmp_path / "end")
+    result = run_experiment(cfg.replace(on_nonfinite="end"), out, cases=cases)
+    assert len(calls) == 2  # no further epoch and no second stage
+    fold = result.folds[0]
+    assert fold["diverged"]["stage"] == 0 and fold["diverged"]["stage_epoch"] == 1
+    assert fold["diverged"]["kept"] == "best" and 0.0 <= fold["DSC"] <= 1.0
+    best, final = (load_checkpoint(os.path.join(out, "fold0", f"{k}.pt"))["model"] for k in ("best", "model"))
+    assert best.keys() == final.keys() and all(torch.equal(best[k], final[k]) for k in best)
+    assert json.load(open(os.path.join(out, "fold0", "result.json")))["metrics"]["diverged"]["epoch"] == 1
+    row = fold_row("UNet", "baseline", 0, fold)
+    assert row["diverged"] is True and "diverged" not in fold_row("UNet", "x", 0, {**fold, "diverged": None})
+    table = render_table(make_record("s", "d", "Model", "Method", [row], {"folds": 2}, {}))
+    assert "Diverged (1 of 1 fold runs" in table and "UNet / baseline, seed 0, fold 0" in table
+    with pytest.raises(ValueError, match="on_nonfinite: expected one of"):
+        cfg.replace(on_nonfinite="ignore").validate()
+
+
 # ---------------------------------------------------------------------------- 2. 4D NRRD
 @pytest.mark.parametrize("vector", [False, True], ids=["4d-image", "vector-pixels"])
 def test_4d_nrrd_keeps_the_3d_geometry_like_4d_nifti(tmp_path, vector):

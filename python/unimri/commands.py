@@ -30,6 +30,9 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--weight-decay", "weight_decay", float, "SGD weight decay (default 5e-4)"),
     ("--schedule", "schedule", str, "learning-rate schedule per stage: none, cosine, poly, plateau"),
     ("--grad-clip", "grad_clip", float, "clip the gradient norm to this value (default off)"),
+    ("--on-nonfinite", "on_nonfinite", str, "a NaN/inf training loss: error (stop the run) or end (end the "
+                                            "fold's training at its best epoch, marked diverged; "
+                                            "default error, ablate: end)"),
     ("--amp", "amp", str, "mixed precision: auto (bf16 on CUDA, none on CPU), bf16, fp16, none"),
     ("--folds", "folds", int, "k outer folds of nested cross-validation: each fold's test cases are "
                               "scored only (default 5)"),
@@ -252,7 +255,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from unimri.studies.ablation import monai_peer_cells, run_imbalance_sweep, run_study
     from unimri.train.experiment import MARKER
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, base={"on_nonfinite": "end"})  # a study reports a diverged run
     from unimri.studies.paper import STUDY_MODELS
 
     chosen = args.models if args.models is not None else ",".join(STUDY_MODELS.get(args.study, ("unet",)))

@@ -14,8 +14,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from unimri.runtime.metric_names import METRIC_NAMES
-from unimri.studies.quality import make_record, write_record
+from unimri.studies.quality import fold_row, make_record, write_record
 from unimri.train.experiment import ExperimentResult, load_result
 
 
@@ -50,8 +49,7 @@ def collect_runs(run_dirs: Sequence[str], study: str, group: str, method: str,
     if any(s != splits[0] for s in splits[1:]):
         raise ValueError(f"run_dirs: the runs do not share their outer test folds ({', '.join(run_dirs)}); "
                          f"give them the same --split-seed")
-    rows = [{"group": group, "method": method, "fold": int(f["fold"]), "seed": int(r.config.seed),
-             **{m: float(f[m]) for m in METRIC_NAMES}} for r in results for f in r.folds]
+    rows = [fold_row(group, method, r.config.seed, f) for r in results for f in r.folds]
     cfg = results[0].config
     evaluation = {"folds": cfg.folds, "val_fraction": cfg.val_fraction, "split_seed": cfg.split_seed_or_seed,
                   "seeds": sorted({int(r.config.seed) for r in results})}

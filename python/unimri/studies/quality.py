@@ -43,6 +43,16 @@ def make_record(study: str, dataset: str, group_title: str, column: str, rows: S
             "rows": [dict(r) for r in rows]}
 
 
+def fold_row(group: str, method: str, seed: int, fold_metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One results row from a fold's ``result.json`` metrics; ``"diverged": true`` when a
+    non-finite training loss ended that fold's training (``on_nonfinite="end"``)."""
+    row = {"group": group, "method": method, "fold": int(fold_metrics["fold"]), "seed": int(seed),
+           **{m: float(fold_metrics[m]) for m in METRIC_NAMES}}
+    if fold_metrics.get("diverged"):
+        row["diverged"] = True
+    return row
+
+
 def write_record(path: str, record: Mapping[str, Any]) -> None:
     atomic_write_json(path, dict(record))
 
@@ -106,7 +116,14 @@ def render_table(record: Mapping[str, Any], metric: str = "DSC") -> str:
             lines.append("| " + " | ".join(cells) + " |")
     if not compared:
         lines += ["", _by_fold_line(rows, metric)]
-    lines += ["", _evaluation_note(record, metric, compared, n_tests), "", provenance_note(record)]
+    lines += ["", _evaluation_note(record, metric, compared, n_tests)]
+    diverged = [r for r in rows if r.get("diverged")]
+    if diverged:
+        runs = "; ".join(f"{r['group']} / {r['method']}, seed {r['seed']}, fold {r['fold']}" for r in diverged)
+        lines += ["", f"Diverged ({len(diverged)} of {len(rows)} fold runs; the training loss became "
+                      f"non-finite, the fold kept its best validation epoch before that and is scored "
+                      f"like the others): {runs}."]
+    lines += ["", provenance_note(record)]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from unimri._atomic import atomic_write_text
 from unimri.runtime.metric_names import METRIC_NAMES
-from unimri.studies.quality import make_record, render_table, write_record
+from unimri.studies.quality import fold_row, make_record, render_table, write_record
 from unimri.studies.stats import Comparison, compare_study, fold_means, format_p, mean_std
 from unimri.train.experiment import ExperimentResult
 
@@ -67,8 +67,7 @@ def study_comparisons(cells: Sequence[Cell], metric: str = "DSC") -> dict[tuple[
 def study_record(cells: Sequence[Cell], study: str, column: str, dataset: str,
                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """The quality results record (:mod:`unimri.studies.quality`) of a finished study."""
-    rows = [{"group": MODEL_TITLES.get(c.model, c.model), "method": c.variant, "fold": int(f["fold"]),
-             "seed": seed, **{m: float(f[m]) for m in METRIC_NAMES}}
+    rows = [fold_row(MODEL_TITLES.get(c.model, c.model), c.variant, seed, f)
             for c in cells for seed, r in sorted(c.runs.items()) for f in r.folds]
     cfg = cells[0].result.config if cells else None
     evaluation = {} if cfg is None else {

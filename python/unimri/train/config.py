@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from unimri.runtime.precision import AMP_MODES
 
 SCHEDULES = ("none", "cosine", "poly", "plateau")
+NONFINITE_ACTIONS = ("error", "end")
 
 
 class StageSize(tuple):
@@ -113,6 +114,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "none"
     grad_clip: float | None = None
+    # a NaN/inf training loss: "error" stops with NonFiniteLossError; "end" ends the fold's
+    # training there (as early stopping would), keeps its best validation epoch and marks the
+    # fold as diverged, so a study reports the run instead of losing the others
+    on_nonfinite: str = "error"
     amp: str = "auto"
     folds: int = 5
     fold_indices: Any = None
@@ -218,6 +223,8 @@ class TrainConfig:
             raise ValueError(f"amp: expected one of {AMP_MODES}, got {self.amp!r}")
         if self.grad_clip is not None and float(self.grad_clip) <= 0:
             raise ValueError(f"grad_clip: expected a positive max norm or None, got {self.grad_clip!r}")
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(f"on_nonfinite: expected one of {NONFINITE_ACTIONS}, got {self.on_nonfinite!r}")
         if not 0 <= float(self.fg_fraction) <= 1:
             raise ValueError(f"fg_fraction: expected in [0, 1], got {self.fg_fraction!r}")
         for name in ("channels_last", "compile"):

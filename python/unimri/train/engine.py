@@ -138,6 +138,7 @@ class FoldTrainer:
         self.train_set: Dataset = make_dataset(train_cases, cfg, num_classes, train=True)
         self.val_set: Dataset = make_dataset(val_cases, cfg, num_classes, train=False)
         self.history: list[dict[str, Any]] = []
+        self.diverged: dict[str, Any] | None = None  # where a non-finite loss ended the training
         self.paths = {k: os.path.join(fold_dir, f"{k}.pt") for k in ("last", "best", "model")}
 
     # ------------------------------------------------------------------ pieces
@@ -190,7 +191,8 @@ class FoldTrainer:
         net = self._training_wrapper(model)
         progress = _Progress(global_epoch=state["global_epoch"] if state else 0)
         for stage in range(state["stage"] if state else 0, len(self.cfg.stage_sizes)):
-            self._run_stage(stage, model, net, loss_fn, state, progress, counter)
+            if self._run_stage(stage, model, net, loss_fn, state, progress, counter):
+                break  # diverged: no later stage
             state = None  # only the first stage run continues from the checkpoint
         if self.ctx.is_main:
             save_checkpoint(self.paths["model"], self.weights_state(model, "model", history=self.history))
@@ -242,9 +244,10 @@ class FoldTrainer:
         return state["next_epoch"]
 
     def _run_stage(self, stage: int, model: nn.Module, net: nn.Module, loss_fn: nn.Module,
-                   state: dict[str, Any] | None, progress: "_Progress", counter: list[int]) -> None:
+                   state: dict[str, Any] | None, progress: "_Progress", counter: list[int]) -> bool:
         """One progressive-resizing stage: epochs until ``epochs`` or early stopping, then the
-        stage's best weights are loaded into ``model`` (carried to the next stage)."""
+        stage's best weights are loaded into ``model`` (carried to the next stage). True when
+        the loss diverged and ``on_nonfinite="end"`` ended the training."""
         cfg, ctx = self.cfg, self.ctx
         size, batch_size = cfg.stage_sizes[stage], cfg.stage_batch_sizes[stage]
         n_epochs, last_stage = cfg.stage_epochs[stage], stage == len(cfg.stage_sizes) - 1
@@ -266,11 +269,17 @@ class FoldTrainer:
             t0, cpu0 = time.perf_counter(), time.process_time()
             train_sampler.set_epoch(epoch)
             _set_dataset_epoch(self.train_set, progress.global_epoch)
-            train_loss = self._train_epoch(net, model, loss_fn, optimizer, scaler, train_loader,
-                                           amp, f"fold {self.fold} stage {stage} {'x'.join(map(str, size))} "
-                                                f"epoch {epoch + 1}/{n_epochs}")
-            val_loss, val_dsc = self._validate(net if cfg.compile and not ctx.distributed else model,
-                                               loss_fn, val_loader, amp)
+            try:
+                train_loss = self._train_epoch(net, model, loss_fn, optimizer, scaler, train_loader,
+                                               amp, f"fold {self.fold} stage {stage} {'x'.join(map(str, size))} "
+                                                    f"epoch {epoch + 1}/{n_epochs}")
+                val_loss, val_dsc = self._validate(net if cfg.compile and not ctx.distributed else model,
+                                                   loss_fn, val_loader, amp)
+            except NonFiniteLossError as exc:
+                if cfg.on_nonfinite != "end":
+                    raise
+                self._end_diverged(model, progress, stage, epoch, exc)
+                return True
             if scheduler is not None:
                 scheduler.step(val_loss) if cfg.schedule == "plateau" else scheduler.step()
             improved = progress.update(val_loss, cfg.min_delta, model)
@@ -298,6 +307,24 @@ class FoldTrainer:
                 break
         if progress.best_weights is not None:
             model.load_state_dict(progress.best_weights)  # carry the stage's best weights forward
+        return False
+
+    def _end_diverged(self, model: nn.Module, progress: "_Progress", stage: int, epoch: int,
+                      exc: NonFiniteLossError) -> None:
+        """``on_nonfinite="end"``: the fold's training ends here with its best validation epoch
+        so far (this stage's, else ``best.pt`` of an earlier stage, else the last finite
+        weights: the loss is checked before the optimizer step); ``self.diverged`` says where."""
+        weights = progress.best_weights
+        if weights is None and os.path.exists(self.paths["best"]):
+            weights = load_checkpoint(self.paths["best"])["model"]
+        if weights is not None:
+            model.load_state_dict(weights)
+        self.diverged = {"stage": stage, "stage_epoch": epoch, "epoch": progress.global_epoch,
+                         "kept": "best" if weights is not None else "last finite", "message": str(exc)}
+        if self.ctx.is_main:
+            self.log.write({"event": "diverged", "fold": self.fold, **self.diverged})
+            print(f"fold {self.fold}: {exc} -- training ended there (on_nonfinite=end), "
+                  f"{self.diverged['kept']} weights kept", flush=True)
 
     def _train_epoch(self, net: nn.Module, model: nn.Module, loss_fn: nn.Module, optimizer, scaler,
                      loader: DataLoader, amp: str, desc: str) -> float:

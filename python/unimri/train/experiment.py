@@ -143,6 +143,7 @@ def run_experiment(cfg: TrainConfig, out_dir: str, *, resume: bool = False, over
                 saved = json.load(open(os.path.join(out_dir, "config.json")))
                 volatile = {"device", "progress", "num_workers", "stop_after_epochs"}
                 now = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
+                saved = TrainConfig.from_dict(saved).to_dict()  # keys added since: their defaults
                 if {k: v for k, v in saved.items() if k not in volatile} != now:
                     raise ValueError(f"resume: the configuration differs from the one saved in {out_dir!r}")
             else:
@@ -177,6 +178,8 @@ def run_experiment(cfg: TrainConfig, out_dir: str, *, resume: bool = False, over
                 evaluation = evaluate_model(model, [by_id[i] for i in split.test], trainer.inference, ctx.device,
                                             cfg.normalize, progress=cfg.progress, n_examples=n_examples)
                 metrics = {"fold": fold, "split": "test", "n_test": len(split.test), **evaluation.summary}
+                if trainer.diverged is not None:
+                    metrics["diverged"] = trainer.diverged
                 atomic_write_json(done_path, {"metrics": metrics, "history": trainer.history,
                                               "per_case": evaluation.per_case,
                                               "cases": {"train": split.train, "val": split.val,
