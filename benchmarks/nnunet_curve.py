@@ -2,11 +2,13 @@
 
 For each outer fold of the 2D phantom (split by case; the fold's test cases are written
 to ``imagesTs`` and never seen by planning, preprocessing, training or nnU-Net's own
-train/val split), nnU-Net plans and preprocesses the training side, then each trainer
+train/val split), nnU-Net plans and preprocesses the training side, then each nnU-Net trainer
 trains at each epoch budget from scratch (``nnUNetTrainerBudget`` = nnU-Net's default
 trainer, ``nnUNetTrainerUnifiedFocalSAS`` = unimri's loss and gates, both on nnU-Net's
 plans, poly LR schedule over the budget, nnU-Net's internal fold 0 for its validation),
-predicts the test cases and scores the lesion DSC per test case. Writes
+predicts the test cases and scores the lesion DSC per test case; unimri's own pipeline
+(``unimri``: its trainer and recipe) trains on the same training side at several budgets
+and is scored the same way. Writes
 
   <out>.csv   one row per (fold, trainer, epochs): CPU seconds of training (user+sys of
               the nnUNetv2_train process), wall seconds, mean test DSC, test cases
@@ -16,9 +18,9 @@ predicts the test cases and scores the lesion DSC per test case. Writes
   <out>_folds.json  the outer split
 
 Runs where nnunetv2 imports (the environment of scripts/test_nnunet.sh). The default
-run (3 folds, 24 cases of 64x64, budgets 1/2/4/8 epochs of 30 iterations: 24 training
-runs, each with about 30 CPU s of nnU-Net start-up and final validation) is estimated at
-about 30 minutes on 2 idle CPU cores; ``--smoke`` runs the smallest budget on a tiny set
+run (3 folds, 24 cases of 64x64, budgets 1/2/4/8 epochs of 30 iterations: 24 nnU-Net
+training runs, each with about 30 CPU s of nnU-Net start-up and final validation, and 12
+short unimri runs) is estimated at about 30 minutes on 2 idle CPU cores; ``--smoke`` runs the smallest budget on a tiny set
 (about 3 CPU minutes; 15 wall minutes on a heavily shared machine).
 
     python benchmarks/nnunet_curve.py --out benchmarks/results/nnunet_curve
@@ -35,6 +37,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -42,9 +45,15 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-TRAINERS = ("nnUNetTrainerBudget", "nnUNetTrainerUnifiedFocalSAS")
+UNIMRI = "unimri"  # unimri's own pipeline: its trainer, UNet + SAS + unified loss + progressive resizing
+TRAINERS = ("nnUNetTrainerBudget", "nnUNetTrainerUnifiedFocalSAS", UNIMRI)
 LABELS = {"nnUNetTrainerBudget": "nnU-Net default (Dice+CE)",
-          "nnUNetTrainerUnifiedFocalSAS": "nnU-Net + unimri (unified focal + SAS)"}
+          "nnUNetTrainerUnifiedFocalSAS": "nnU-Net + unimri (unified focal + SAS)",
+          UNIMRI: "unimri pipeline (unified approach)"}
+#: unimri's recipe: the published phantom studies' (docs/experiments.md), chosen on the development
+#: phantom (seed 0); a budget multiplies its stage epochs (1 -> 1,2 epochs at 32, 64 pixels)
+UNIMRI_RECIPE = {"model": "unet", "attention": "sas", "loss": "unified", "features": 8, "stages": [32, 64],
+                 "batch_size": 4, "patience": 10, "lr": 0.1, "schedule": "cosine", "val_fraction": 0.2}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,20 +66,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", default="1,2,4,8", help="epoch budgets, comma-separated (default 1,2,4,8)")
     ap.add_argument("--iterations", type=int, default=30, help="training iterations per epoch (default 30)")
     ap.add_argument("--val-iterations", type=int, default=5, help="validation iterations per epoch (default 5)")
-    ap.add_argument("--trainers", default=",".join(TRAINERS), help="trainers, comma-separated")
+    ap.add_argument("--unimri-epochs", default="1,2,4,8",
+                    help="unimri pipeline budgets: multiples of its (1, 2) stage epochs (default 1,2,4,8)")
+    ap.add_argument("--trainers", default=",".join(TRAINERS),
+                    help=f"trainers, comma-separated ({UNIMRI!r} is unimri's own pipeline)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per nnU-Net process (default 2)")
-    ap.add_argument("--seed", type=int, default=0, help="phantom and split seed")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="phantom and split seed (default 1, the reported phantom; 0 is the development set)")
     ap.add_argument("--keep-work", action="store_true", help="keep the nnU-Net workspace")
     ap.add_argument("--smoke", action="store_true",
                     help="smallest budget on a tiny set (2 folds, 12 cases of 48x48, 1 epoch of 5 iterations)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.folds, args.cases, args.size, args.epochs, args.iterations, args.val_iterations = 2, 12, 48, "1", 5, 2
+    if args.smoke:
+        args.unimri_epochs = "1"
     try:
         args.epoch_list = sorted({int(e) for e in args.epochs.split(",")})
+        args.unimri_epoch_list = sorted({int(e) for e in args.unimri_epochs.split(",")})
     except ValueError:
-        ap.error(f"--epochs: expected whole numbers separated by commas, got {args.epochs!r}")
-    if min(args.epoch_list) < 1 or args.iterations < 1 or args.val_iterations < 1:
+        ap.error(f"--epochs/--unimri-epochs: expected whole numbers separated by commas, got "
+                 f"{args.epochs!r}/{args.unimri_epochs!r}")
+    if min(args.epoch_list + args.unimri_epoch_list) < 1 or args.iterations < 1 or args.val_iterations < 1:
         ap.error("--epochs, --iterations and --val-iterations must be >= 1")
     if args.folds < 2 or args.cases - -(-args.cases // args.folds) < 5:
         ap.error(f"--folds/--cases: need >= 2 folds and enough cases for nnU-Net's 5-fold split of each "
@@ -129,6 +146,43 @@ def nnunet_bin(name: str) -> str:
     return path if os.path.exists(path) else name
 
 
+def run_unimri(args, fold: int, train, val, test, rows: list[dict], progress) -> None:
+    """unimri's own pipeline on the fold: trains on ``train``, stops early and keeps the best
+    epoch on ``val`` (both from the fold's training side), predicts ``test`` whole."""
+    import torch
+
+    from unimri.runtime.inference import predict_labels
+    from unimri.runtime.scoring import normalized_image
+    from unimri.train.config import TrainConfig
+    from unimri.train.datasets import infer_in_channels, infer_num_classes
+    from unimri.train.distributed import DistContext
+    from unimri.train.engine import FoldTrainer
+    from unimri.train.runlog import JsonlLog
+
+    torch.set_num_threads(args.threads)
+    cases = train + val + test
+    in_channels, num_classes = infer_in_channels(cases), infer_num_classes(cases)
+    for budget in args.unimri_epoch_list:
+        cfg = TrainConfig(**UNIMRI_RECIPE, epochs=[budget, 2 * budget], seed=args.seed, device="cpu",
+                          progress=False).validate()
+        progress(f"fold {fold}: {UNIMRI}, stage epochs {budget},{2 * budget}")
+        with tempfile.TemporaryDirectory() as fold_dir:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            trainer = FoldTrainer(cfg, fold, train, val, fold_dir, DistContext(), JsonlLog(None), in_channels,
+                                  num_classes)
+            model = trainer.run()
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        model.eval()
+        pcpu0 = time.process_time()
+        scores = [dice(predict_labels(model, normalized_image(c, cfg.normalize), trainer.inference).numpy(),
+                       np.asarray(c.label)) for c in test]
+        rows.append({"fold": fold, "trainer": UNIMRI, "epochs": budget, "iterations": "",
+                     "train_cpu_s": round(cpu, 2), "train_wall_s": round(wall, 2),
+                     "predict_cpu_s": round(time.process_time() - pcpu0, 2),
+                     "test_dsc": round(float(np.mean(scores)), 4), "test_cases": len(scores)})
+        progress(f"  test DSC {np.mean(scores):.3f}, training {cpu:.0f} CPU s ({wall:.0f} s wall)")
+
+
 def run_fold(args, fold: int, train, test, work: str, rows: list[dict], progress) -> None:
     import nibabel as nib
 
@@ -140,7 +194,7 @@ def run_fold(args, fold: int, train, test, work: str, rows: list[dict], progress
     folder = write_raw_dataset(env["nnUNet_raw"], dataset, f"PhantomFold{fold}", train, test)
     progress(f"fold {fold}: plan and preprocess ({len(train)} training cases, {len(test)} test cases)")
     timed([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", "2d", "-np", "1", "-npfp", "1"], env)
-    for trainer in args.trainer_list:
+    for trainer in (t for t in args.trainer_list if t != UNIMRI):
         for epochs in args.epoch_list:
             results = os.path.join(base, f"results_{trainer}_{epochs}")
             run_env = {**env, "nnUNet_results": results, "UNIMRI_NNUNET_EPOCHS": str(epochs),
@@ -166,7 +220,30 @@ def run_fold(args, fold: int, train, test, work: str, rows: list[dict], progress
             progress(f"  test DSC {np.mean(scores):.3f}, training {cpu:.0f} CPU s ({wall:.0f} s wall)")
 
 
-def summary_table(rows: list[dict], trainers: list[str], epochs: list[int]) -> list[str]:
+def budget_label(trainer: str, epochs: int, iterations) -> str:
+    if trainer == UNIMRI:
+        return f"stages {epochs},{2 * epochs} epochs"
+    return f"{epochs} epoch(s) × {iterations} it"
+
+
+def curve_table(rows: list[dict], trainers: list[str]) -> list[str]:
+    """One line per (method, budget): mean training CPU s per fold, test DSC mean ± std over
+    the folds, and each fold's DSC."""
+    lines = ["| method | budget | training CPU s per fold | test DSC (mean ± std over folds) | test DSC per fold |",
+             "|---|---|---|---|---|"]
+    for t in trainers:
+        for e in sorted({r["epochs"] for r in rows if r["trainer"] == t}):
+            sel = sorted((r for r in rows if r["trainer"] == t and r["epochs"] == e), key=lambda r: r["fold"])
+            dsc = [r["test_dsc"] for r in sel]
+            lines.append(f"| {LABELS.get(t, t)} | {budget_label(t, e, sel[0].get('iterations'))} | "
+                         f"{np.mean([r['train_cpu_s'] for r in sel]):.0f} | {np.mean(dsc):.3f} ± {np.std(dsc):.3f} | "
+                         f"{', '.join(f'{d:.3f}' for d in dsc)} |")
+    return lines
+
+
+def paired_table(rows: list[dict], trainers: list[str], epochs: list[int]) -> list[str]:
+    """Two nnU-Net trainers at the same epoch budgets: DSC / CPU s of each and the paired
+    per-fold difference (second − first)."""
     lines = ["| epochs | " + " | ".join(f"{LABELS.get(t, t)}: DSC / CPU s" for t in trainers)
              + (" | paired DSC difference (2nd − 1st), per fold |" if len(trainers) == 2 else " |"),
              "|---" * (len(trainers) + 1 + (len(trainers) == 2)) + "|"]
@@ -184,28 +261,29 @@ def summary_table(rows: list[dict], trainers: list[str], epochs: list[int]) -> l
     return lines
 
 
-def plot(rows: list[dict], trainers: list[str], epochs: list[int], path: str) -> None:
+def plot(rows: list[dict], trainers: list[str], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
     for t, colour in zip(trainers, ("tab:gray", "tab:red", "tab:blue", "tab:green")):
-        xs, ys = [], []
+        xs, ys, epochs = [], [], sorted({r["epochs"] for r in rows if r["trainer"] == t})
         for e in epochs:
             sel = [r for r in rows if r["trainer"] == t and r["epochs"] == e]
-            x = np.mean([r["train_cpu_s"] for r in sel])
             ax.scatter([r["train_cpu_s"] for r in sel], [r["test_dsc"] for r in sel], s=12, color=colour, alpha=0.4)
-            xs.append(x)
+            xs.append(np.mean([r["train_cpu_s"] for r in sel]))
             ys.append(np.mean([r["test_dsc"] for r in sel]))
         ax.plot(xs, ys, "-o", color=colour, label=LABELS.get(t, t))
         for x, y, e in zip(xs, ys, epochs):
-            ax.annotate(f"{e} ep", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set_xlabel("training CPU time per fold (s, user+sys)")
+            ax.annotate(f"×{e}" if t == UNIMRI else f"{e} ep", (x, y), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("training CPU time per fold (s, user+sys; log scale)")
     ax.set_ylabel("test DSC (lesion), mean over outer folds")
     ax.set_title("Phantom 2D: test DSC vs CPU budget (dots: single folds)")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -221,7 +299,7 @@ def main(argv=None) -> int:
               f"scripts/test_nnunet.sh", file=sys.stderr)
         return 2
     from unimri.data.phantom import phantom_cases
-    from unimri.data.splits import kfold_split
+    from unimri.data.splits import nested_kfold_split
 
     prov = provenance(args)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -235,22 +313,28 @@ def main(argv=None) -> int:
 
     cases = phantom_cases(args.cases, spatial_dims=2, seed=args.seed, size=args.size)
     ids = [c.case_id for c in cases]
-    folds = kfold_split(ids, k=args.folds, seed=args.seed)
+    folds = nested_kfold_split(ids, k=args.folds, seed=args.seed, val_fraction=UNIMRI_RECIPE["val_fraction"])
     with open(args.out + "_folds.json", "w", encoding="utf-8") as fh:
-        json.dump({"k": args.folds, "seed": args.seed, "note": "test = the outer fold; nnU-Net splits the "
-                   "training side into its own 5 folds and validates on its fold 0",
-                   "folds": [{"train": tr, "test": te} for tr, te in folds]}, fh, indent=1)
+        json.dump({"k": args.folds, "seed": args.seed, "note": "test = the outer fold; nnU-Net gets train + val "
+                   "as its training side, splits it into its own 5 folds and validates on its fold 0; unimri "
+                   "trains on train and stops early on val",
+                   "folds": [{"train": f.train, "val": f.val, "test": f.test} for f in folds]}, fh, indent=1)
     by_id = dict(zip(ids, cases))
     rows: list[dict] = []
-    for fold, (train_ids, test_ids) in enumerate(folds):
-        run_fold(args, fold, [by_id[i] for i in train_ids], [by_id[i] for i in test_ids], work, rows, progress)
+    for fold, f in enumerate(folds):
+        train, val, test = ([by_id[i] for i in part] for part in (f.train, f.val, f.test))
+        if any(t != UNIMRI for t in args.trainer_list):
+            run_fold(args, fold, train + val, test, work, rows, progress)
+        if UNIMRI in args.trainer_list:
+            run_unimri(args, fold, train, val, test, rows, progress)
     prov["load_after"] = os.getloadavg()[0]
     prov["total_wall_s"] = round(time.perf_counter() - started, 1)
     with open(args.out + ".csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, args.trainer_list, args.epoch_list, args.out + ".png")
+    plot(rows, args.trainer_list, args.out + ".png")
+    nnunet_trainers = [t for t in args.trainer_list if t != UNIMRI]
     lines = [f"# nnU-Net as the quality peer: test DSC vs training CPU time (phantom 2D)", "",
              *(f"- {k}: {v}" for k, v in prov.items()), "",
              f"Protocol: {args.cases} phantom cases of {args.size}x{args.size} (seed {args.seed}), {args.folds} outer "
@@ -259,10 +343,17 @@ def main(argv=None) -> int:
              f"training side; its validation fifth is what nnU-Net validates on). Budgets: "
              f"{', '.join(map(str, args.epoch_list))} epoch(s) of {args.iterations} iterations, each a fresh run "
              f"with nnU-Net's poly schedule over that budget; CPU time is user+sys of the nnUNetv2_train process "
-             f"({args.threads} threads), its final validation included. DSC: lesion (label > 0) per test case, "
-             f"mean over the fold's cases; ± is the std over folds. With {args.folds} folds no paired test is "
-             f"meaningful: per-fold differences are listed.", "",
-             *summary_table(rows, args.trainer_list, args.epoch_list), ""]
+             f"({args.threads} threads), its final validation included. unimri's pipeline (UNet + SAS + unified "
+             f"loss, progressive resizing 32 -> 64, the phantom studies' recipe chosen on the development "
+             f"phantom, seed 0) trains on the fold's training side less a validation fifth that early stopping "
+             f"and the best epoch use; budgets multiply its stage epochs ({', '.join(map(str, args.unimri_epoch_list))}"
+             f" × (1, 2)); CPU time is this process's time in training ({args.threads} threads). DSC: lesion "
+             f"(label > 0) per test case, the same function for every method, mean over the fold's cases; ± is "
+             f"the std over folds. With {args.folds} folds no paired test is meaningful: per-fold values are listed.",
+             "", *curve_table(rows, args.trainer_list), ""]
+    if len(nnunet_trainers) == 2:
+        lines += ["nnU-Net's two trainers at the same epoch budgets:", "",
+                  *paired_table(rows, nnunet_trainers, args.epoch_list), ""]
     with open(args.out + ".md", "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
     print("\n".join(lines))
