@@ -33,11 +33,14 @@ std::pair<Vectorized<acc_t>, Vectorized<acc_t>> window_columns(const scalar_t* i
                                 load_vec<scalar_t, acc_t>(in + 2 * i + V, std::max<int64_t>(0, 2 * n - V)));
 }
 
-// fn(r0, r1) on ranges of output rows (planes * Do * Ho of them), in parallel; about 8K outputs
-// per task.
-template <typename Fn>
-void for_output_rows(const MaxPoolArgs& a, Fn&& fn) {
-  at::parallel_for(0, a.planes * a.Do() * a.Ho(), std::max<int64_t>(1, 8192 / a.Wo()), fn);
+// fn(r, in, R) for every output row r (planes * Do * Ho of them) with the pointers `in` to its R
+// window rows of x, in parallel; about 8K outputs per task.
+template <typename scalar_t, typename Fn>
+void for_output_rows(const MaxPoolArgs& a, const scalar_t* x, Fn&& fn) {
+  at::parallel_for(0, a.planes * a.Do() * a.Ho(), std::max<int64_t>(1, 8192 / a.Wo()), [&](int64_t r0, int64_t r1) {
+    const scalar_t* in[4];
+    for (int64_t r = r0; r < r1; ++r) fn(r, in, window_rows(a, x, r, in));
+  });
 }
 
 template <typename scalar_t>
@@ -46,20 +49,16 @@ void max_pool_forward_impl(const MaxPoolArgs& a, const scalar_t* x, scalar_t* ou
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   const int64_t Wo = a.Wo();
-  for_output_rows(a, [&](int64_t r0, int64_t r1) {
-    const scalar_t* in[4];
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t R = window_rows(a, x, r, in);
-      for (int64_t i = 0; i < Wo; i += V) {
-        const int64_t n = std::min(V, Wo - i);
-        Vec m;
-        for (int64_t k = 0; k < R; ++k) {
-          const auto [even, odd] = window_columns<scalar_t, acc_t>(in[k], i, n);
-          const Vec row = at::vec::maximum(even, odd);  // NaN-propagating, as nn.MaxPool
-          m = k == 0 ? row : at::vec::maximum(m, row);
-        }
-        store_vec<scalar_t, acc_t>(m, out + r * Wo + i, n);
+  for_output_rows(a, x, [&](int64_t r, const scalar_t* const* in, int64_t R) {
+    for (int64_t i = 0; i < Wo; i += V) {
+      const int64_t n = std::min(V, Wo - i);
+      Vec m;
+      for (int64_t k = 0; k < R; ++k) {
+        const auto [even, odd] = window_columns<scalar_t, acc_t>(in[k], i, n);
+        const Vec row = at::vec::maximum(even, odd);  // NaN-propagating, as nn.MaxPool
+        m = k == 0 ? row : at::vec::maximum(m, row);
       }
+      store_vec<scalar_t, acc_t>(m, out + r * Wo + i, n);
     }
   });
 }
@@ -70,37 +69,34 @@ void max_pool_backward_impl(const MaxPoolArgs& a, const scalar_t* grad_out, cons
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   const int64_t Wo = a.Wo();
-  for_output_rows(a, [&](int64_t r0, int64_t r1) {
-    const scalar_t* in[4];
+  const Vec zero(0);
+  for_output_rows(a, x, [&](int64_t r, const scalar_t* const* in, int64_t R) {
     scalar_t* gin[4];
     Vec v[8];
-    const Vec zero(0);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t R = window_rows(a, x, r, in), C = 2 * R;
-      window_rows(a, grad_x, r, gin);
-      for (int64_t i = 0; i < Wo; i += V) {
-        const int64_t n = std::min(V, Wo - i);
-        // candidates in nn.MaxPool's scan order: row k's even column is 2k, its odd column 2k + 1
-        for (int64_t k = 0; k < R; ++k) std::tie(v[2 * k], v[2 * k + 1]) = window_columns<scalar_t, acc_t>(in[k], i, n);
-        Vec m = v[0];
-        for (int64_t c = 1; c < C; ++c) m = at::vec::maximum(m, v[c]);
-        // nn.MaxPool keeps the first maximum (a later element wins only when greater or NaN):
-        // the first candidate equal to m, or where m is NaN, the last NaN
-        Vec pick(static_cast<acc_t>(C - 1)), pick_nan(0);
-        for (int64_t c = C - 1; c >= 0; --c) pick = Vec::blendv(pick, Vec(static_cast<acc_t>(c)), v[c] == m);
-        for (int64_t c = 0; c < C; ++c) pick_nan = Vec::blendv(pick_nan, Vec(static_cast<acc_t>(c)), v[c].isnan());
-        pick = Vec::blendv(pick, pick_nan, m.isnan());
-        const Vec g = load_vec<scalar_t, acc_t>(grad_out + r * Wo + i, n);
-        for (int64_t k = 0; k < R; ++k) {
-          const auto [lo, hi] = at::vec::interleave2(Vec::blendv(zero, g, pick == Vec(static_cast<acc_t>(2 * k))),
-                                                     Vec::blendv(zero, g, pick == Vec(static_cast<acc_t>(2 * k + 1))));
-          store_vec<scalar_t, acc_t>(lo, gin[k] + 2 * i, std::min(V, 2 * n));
-          if (2 * n > V) store_vec<scalar_t, acc_t>(hi, gin[k] + 2 * i + V, 2 * n - V);
-        }
+    const int64_t C = 2 * R;
+    window_rows(a, grad_x, r, gin);
+    for (int64_t i = 0; i < Wo; i += V) {
+      const int64_t n = std::min(V, Wo - i);
+      // candidates in nn.MaxPool's scan order: row k's even column is 2k, its odd column 2k + 1
+      for (int64_t k = 0; k < R; ++k) std::tie(v[2 * k], v[2 * k + 1]) = window_columns<scalar_t, acc_t>(in[k], i, n);
+      Vec m = v[0];
+      for (int64_t c = 1; c < C; ++c) m = at::vec::maximum(m, v[c]);
+      // nn.MaxPool keeps the first maximum (a later element wins only when greater or NaN):
+      // the first candidate equal to m, or where m is NaN, the last NaN
+      Vec pick(static_cast<acc_t>(C - 1)), pick_nan(0);
+      for (int64_t c = C - 1; c >= 0; --c) pick = Vec::blendv(pick, Vec(static_cast<acc_t>(c)), v[c] == m);
+      for (int64_t c = 0; c < C; ++c) pick_nan = Vec::blendv(pick_nan, Vec(static_cast<acc_t>(c)), v[c].isnan());
+      pick = Vec::blendv(pick, pick_nan, m.isnan());
+      const Vec g = load_vec<scalar_t, acc_t>(grad_out + r * Wo + i, n);
+      for (int64_t k = 0; k < R; ++k) {
+        const auto [lo, hi] = at::vec::interleave2(Vec::blendv(zero, g, pick == Vec(static_cast<acc_t>(2 * k))),
+                                                   Vec::blendv(zero, g, pick == Vec(static_cast<acc_t>(2 * k + 1))));
+        store_vec<scalar_t, acc_t>(lo, gin[k] + 2 * i, std::min(V, 2 * n));
+        if (2 * n > V) store_vec<scalar_t, acc_t>(hi, gin[k] + 2 * i + V, 2 * n - V);
       }
-      if (a.W % 2)
-        for (int64_t k = 0; k < R; ++k) gin[k][a.W - 1] = scalar_t(0);
     }
+    if (a.W % 2)
+      for (int64_t k = 0; k < R; ++k) gin[k][a.W - 1] = scalar_t(0);
   });
   // rows and depth slices no window covers (odd H or D) get no gradient
   const int64_t Dc = a.pool_depth ? 2 * a.Do() : a.D, Hc = 2 * a.Ho();

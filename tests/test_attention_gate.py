@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import requires_cuda
 from unimri_kernels.dispatch import available_backends, use_backend
-from unimri_kernels.ops.attention_gate import GateParams, attention_gate, gate
+from unimri_kernels.ops.attention_gate import GateParams, GateShape, attention_gate, gate
 from unimri_kernels.reference.attention_gate import attention_gate_reference
 
 CPU_BACKENDS = [b for b in available_backends("cpu") if b != "reference"]
@@ -20,16 +20,9 @@ HAS_TRITON_CPU = "triton" in CPU_BACKENDS
 
 
 @dataclass(frozen=True)
-class Case:
-    """One attention-gate problem: x (B, cx, *size), g (B, cg, *g_size)."""
+class Case(GateShape):
+    """One attention-gate problem: x (B, cx, *size), g (B, cg, *g_size), and the focal exponent."""
 
-    batch: int
-    cx: int
-    cg: int
-    ci: int
-    size: tuple[int, ...]
-    g_size: tuple[int, ...]
-    subsample: int
     focal: float
 
     def inputs(self, dtype=torch.float64, device="cpu", seed=0) -> list[torch.Tensor]:

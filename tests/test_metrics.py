@@ -9,19 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unimri.metrics import (
-    METRIC_NAMES,
-    SegmentationMetrics,
-    average_surface_distance,
-    compute_dice,
-    compute_iou,
-    compute_precision,
-    compute_recall,
-    compute_specificity,
-    confusion_counts,
-    hausdorff_distance_95,
-    metric_from_counts,
-)
+from unimri.metrics import (METRIC_NAMES, SegmentationMetrics, average_surface_distance, compute_dice, compute_iou,
+                            compute_precision, compute_recall, compute_specificity, confusion_counts,
+                            hausdorff_distance_95, metric_from_counts)
 
 
 

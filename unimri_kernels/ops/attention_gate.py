@@ -23,6 +23,7 @@ that writes every gradient once; see csrc/attention_gate.cpp).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,20 @@ from unimri_kernels.dispatch import backend_for, cpp_ops
 from unimri_kernels.reference.attention_gate import attention_gate_reference, coarse_shape
 
 _SHAPE_HELP = "(B, C, H, W) or (B, C, D, H, W)"
+
+
+@dataclass(frozen=True)
+class GateShape:
+    """The sizes of one attention-gate problem: x (batch, cx, *size), g (batch, cg, *g_size),
+    ci inter channels, theta's subsample factor (tests and the compile check build on it)."""
+
+    batch: int
+    cx: int
+    cg: int
+    ci: int
+    size: tuple[int, ...]
+    g_size: tuple[int, ...]
+    subsample: int
 
 
 class GateParams(NamedTuple):

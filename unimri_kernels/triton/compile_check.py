@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from unimri_kernels.ops.attention_gate import GateShape
+
 KERNEL_MODULES = ("unimri_kernels.triton.unified_focal_loss",
                   "unimri_kernels.triton.gate_kernels")
 ARCHS = (80, 90, 100)
@@ -127,16 +129,9 @@ class LossProblem:
 
 
 @dataclass(frozen=True)
-class GateProblem:
-    """x (batch, cx, *size), g (batch, cg, *g_size), ci inter channels, of ``dtype``."""
+class GateProblem(GateShape):
+    """A :class:`GateShape` in ``dtype``, with the gate's focal exponent."""
 
-    batch: int
-    cx: int
-    cg: int
-    ci: int
-    size: tuple[int, ...]
-    g_size: tuple[int, ...]
-    subsample: int
     dtype: str
     focal: float = 1.0
 

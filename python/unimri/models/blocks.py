@@ -261,6 +261,17 @@ class SegmentationModel(nn.Module):
             return x
         return apply_attention(self.attentions[name], x, g if self.attention == "sas" else None)
 
+    def encode_levels(self, x: torch.Tensor, attention: Sequence[str | None] = ()) -> list[torch.Tensor]:
+        """The outputs of ``self.encoders`` (``self.pool`` between levels) of an encoder-decoder
+        model, coarsest last; ``attention[level]`` re-weights that level's output first."""
+        levels: list[torch.Tensor] = []
+        for level, encoder in enumerate(self.encoders):
+            x = encoder(x if level == 0 else self.pool(x))
+            if level < len(attention):
+                x = self.attend(attention[level], x)
+            levels.append(x)
+        return levels
+
     def upgrade_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
         """``state_dict`` with legacy keys ``attentions.<i>.`` renamed to ``attentions.<name>.``."""
         names = list(self.attentions.keys())

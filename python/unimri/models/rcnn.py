@@ -81,12 +81,7 @@ class RCNN(SegmentationModel):
         init_weights(self)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        skips: list[torch.Tensor] = []
-        for level, encoder in enumerate(self.encoders):
-            x = encoder(x if level == 0 else self.pool(x))
-            if level < self.depth:
-                x = self.attend(self.feature_attention[level], x)
-            skips.append(x)
+        skips = self.encode_levels(x, self.feature_attention)
         x = skips.pop()
         for level in reversed(range(self.depth)):
             x = self.decoders[level](torch.cat([skips[level], self.ups[level](x)], dim=1))

@@ -48,10 +48,7 @@ class UNet(SegmentationModel):
         init_weights(self)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        skips: list[torch.Tensor] = []
-        for level, encoder in enumerate(self.encoders):
-            x = encoder(x if level == 0 else self.pool(x))
-            skips.append(x)
+        skips = self.encode_levels(x)
         x = skips.pop()
         for level in reversed(range(self.depth)):
             skip = self.attend(self.skip_attention[level], skips[level], x)
