@@ -9,10 +9,13 @@
 #   3. cuda tests   every test with the `cuda` pytest marker (tests/conftest.py gives it to each
 #                 test that carries requires_cuda), deterministic cuBLAS, TF32 off
 #   4. bench ops    loss and attention-gate benchmarks on CUDA (each CSV row written as measured)
-#   5. bench train  training-step benchmark on CUDA, quick sizes (torch.compile only with --compile)
+#   5. roofline     per op: achieved bandwidth as a fraction of a device copy measured in the
+#                 same run, time vs torch.compile of the reference, launches and host syncs per
+#                 call (profiler), the bf16 tl.dot path vs float64 (benchmarks/gpu_roofline.py)
+#   6. bench train  training-step benchmark on CUDA, quick sizes (torch.compile only with --compile)
 #
 # Writes under --out (default $UNIMRI_GPU_OUT or benchmarks/results/gpu_check): summary.md (always,
-# also after a failure, a timeout or Ctrl-C), logs/<step>.log, cuda_tests.xml, *_gpu*.csv/md/png.
+# also after a failure, a timeout or Ctrl-C), logs/<step>.log, cuda_tests.xml, *_gpu*.csv/md/png, roofline.csv/md.
 #
 #   bash scripts/gpu_check.sh                  # everything
 #   bash scripts/gpu_check.sh --quick          # quick sizes for the op benchmarks too
@@ -137,10 +140,12 @@ fi
 
 if [ $GPU = 1 ]; then
   step bench_ops 75 $PY benchmarks/run.py --ops loss,attention --device cuda --out "$OUT" $QUICK $COMPILE
+  step roofline 120 $PY benchmarks/gpu_roofline.py --out "$OUT"
   step bench_train 45 $PY benchmarks/run.py --ops train --device cuda --out "$OUT" --quick $COMPILE
 else
   step bench_args 300 $PY benchmarks/run.py --ops loss,attention,train --device cuda --out "$OUT" --quick $COMPILE --check-args
   no_gpu bench_ops "loss, attention gate on cuda not measured"
+  step roofline_model 120 $PY benchmarks/gpu_roofline.py --dry-run --out "$OUT"
   no_gpu bench_train "training step on cuda not measured"
 fi
 exit $status

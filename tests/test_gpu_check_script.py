@@ -14,7 +14,8 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ["install", "environment", "cuda_tests_collected", "cuda_tests", "bench_args", "bench_ops", "bench_train"]
+STEPS = ["install", "environment", "cuda_tests_collected", "cuda_tests", "bench_args", "bench_ops", "roofline_model",
+         "bench_train"]
 
 
 def run_check(out, *args, **env):
@@ -40,7 +41,7 @@ def test_dry_run_walks_every_step(dry_run):
     summary = (out / "summary.md").read_text()
     rows = _rows(summary)
     assert list(rows) == STEPS, summary
-    for step in ("install", "environment", "cuda_tests_collected", "bench_args"):
+    for step in ("install", "environment", "cuda_tests_collected", "bench_args", "roofline_model"):
         assert rows[step].strip() == "ok", (step, summary)
     for step in ("cuda_tests", "bench_ops", "bench_train"):
         assert rows[step].startswith("no GPU"), (step, summary)
@@ -48,6 +49,26 @@ def test_dry_run_walks_every_step(dry_run):
         assert (out / "logs" / f"{step}.log").stat().st_size > 0, step
     assert "CUBLAS_WORKSPACE_CONFIG=:4096:8" in summary and "NVIDIA_TF32_OVERRIDE=0" in summary
     assert f"torch {torch.__version__}" in summary and "dry run" in summary
+
+
+def test_dry_run_writes_the_roofline_model(dry_run):
+    """The roofline table's model columns without a GPU: launches per route, the fewest
+    programs of a pixel-sweep launch (>= 4 per SM of an H100), modelled bytes; nothing timed."""
+    pytest.importorskip("triton")
+    out, _ = dry_run
+    with open(out / "roofline.csv", newline="") as fh:
+        rows = {(r["op"], r["dtype"]): r for r in csv.DictReader(fh)}
+    assert set(rows) == {(op, dt) for op in ("loss", "gate") for dt in ("float32", "bfloat16")}
+    for (op, _), r in rows.items():
+        assert int(r["launches_model"]) == (3 if op == "loss" else 6)
+        assert int(r["min_programs"]) >= 4 * 132
+        assert r["time_us"] == "not measured" and r["op_syncs"] == "not measured"
+    # loss fp32: logits read twice and gradient written once (3 x 8.4 MB x 2 classes) + int64 labels
+    # read once and as a uint8 copy written and read (8 + 2 bytes a pixel) + small partials
+    z = 8 * 2 * 512 * 512 * 4
+    labels = 8 * 512 * 512 * (8 + 2)
+    assert 3 * z + labels <= float(rows[("loss", "float32")]["model_MB"]) * 1e6 <= 1.02 * (3 * z + labels)
+    assert "no GPU (model only)" in (out / "roofline.md").read_text()
 
 
 def test_dry_run_selects_exactly_the_cuda_tests(dry_run):

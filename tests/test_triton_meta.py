@@ -16,9 +16,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from unimri_kernels.ops.unified_focal_loss import _TritonTwoSweeps  # noqa: E402
-from unimri_kernels.triton.compile_check import (GateProblem, capture_launches,  # noqa: E402
-                                                 launches_of)
+from unimri_kernels.triton.compile_check import (GateProblem, launches_of,  # noqa: E402
+                                                 loss_route_launches)
 from unimri_kernels.triton.launch import CUDA_MAX_GRID, DEFAULT_NUM_SMS  # noqa: E402
 from unimri_kernels.triton.traffic import launch_traffic, route_bytes  # noqa: E402
 
@@ -39,19 +38,7 @@ def no_host_sync(monkeypatch):
 
 def _loss_launches(batch, classes, spatial, dtype, target_dtype, pooled=False):
     """Forward + backward of the eager Triton loss route on meta tensors."""
-    n = 1
-    for s in spatial:
-        n *= s
-    logits = torch.empty((batch, classes, n), dtype=dtype, device="meta", requires_grad=True)
-    if target_dtype.is_floating_point:
-        target = torch.empty((batch, classes, n), dtype=target_dtype, device="meta")
-    else:
-        target = torch.empty((batch, n), dtype=target_dtype, device="meta")
-    params = torch.empty((4, classes), dtype=torch.float64, device="meta")
-    with capture_launches() as rec:
-        loss = _TritonTwoSweeps.apply(logits, target, params, 0.4, 0.6, 1e-6, -100, pooled)
-        n_forward = len(rec)
-        loss.mean().backward()
+    rec, n_forward, logits, target, loss = loss_route_launches(batch, classes, spatial, dtype, target_dtype, pooled)
     assert loss.shape == ((1,) if pooled else (batch,))
     assert logits.grad.shape == logits.shape and logits.grad.dtype == dtype
     return rec, n_forward, logits, target

@@ -154,6 +154,26 @@ class GateProblem(GateShape):
         attention_gate_backward(torch.empty_like(x), alpha, x, g, *weights, **kw)
 
 
+def loss_route_launches(batch: int, classes: int, spatial: Sequence[int], dtype: torch.dtype,
+                        target_dtype: torch.dtype, pooled: bool = False):
+    """Forward + backward of the loss's eager Triton route on meta tensors: (launches, how many
+    of them the forward made, logits (batch, classes, N) with its .grad, target, loss)."""
+    from unimri_kernels.ops.unified_focal_loss import _TritonTwoSweeps
+
+    n = 1
+    for s in spatial:
+        n *= s
+    logits = torch.empty((batch, classes, n), dtype=dtype, device="meta", requires_grad=True)
+    shape = (batch, classes, n) if target_dtype.is_floating_point else (batch, n)
+    target = torch.empty(shape, dtype=target_dtype, device="meta")
+    params = torch.empty((4, classes), dtype=torch.float64, device="meta")
+    with capture_launches() as rec:
+        loss = _TritonTwoSweeps.apply(logits, target, params, 0.4, 0.6, 1e-6, -100, pooled)
+        n_forward = len(rec)
+        loss.mean().backward()
+    return rec, n_forward, logits, target, loss
+
+
 def launches_of(problem, deterministic: bool = False, allow_tf32: bool = False) -> list[Launch]:
     """The launches ``problem`` makes on CUDA under these torch settings."""
     with torch_flags(deterministic, allow_tf32), capture_launches() as rec:
