@@ -284,3 +284,39 @@ def test_cli_predict_dicom_folder_to_seg(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "uneven slice spacing" in err and str(tmp_path / "gap") in err
     assert not os.path.exists(tmp_path / "gap.dcm")
+
+
+def test_nnunet_folder_with_dicom_series_and_seg_labels_trains_like_nifti(tmp_path, capsys):
+    """A training folder in nnU-Net's raw layout whose images are DICOM series folders, with
+    labels as NIfTI on the series' grid or as DICOM SEG: loaded with the series' voxels and
+    geometry, listed by `unimri datasets`, and a missing label is named."""
+    import json
+
+    from unimri.cli import main
+    from unimri.data import load_cases, write_nifti
+
+    root = tmp_path / "Dataset001_Dicom"
+    (root / "labelsTr").mkdir(parents=True)
+    json.dump({"channel_names": {"0": "T2"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 2,
+               "file_ending": ".nii.gz"}, open(root / "dataset.json", "w"))
+    voxels, affine = write_series(root / "imagesTr" / "caseA_0000")
+    write_series(root / "imagesTr" / "caseB_0000")
+    label = np.zeros(SHAPE, np.uint8)
+    label[3:7, 2:6, 1:4] = 1
+    write_nifti(str(root / "labelsTr" / "caseA.nii.gz"), label, affine)
+    pytest.importorskip("highdicom")
+    from unimri.data.dicom import write_seg
+
+    write_seg(str(root / "labelsTr" / "caseB.dcm"), label, str(root / "imagesTr" / "caseB_0000"))
+    cases = load_cases(str(root))
+    assert [c.case_id for c in cases] == ["caseA", "caseB"]
+    for case in cases:
+        np.testing.assert_array_equal(case.image[0], voxels.astype(np.float32))
+        np.testing.assert_array_equal(case.label, label)
+        np.testing.assert_allclose(case.affine, affine, atol=1e-5)
+        assert case.meta["modality"] == "MR" and case.meta["classes"] == ["background", "lesion"]
+    assert main(["datasets", str(root)]) == 0
+    assert "caseB" in capsys.readouterr().out
+    os.remove(root / "labelsTr" / "caseB.dcm")
+    with pytest.raises(ValueError, match=r"case 'caseB': label file .*caseB\.nii\.gz.* does not exist \(nor a DICOM SEG .*caseB\.dcm"):
+        load_cases(str(root))

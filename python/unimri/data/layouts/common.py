@@ -69,13 +69,24 @@ def grey_channels(array: np.ndarray, path: str) -> np.ndarray:
     raise ValueError(f"image file {path!r}: expected a 2D grey or RGB image, got shape {array.shape}")
 
 
+def read_label_file(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(label array, 4x4 RAS affine) of a label file: any image format, or a DICOM SEG (.dcm)."""
+    if path.lower().endswith(".dcm"):
+        from ..dicom import read_seg
+
+        return read_seg(path)
+    array, affine, _, _ = read_image(path)
+    return array, affine
+
+
 def volume_case(image_paths: Sequence[str], label_path: str | None, case_id: str,
                 num_classes: int, meta: dict, binary: bool = False) -> Volume:
     """Read channels and label of one 3D case; check shapes and affines agree.
 
     Args:
-        image_paths: one file per channel (a 4D file contributes its last axis as channels).
-        label_path: label file or None.
+        image_paths: one file (or DICOM series folder) per channel (a 4D file contributes its
+            last axis as channels).
+        label_path: label file (a DICOM SEG when it ends in .dcm) or None.
         binary: the label is a {0,1}/{0,255} mask instead of class indices.
     """
     channels, affine, spacing, ref_path, header = [], None, None, None, None
@@ -95,7 +106,7 @@ def volume_case(image_paths: Sequence[str], label_path: str | None, case_id: str
         channels += parts
     label = None
     if label_path is not None:
-        array, aff, _, _ = read_image(label_path)
+        array, aff = read_label_file(label_path)
         if array.ndim == 4 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.shape != channels[0].shape:

@@ -5,6 +5,10 @@
                               "file_ending": ".nii.gz", ...}   (v1: "modality", "labels" {"0": ...})
       imagesTr/CASE_0000.nii.gz   one file per channel, suffix _XXXX = channel index
       labelsTr/CASE.nii.gz
+
+A channel may also be a DICOM series folder ``imagesTr/CASE_0000/`` (read as
+:func:`unimri.data.read_image` reads series: sorted by position, rescaled, geometry checked),
+and a label a DICOM SEG ``labelsTr/CASE.dcm`` that references it.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 import re
 
 from unimri._atomic import read_json_object
+from ..dicom import is_dicom_path
 from ..io import IMAGE_2D_SUFFIXES, read_image
 from ..registry import register_layout
 from ..volume import Volume
@@ -53,6 +58,19 @@ def _classes(spec: dict, path: str) -> list[str]:
     return [by_value[i] for i in range(len(by_value))]
 
 
+_SERIES = re.compile(r"^(.+)_(\d{4})$")  # a channel given as a DICOM series folder
+
+
+def _label_path(label_dir: str, case_id: str, ending: str) -> str:
+    """labelsTr/CASE<ending>, else a DICOM SEG labelsTr/CASE.dcm; ValueError naming both."""
+    candidates = [os.path.join(label_dir, case_id + e) for e in dict.fromkeys((ending, ".dcm"))]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    also = f" (nor a DICOM SEG {candidates[1]!r})" if len(candidates) > 1 else ""
+    raise ValueError(f"case {case_id!r}: label file {candidates[0]!r} does not exist{also}")
+
+
 @register_layout("nnunet", "nnU-Net raw: dataset.json, imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz",
                  _detect)
 def load_nnunet(folder: str, images: str = "imagesTr", labels: str | None = "labelsTr") -> list[Volume]:
@@ -74,22 +92,25 @@ def load_nnunet(folder: str, images: str = "imagesTr", labels: str | None = "lab
         match = pattern.match(os.path.basename(path))
         if match:
             by_case.setdefault(match.group(1), {})[int(match.group(2))] = path
-    non_empty(image_dir, by_case, f"images named CASE_XXXX{ending}")
+    series: set[str] = set()  # channels given as DICOM series folders
+    for name in sorted(os.listdir(image_dir)) if os.path.isdir(image_dir) else []:
+        match = _SERIES.match(name)
+        if match and os.path.isdir(os.path.join(image_dir, name)) and is_dicom_path(os.path.join(image_dir, name)):
+            series.add(os.path.join(image_dir, name))
+            by_case.setdefault(match.group(1), {})[int(match.group(2))] = os.path.join(image_dir, name)
+    non_empty(image_dir, by_case, f"images named CASE_XXXX{ending} or DICOM series folders CASE_XXXX/")
     cases = []
     for case_id in sorted(by_case):
         files = by_case[case_id]
         missing = [f"{case_id}_{c:04d}{ending}" for c in range(len(names)) if c not in files]
         if missing:
-            raise ValueError(f"{image_dir}: case {case_id!r} lacks channel file(s) {missing}")
-        label_path = None
-        if labels is not None:
-            label_path = os.path.join(folder, labels, case_id + ending)
-            if not os.path.isfile(label_path):
-                raise ValueError(f"case {case_id!r}: label file {label_path!r} does not exist")
+            raise ValueError(f"{image_dir}: case {case_id!r} lacks channel file(s) or DICOM series folder(s) "
+                             f"{missing}")
+        label_path = None if labels is None else _label_path(os.path.join(folder, labels), case_id, ending)
         meta = {"dataset": spec.get("name", os.path.basename(os.path.abspath(folder))),
                 "layout": "nnunet", "modality": modality, "channels": names, "classes": classes}
         paths = [files[c] for c in range(len(names))]
-        if ending.lower() in IMAGE_2D_SUFFIXES:
+        if ending.lower() in IMAGE_2D_SUFFIXES and not any(p in series for p in paths):
             label = None
             if label_path is not None:
                 label = label_array(read_image(label_path)[0], label_path, len(classes))
