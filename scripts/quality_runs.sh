@@ -30,6 +30,11 @@ publish() {  # publish SRC NAME: copy a results file into the committed results 
   echo "quality_runs: published $DEST/$2"
 }
 
+backbones_figure() {  # Table 1 as a figure, from whichever backbones results files exist
+  $PY -m unimri.studies.paper backbones "$DEST/backbones.png" "Phantom (2D)=$DEST/backbones_phantom.json" \
+    "Colin27 hippocampus (2D)=$DEST/backbones_colin27.json"
+}
+
 run() {
   local name=$1
   case $name in
@@ -43,7 +48,8 @@ run() {
     phantom_backbones)
       unimri ablate --study backbones --dataset phantom --dataset-kwargs "$PHANTOM" \
         "${PHANTOM_RECIPE[@]}" --out "$OUT/phantom_backbones"
-      publish "$OUT/phantom_backbones/backbones_results.json" backbones_phantom.json ;;
+      publish "$OUT/phantom_backbones/backbones_results.json" backbones_phantom.json
+      backbones_figure ;;
     phantom_lambda)
       unimri ablate --study lambda --dataset phantom --dataset-kwargs "$PHANTOM" \
         "${PHANTOM_RECIPE[@]}" --out "$OUT/phantom_lambda"
@@ -62,10 +68,22 @@ run() {
       # leave-one-slab-out at width 8: the components study's unified-approach runs
       $PY -m unimri.studies.collect --out "$DEST/colin27_loso_w8.json" --study colin27-loso \
         --group "UNet w8" --method "unified approach" "$OUT"/colin27_all/components/unet-all_unified_approach-seed{0,1,2} ;;
+    time_to_quality)  # from phantom_all's components runs, without training again
+      $PY - "$OUT/phantom_all/components" "$DEST" <<'PY'
+import sys
+from unimri.studies.ablation import time_to_quality_report
+src, dest = sys.argv[1], sys.argv[2]
+runs = {label: [f"{src}/unet-{slug}-seed{s}" for s in (0, 1, 2)]
+        for label, slug in (("one stage at 64 (SAS + unified loss)", "sas__unified_loss"),
+                            ("progressive resizing 32 -> 64 (all)", "all_unified_approach"))}
+print(time_to_quality_report(runs, dest, title="Phantom, UNet + SAS + unified loss: validation DSC vs CPU time"))
+PY
+      ;;
     colin27_backbones)
       unimri ablate --study backbones --dataset colin27-hippocampus --dataset-kwargs "$COLIN" \
         "${COLIN_RECIPE[@]}" --seeds 2 --out "$OUT/colin27_backbones"
-      publish "$OUT/colin27_backbones/backbones_results.json" backbones_colin27.json ;;
+      publish "$OUT/colin27_backbones/backbones_results.json" backbones_colin27.json
+      backbones_figure ;;
     colin27_lambda)
       unimri ablate --study lambda --dataset colin27-hippocampus --dataset-kwargs "$COLIN" \
         "${COLIN_RECIPE[@]}" --seeds 1 --out "$OUT/colin27_lambda"
@@ -94,7 +112,7 @@ run() {
   esac
 }
 
-ALL=(phantom_all phantom_backbones phantom_lambda phantom3d demo colin27_all colin27_backbones
+ALL=(phantom_all time_to_quality phantom_backbones phantom_lambda phantom3d demo colin27_all colin27_backbones
      colin27_lambda colin27_3d colin27_loso_w16 imbalance)
 for name in "${@:-${ALL[@]}}"; do
   echo "== quality_runs: $name ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -153,3 +153,23 @@ def test_ablate_backbones_end_to_end_writes_table_provenance_and_overlays(tmp_pa
 
     assert Image.open(os.path.join(out, "overlays_unet.png")).size[0] == round((2.6 * 4 + 0.6) * 110)
     assert "| UNet | baseline (CE) |" in capsys.readouterr().out
+
+
+def test_backbones_figure_from_results_files(tmp_path):
+    """The Table 1 figure is drawn from results files; a panel whose file is missing is left
+    out, a malformed panel argument is refused."""
+    pytest.importorskip("matplotlib")
+    from unimri.studies.quality import make_record, write_record
+
+    rows = [{"group": g, "method": m, "fold": f, "seed": s, "IoU": 0.1, "DSC": 0.2 + 0.1 * f, "Precision": 0.3,
+             "Recall": 0.4} for g in ("UNet", "FCN") for m in ("baseline (CE)", "unified approach")
+            for f in range(3) for s in range(2)]
+    path = str(tmp_path / "backbones_phantom.json")
+    write_record(path, make_record("backbones", "phantom", "Model", "Method", rows, {"folds": 3}, {}))
+    m, low, high = paper.mean_interval({(r["fold"], r["seed"]): r["DSC"] for r in rows[:6]})
+    assert m == pytest.approx(0.3) and low <= m <= high
+    out = str(tmp_path / "backbones.png")
+    assert paper.main(["backbones", out, f"Phantom={path}", f"Colin27={tmp_path / 'missing.json'}"]) == 0
+    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        paper.main(["backbones", out, path])

@@ -134,6 +134,35 @@ def combine_lambda_plots(csv_paths: Sequence[str], path: str, title: str = "") -
     return plot_lambda(series, path, title=title or "Unified approach: test DSC against λ")
 
 
+def plot_backbones(records: Mapping[str, Mapping[str, Any]], path: str, metric: str = "DSC") -> str:
+    """Table 1 as a figure: per backbone, the baseline's and the unified approach's test
+    ``metric`` (mean over test folds of the seed means, hierarchical bootstrap 95 % CI), one
+    panel per dataset; ``records`` maps a panel title to a backbones quality record."""
+    from unimri.runtime.plots import _plt, _save
+
+    if not records:
+        raise ValueError("plot_backbones: no results records")
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(records), figsize=(4.8 * len(records), 3.8), squeeze=False)
+    for ax, (title, record) in zip(axes[0], records.items()):
+        groups = list(dict.fromkeys(r["group"] for r in record["rows"]))
+        methods = list(dict.fromkeys(r["method"] for r in record["rows"]))
+        for j, method in enumerate(methods):
+            stats = [mean_interval({(int(r["fold"]), int(r["seed"])): float(r[metric]) for r in record["rows"]
+                                    if r["group"] == g and r["method"] == method}) for g in groups]
+            xs = [i + (j - (len(methods) - 1) / 2) * 0.38 for i in range(len(groups))]
+            ax.bar(xs, [m for m, _, _ in stats], width=0.36, color=f"C{j}", label=method,
+                   yerr=[[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]], capsize=3)
+        ax.set_xticks(range(len(groups)), groups, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"test {metric} (95 % CI)", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------------------- reports
 def write_lambda_report(cells: Sequence["Cell"], out_dir: str, dataset: str) -> list[str]:
     """``lambda.csv`` and ``lambda_<model>.png`` of a finished λ study in ``out_dir``."""
@@ -150,3 +179,30 @@ def write_lambda_report(cells: Sequence["Cell"], out_dir: str, dataset: str) -> 
                                    title=f"{MODEL_TITLES.get(model, model)}, unified approach on {name}: "
                                          "test DSC against λ"))
     return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m unimri.studies.paper backbones OUT.png "Title=results.json" ...``: the
+    Table 1 figure from committed backbones results files (scripts/quality_runs.sh)."""
+    import argparse
+
+    from unimri.studies.quality import read_record
+
+    ap = argparse.ArgumentParser(description="Figures of the paper's studies from results files")
+    ap.add_argument("figure", choices=["backbones"])
+    ap.add_argument("out", help="PNG to write")
+    ap.add_argument("panels", nargs="+", metavar="TITLE=FILE", help="a panel: its title and results file")
+    args = ap.parse_args(argv)
+    records = {}
+    for panel in args.panels:
+        title, sep, path = panel.partition("=")
+        if not sep:
+            ap.error(f"expected TITLE=FILE, got {panel!r}")
+        if os.path.isfile(path):
+            records[title] = read_record(path)
+    print(plot_backbones(records, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
