@@ -20,6 +20,7 @@ Which run writes which file (``<out>`` is the command's ``--out``; see docs/eval
 ``quality/backbones_<dataset>.json``      ``--study backbones`` (2D, five backbones): ``backbones_results.json``
 ``quality/lambda_<dataset>.json``         ``--study lambda``: ``lambda_results.json``
 ``quality/backbones3d_<dataset>.json``    ``--study backbones --models unet --spatial-dims 3``: ``backbones_results.json``
+``nnunet_curve.{md,csv,png}``             ``benchmarks/nnunet_curve.py`` in the nnU-Net environment (docs/nnunet.md)
 ========================================  =============================================================
 """
 from __future__ import annotations
@@ -100,7 +101,19 @@ def _titled(files: Sequence[tuple[str, str]]) -> Callable[[], str]:
     return table
 
 
+def nnunet_curve() -> str:
+    """The nnU-Net peer curve's report (benchmarks/nnunet_curve.py), as that run wrote it."""
+    path = os.path.join(ROOT, "benchmarks", "results", "nnunet_curve.md")
+    if not os.path.isfile(path):
+        return not_measured(path)
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    body = lines[1:] if lines and lines[0].startswith("# ") else lines
+    return "\n".join(body).strip() + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "quality-nnunet-curve": nnunet_curve,
     "quality-backbones": _per_dataset("backbones"),
     "quality-lambda": _per_dataset("lambda"),
     "quality-3d": _titled([("backbones3d_phantom.json", "3D phantom, 3D UNet"),
