@@ -24,6 +24,7 @@ short unimri runs) is estimated at about 30 minutes on 2 idle CPU cores; ``--smo
 (about 3 CPU minutes; 15 wall minutes on a heavily shared machine).
 
     python benchmarks/nnunet_curve.py --out benchmarks/results/nnunet_curve
+    python benchmarks/nnunet_curve.py --plot OUT.png A.csv B.csv   # one plot of several runs
 """
 from __future__ import annotations
 
@@ -290,7 +291,28 @@ def plot(rows: list[dict], trainers: list[str], path: str) -> None:
     plt.close(fig)
 
 
+def read_rows(path: str) -> list[dict]:
+    """Rows of a curve CSV with numbers as numbers."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for key in ("fold", "epochs"):
+            r[key] = int(r[key])
+        for key in ("train_cpu_s", "test_dsc"):
+            r[key] = float(r[key])
+    return rows
+
+
+def plot_csvs(paths: list[str], out: str) -> None:
+    """One plot of the series of several curve CSVs (e.g. a run that extends another's budgets)."""
+    rows = [r for p in paths for r in read_rows(p)]
+    plot(rows, list(dict.fromkeys(r["trainer"] for r in rows)), out)
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--plot":
+        plot_csvs(sys.argv[3:], sys.argv[2])  # --plot OUT.png CSV [CSV ...]: redraw, train nothing
+        return 0
     args = parse_args(argv)
     try:
         import nnunetv2  # noqa: F401

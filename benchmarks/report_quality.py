@@ -101,15 +101,27 @@ def _titled(files: Sequence[tuple[str, str]]) -> Callable[[], str]:
     return table
 
 
+#: the nnU-Net peer curve's reports (benchmarks/nnunet_curve.py) in the order they were run
+NNUNET_CURVES = (("nnunet_curve.md", ""),
+                 ("nnunet_curve_unimri_long.md", "**Longer budgets of unimri's pipeline** (a second run on the same "
+                                                 "folds, made after the first to extend its series; both are "
+                                                 "listed)"))
+
+
 def nnunet_curve() -> str:
-    """The nnU-Net peer curve's report (benchmarks/nnunet_curve.py), as that run wrote it."""
-    path = os.path.join(ROOT, "benchmarks", "results", "nnunet_curve.md")
-    if not os.path.isfile(path):
-        return not_measured(path)
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    body = lines[1:] if lines and lines[0].startswith("# ") else lines
-    return "\n".join(body).strip() + "\n"
+    """The nnU-Net peer curve's reports, as the runs wrote them (their title lines dropped)."""
+    first = os.path.join(ROOT, "benchmarks", "results", NNUNET_CURVES[0][0])
+    if not os.path.isfile(first):
+        return not_measured(first)
+    parts = []
+    for name, heading in NNUNET_CURVES:
+        path = os.path.join(ROOT, "benchmarks", "results", name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+            body = "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip()
+            parts.append(f"{heading}\n\n{body}" if heading else body)
+    return "\n\n".join(parts) + "\n"
 
 
 TABLES: dict[str, Callable[[], str]] = {

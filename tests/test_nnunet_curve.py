@@ -41,6 +41,12 @@ def test_plot_draws_every_series(tmp_path):
     path = str(tmp_path / "curve.png")
     nnunet_curve.plot(rows, ["nnUNetTrainerBudget", "unimri"], path)
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text("fold,trainer,epochs,iterations,train_cpu_s,test_dsc\n0,unimri,16,,9.5,0.57\n")
+    assert nnunet_curve.read_rows(str(csv_path)) == [{"fold": 0, "trainer": "unimri", "epochs": 16, "iterations": "",
+                                                      "train_cpu_s": 9.5, "test_dsc": 0.57}]
+    nnunet_curve.plot_csvs([str(csv_path)], str(tmp_path / "both.png"))
+    assert (tmp_path / "both.png").stat().st_size > 0
 
 
 def test_unimri_series_trains_on_the_training_side_and_scores_the_test_cases(monkeypatch):
