@@ -88,7 +88,9 @@ PY
       unimri ablate --study lambda --dataset colin27-hippocampus --dataset-kwargs "$COLIN" \
         "${COLIN_RECIPE[@]}" --seeds 1 --out "$OUT/colin27_lambda"
       publish "$OUT/colin27_lambda/lambda_results.json" lambda_colin27.json
-      cp "$OUT/colin27_lambda/lambda.csv" "$DEST/lambda_colin27.csv" ;;
+      cp "$OUT/colin27_lambda/lambda.csv" "$DEST/lambda_colin27.csv"
+      $PY -c "import sys; from unimri.studies.paper import combine_lambda_plots as c; c(sys.argv[2:], sys.argv[1])" \
+        "$DEST/lambda.png" "$DEST/lambda_phantom.csv" "$DEST/lambda_colin27.csv" ;;
     colin27_3d)
       unimri ablate --study backbones --models unet --spatial-dims 3 --dataset colin27-hippocampus \
         --dataset-kwargs '{"cases": "slabs", "num_slabs": 5, "downsample": 1, "crop_margin": 16}' \
