@@ -109,7 +109,8 @@ PY
     imbalance)
       unimri ablate --study imbalance --fg-fractions 0.05,0.01,0.003,0.001 --models unet --dataset phantom \
         --dataset-kwargs "$PHANTOM" "${PHANTOM_RECIPE[@]}" --out "$OUT/phantom_imbalance"
-      publish "$OUT/phantom_imbalance/imbalance_results.json" imbalance.json ;;
+      publish "$OUT/phantom_imbalance/imbalance_results.json" imbalance.json
+      cp "$OUT/phantom_imbalance/imbalance_unet.png" "$DEST/imbalance.png" ;;
     *) echo "quality_runs: unknown run '$name'" >&2; return 2 ;;
   esac
 }
