@@ -1,0 +1,73 @@
+"""Two builds' headline tables side by side: each build's ``summary_cpu.csv`` runs, alternated
+(A B A B …) on one machine, compared row by row.
+
+Only the ratio rows are compared: each is measured within its own run against a provider
+that both builds share (``F.cross_entropy``, plain PyTorch modules, MONAI), so the machine's
+drift between runs cancels. The table gives, per ratio row, the median over each build's
+runs and after / before (above 1: the second build is slower against the same reference).
+
+    python benchmarks/ab_summary.py --out benchmarks/results/restructure_ab.md \\
+        before=/tmp/ab/b1/summary_cpu.csv after=/tmp/ab/a1/summary_cpu.csv before=... after=...
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+
+
+def read_ratios(path: str) -> tuple[dict[str, float], dict[str, str]]:
+    """{op / provider: ratio} of a summary CSV, and its provenance (commit, device, ISA, torch, date)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    ratios = {f"{r['op']}: {r['provider']}": float(r["p50"]) for r in rows if r["metric"] == "ratio"}
+    first = rows[0]
+    return ratios, {k: first[k] for k in ("commit", "device", "isa", "torch", "timestamp")}
+
+
+def compare(runs: list[tuple[str, str]]) -> str:
+    """Markdown: the runs (label, file, provenance), then one line per ratio row."""
+    labels = list(dict.fromkeys(label for label, _ in runs))
+    if len(labels) != 2:
+        raise ValueError(f"expected runs of exactly two builds, got labels {labels}")
+    by_label: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    lines = ["| run | build | commit | device | ISA | torch | date |", "|---|---|---|---|---|---|---|"]
+    for i, (label, path) in enumerate(runs):
+        ratios, prov = read_ratios(path)
+        by_label[label].append(ratios)
+        lines.append(f"| {i + 1} | {label} | `{prov['commit'][:12]}` | {prov['device']} | {prov['isa']} | "
+                     f"{prov['torch']} | {prov['timestamp']} |")
+    a, b = labels
+    rows = [k for k in by_label[a][0] if all(k in r for runs_ in by_label.values() for r in runs_)]
+    lines += ["", f"| ratio row | {a} (median of {len(by_label[a])}) | {b} (median of {len(by_label[b])}) | "
+                  f"{b} / {a} |", "|---|---|---|---|"]
+    for k in rows:
+        ma = statistics.median(r[k] for r in by_label[a])
+        mb = statistics.median(r[k] for r in by_label[b])
+        lines.append(f"| {k} | {ma:.3f} | {mb:.3f} | {mb / ma:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="markdown file to write")
+    ap.add_argument("--title", default="Headline ratios of two builds, runs alternated on one machine")
+    ap.add_argument("runs", nargs="+", metavar="LABEL=CSV", help="a run: its build's label and summary CSV, in run order")
+    args = ap.parse_args(argv)
+    runs = []
+    for item in args.runs:
+        label, sep, path = item.partition("=")
+        if not sep:
+            ap.error(f"expected LABEL=CSV, got {item!r}")
+        runs.append((label, path))
+    text = f"# {args.title}\n\n" + compare(runs)
+    with open(args.out, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
