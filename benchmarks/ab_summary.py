@@ -24,7 +24,7 @@ def read_ratios(path: str) -> tuple[dict[str, float], dict[str, str]]:
         raise ValueError(f"{path}: no rows")
     ratios = {f"{r['op']}: {r['provider']}": float(r["p50"]) for r in rows if r["metric"] == "ratio"}
     first = rows[0]
-    return ratios, {k: first[k] for k in ("commit", "device", "isa", "torch", "timestamp")}
+    return ratios, {k: first.get(k) or "not recorded" for k in ("commit", "device", "isa", "torch", "timestamp")}
 
 
 def compare(runs: list[tuple[str, str]]) -> str:
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="markdown file to write")
     ap.add_argument("--title", default="Headline ratios of two builds, runs alternated on one machine")
+    ap.add_argument("--note", default="", help="a line under the title (e.g. which commit each label is)")
     ap.add_argument("runs", nargs="+", metavar="LABEL=CSV", help="a run: its build's label and summary CSV, in run order")
     args = ap.parse_args(argv)
     runs = []
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         if not sep:
             ap.error(f"expected LABEL=CSV, got {item!r}")
         runs.append((label, path))
-    text = f"# {args.title}\n\n" + compare(runs)
+    text = f"# {args.title}\n\n" + (f"{args.note}\n\n" if args.note else "") + compare(runs)
     with open(args.out, "w", encoding="utf-8") as fh:
         fh.write(text)
     print(text)
