@@ -75,9 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1,
                     help="phantom and split seed (default 1, the reported phantom; 0 is the development set)")
     ap.add_argument("--keep-work", action="store_true", help="keep the nnU-Net workspace")
+    ap.add_argument("--plot", nargs="+", metavar="PATH",
+                    help="OUT.png CSV [CSV ...]: redraw the curve from runs' CSVs, train nothing")
     ap.add_argument("--smoke", action="store_true",
                     help="smallest budget on a tiny set (2 folds, 12 cases of 48x48, 1 epoch of 5 iterations)")
     args = ap.parse_args(argv)
+    if args.plot is not None and len(args.plot) < 2:
+        ap.error("--plot: give the PNG to write and at least one CSV")
     if args.smoke:
         args.folds, args.cases, args.size, args.epochs, args.iterations, args.val_iterations = 2, 12, 48, "1", 5, 2
     if args.smoke:
@@ -310,10 +314,10 @@ def plot_csvs(paths: list[str], out: str) -> None:
 
 
 def main(argv=None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--plot":
-        plot_csvs(sys.argv[3:], sys.argv[2])  # --plot OUT.png CSV [CSV ...]: redraw, train nothing
-        return 0
     args = parse_args(argv)
+    if args.plot:
+        plot_csvs(args.plot[1:], args.plot[0])
+        return 0
     try:
         import nnunetv2  # noqa: F401
     except ImportError as exc:
