@@ -14,7 +14,7 @@ namespace {
 // Pointers to the window rows of output row `r` (flattened over planes, Do, Ho), in the order
 // nn.MaxPool scans them (d, then h).
 template <typename T>
-int64_t window_rows(const MaxPoolArgs& a, T* base, int64_t r, T** rows) {
+C10_ALWAYS_INLINE int64_t window_rows(const MaxPoolArgs& a, T* base, int64_t r, T** rows) {
   const int64_t ho = r % a.Ho(), dp = r / a.Ho();  // dp: plane * Do + do
   const int64_t d0 = a.pool_depth ? (dp % a.Do()) * 2 : dp % a.Do(), p = dp / a.Do();
   T* plane = base + p * a.D * a.H * a.W;
@@ -27,20 +27,30 @@ int64_t window_rows(const MaxPoolArgs& a, T* base, int64_t r, T** rows) {
 // The window row at `in` for outputs [i, i + n): its even and odd columns, as acc_t (lanes past n
 // read 0 and are never stored).
 template <typename scalar_t, typename acc_t>
-std::pair<Vectorized<acc_t>, Vectorized<acc_t>> window_columns(const scalar_t* in, int64_t i, int64_t n) {
+C10_ALWAYS_INLINE std::pair<Vectorized<acc_t>, Vectorized<acc_t>> window_columns(const scalar_t* in, int64_t i, int64_t n) {
   constexpr int64_t V = Vectorized<acc_t>::size();
   return at::vec::deinterleave2(load_vec<scalar_t, acc_t>(in + 2 * i, std::min(V, 2 * n)),
                                 load_vec<scalar_t, acc_t>(in + 2 * i + V, std::max<int64_t>(0, 2 * n - V)));
 }
 
 // fn(r, in, R) for every output row r (planes * Do * Ho of them) with the pointers `in` to its R
-// window rows of x, in parallel; about 8K outputs per task.
+// window rows of x, in parallel; about 8K outputs per task. R (2 in 2D, 4 in 3D) reaches fn as a
+// std::integral_constant, so the loops over window rows unroll and the candidates stay in registers.
 template <typename scalar_t, typename Fn>
 void for_output_rows(const MaxPoolArgs& a, const scalar_t* x, Fn&& fn) {
-  at::parallel_for(0, a.planes * a.Do() * a.Ho(), std::max<int64_t>(1, 8192 / a.Wo()), [&](int64_t r0, int64_t r1) {
-    const scalar_t* in[4];
-    for (int64_t r = r0; r < r1; ++r) fn(r, in, window_rows(a, x, r, in));
-  });
+  const auto rows = [&](auto R) {
+    at::parallel_for(0, a.planes * a.Do() * a.Ho(), std::max<int64_t>(1, 8192 / a.Wo()), [&](int64_t r0, int64_t r1) {
+      const scalar_t* in[R];
+      for (int64_t r = r0; r < r1; ++r) {
+        window_rows(a, x, r, in);
+        fn(r, in, R);
+      }
+    });
+  };
+  if (a.pool_depth)
+    rows(std::integral_constant<int64_t, 4>{});
+  else
+    rows(std::integral_constant<int64_t, 2>{});
 }
 
 template <typename scalar_t>
@@ -49,7 +59,7 @@ void max_pool_forward_impl(const MaxPoolArgs& a, const scalar_t* x, scalar_t* ou
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   const int64_t Wo = a.Wo();
-  for_output_rows(a, x, [&](int64_t r, const scalar_t* const* in, int64_t R) {
+  for_output_rows(a, x, [&](int64_t r, const scalar_t* const* in, auto R) {
     for (int64_t i = 0; i < Wo; i += V) {
       const int64_t n = std::min(V, Wo - i);
       Vec m;
@@ -70,10 +80,10 @@ void max_pool_backward_impl(const MaxPoolArgs& a, const scalar_t* grad_out, cons
   constexpr int64_t V = Vec::size();
   const int64_t Wo = a.Wo();
   const Vec zero(0);
-  for_output_rows(a, x, [&](int64_t r, const scalar_t* const* in, int64_t R) {
-    scalar_t* gin[4];
-    Vec v[8];
-    const int64_t C = 2 * R;
+  for_output_rows(a, x, [&](int64_t r, const scalar_t* const* in, auto R) {
+    constexpr int64_t C = 2 * decltype(R)::value;
+    scalar_t* gin[R];
+    Vec v[C];
     window_rows(a, grad_x, r, gin);
     for (int64_t i = 0; i < Wo; i += V) {
       const int64_t n = std::min(V, Wo - i);
