@@ -1,10 +1,12 @@
 """Two builds' headline tables side by side: each build's ``summary_cpu.csv`` runs, alternated
 (A B A B …) on one machine, compared row by row.
 
-Only the ratio rows are compared: each is measured within its own run against a provider
-that both builds share (``F.cross_entropy``, plain PyTorch modules, MONAI), so the machine's
-drift between runs cancels. The table gives, per ratio row, the median over each build's
-runs and after / before (above 1: the second build is slower against the same reference).
+The ratio rows come first: each is measured within its own run against a provider that both
+builds share (``F.cross_entropy``, plain PyTorch modules, MONAI), so the machine's drift
+between runs cancels. The table gives, per ratio row, the median over each build's runs and
+after / before (above 1: the second build is slower against the same reference). A second
+table gives the time rows the same way (median p50 in ms): the shared providers' rows there
+show how far the machine itself drifted between the builds' runs.
 
     python benchmarks/ab_summary.py --out benchmarks/results/restructure_ab.md \\
         before=/tmp/ab/b1/summary_cpu.csv after=/tmp/ab/a1/summary_cpu.csv before=... after=...
@@ -16,15 +18,30 @@ import csv
 import statistics
 
 
-def read_ratios(path: str) -> tuple[dict[str, float], dict[str, str]]:
-    """{op / provider: ratio} of a summary CSV, and its provenance (commit, device, ISA, torch, date)."""
+def read_rows(path: str) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """{metric: {op / provider: p50}} of a summary CSV for the metrics "ratio" and "time", and
+    its provenance (commit, device, ISA, torch, date)."""
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise ValueError(f"{path}: no rows")
-    ratios = {f"{r['op']}: {r['provider']}": float(r["p50"]) for r in rows if r["metric"] == "ratio"}
+    values = {metric: {f"{r['op']}: {r['provider']}": float(r["p50"]) for r in rows if r["metric"] == metric}
+              for metric in ("ratio", "time")}
     first = rows[0]
-    return ratios, {k: first.get(k) or "not recorded" for k in ("commit", "device", "isa", "torch", "timestamp")}
+    return values, {k: first.get(k) or "not recorded" for k in ("commit", "device", "isa", "torch", "timestamp")}
+
+
+def _median_table(title: str, labels: list[str], runs: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Markdown rows: per key present in every run, each label's median and their quotient."""
+    a, b = labels
+    keys = [k for k in runs[a][0] if all(k in r for runs_ in runs.values() for r in runs_)]
+    lines = ["", f"| {title} | {a} (median of {len(runs[a])}) | {b} (median of {len(runs[b])}) | {b} / {a} |",
+             "|---|---|---|---|"]
+    for k in keys:
+        ma = statistics.median(r[k] for r in runs[a])
+        mb = statistics.median(r[k] for r in runs[b])
+        lines.append(f"| {k} | {ma:.3f} | {mb:.3f} | {mb / ma:.3f} |")
+    return lines
 
 
 def compare(runs: list[tuple[str, str]]) -> str:
@@ -32,21 +49,17 @@ def compare(runs: list[tuple[str, str]]) -> str:
     labels = list(dict.fromkeys(label for label, _ in runs))
     if len(labels) != 2:
         raise ValueError(f"expected runs of exactly two builds, got labels {labels}")
-    by_label: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    by_metric: dict[str, dict[str, list[dict[str, float]]]] = {
+        metric: {label: [] for label in labels} for metric in ("ratio", "time")}
     lines = ["| run | build | commit | device | ISA | torch | date |", "|---|---|---|---|---|---|---|"]
     for i, (label, path) in enumerate(runs):
-        ratios, prov = read_ratios(path)
-        by_label[label].append(ratios)
+        values, prov = read_rows(path)
+        for metric, by_label in by_metric.items():
+            by_label[label].append(values[metric])
         lines.append(f"| {i + 1} | {label} | `{prov['commit'][:12]}` | {prov['device']} | {prov['isa']} | "
                      f"{prov['torch']} | {prov['timestamp']} |")
-    a, b = labels
-    rows = [k for k in by_label[a][0] if all(k in r for runs_ in by_label.values() for r in runs_)]
-    lines += ["", f"| ratio row | {a} (median of {len(by_label[a])}) | {b} (median of {len(by_label[b])}) | "
-                  f"{b} / {a} |", "|---|---|---|---|"]
-    for k in rows:
-        ma = statistics.median(r[k] for r in by_label[a])
-        mb = statistics.median(r[k] for r in by_label[b])
-        lines.append(f"| {k} | {ma:.3f} | {mb:.3f} | {mb / ma:.3f} |")
+    lines += _median_table("ratio row", labels, by_metric["ratio"])
+    lines += _median_table("time row (ms)", labels, by_metric["time"])
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,9 @@ def test_medians_and_ratio_of_two_builds(tmp_path):
             ("before", _csv(tmp_path, "b3.csv", 0.30, "a" * 40)), ("after", _csv(tmp_path, "a3.csv", 0.20, "b" * 40))]
     text = ab_summary.compare(runs)
     assert "| loss: unimri / CE | 0.220 | 0.200 | 0.909 |" in text
-    assert "F.cross_entropy" not in text.split("ratio row")[1]  # time rows are not compared
+    ratio_table, time_table = text.split("ratio row")[1].split("time row (ms)")
+    assert "F.cross_entropy" not in ratio_table
+    assert "| loss: F.cross_entropy | 4.000 | 4.000 | 1.000 |" in time_table
     assert text.count("| before |") == 3 and "`bbbbbbbbbbbb`" in text
     with pytest.raises(ValueError, match="exactly two builds"):
         ab_summary.compare(runs[:1])
