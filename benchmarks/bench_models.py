@@ -21,7 +21,7 @@ from harness import Recorder, peak_memory_bytes, saved_tensor_bytes
 from trainsteps import PlainUnifiedFocalLoss, interleaved_times, record_times
 from unimri.losses import create_loss
 from unimri.models import MODEL_NAMES, create_model
-from unimri.nn.eager import with_eager_attention
+from unimri.nn.plain import with_plain_modules
 from unimri_kernels.dispatch import backend_for
 
 MODE = "train_step"
@@ -87,7 +87,7 @@ def run(rec: Recorder, quick: bool, device: str) -> None:
         rec.add(op, "unimri", MODE, "params", "count", size, sum(p.numel() for p in model.parameters()),
                 note=f"features={features}")
         steps, notes = {}, {}
-        eager_model = with_eager_attention(model)
+        eager_model = with_plain_modules(model)
         for provider, net, loss in (("fused", model, loss_fn),
                                     ("eager", eager_model, PlainUnifiedFocalLoss(loss_fn))):
             notes[provider] = f"ops={backend_for(x)}" if provider == "fused" else "plain PyTorch modules"

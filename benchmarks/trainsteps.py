@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from unimri.losses import create_loss
-from unimri.nn.eager import with_eager_attention
+from unimri.nn.plain import with_plain_modules
 from unimri.train.precision import autocast_for
-from unimri.train.throughput import interleaved_times  # noqa: F401  (the benchmarks' timing loop)
+from unimri.studies.throughput import interleaved_times  # noqa: F401  (the benchmarks' timing loop)
 from unimri_kernels.reference.unified_focal_loss import unified_focal_loss_reference
 
 MODE = "train_step"
@@ -89,7 +89,7 @@ def make_step(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Te
     logits, backward, step) of a private copy of ``model`` run as ``variant``."""
     model = copy.deepcopy(model)
     if variant.eager_modules:
-        model = with_eager_attention(model)
+        model = with_plain_modules(model)
         loss_fn = PlainUnifiedFocalLoss(loss_fn)
     if variant.channels_last:
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from unimri.models.blocks import ConvNormAct
-from unimri.nn.eager import with_eager_attention
+from unimri.nn.plain import with_plain_modules
 from unimri.nn.norm_act import fusable, norm_relu
 from unimri_kernels.dispatch import available_backends, use_backend
 from unimri_kernels.ops.batch_norm_relu import batch_norm_relu
@@ -166,7 +166,7 @@ def test_other_layouts_and_norms_use_the_modules():
 def test_conv_block_uses_it_and_eager_models_do_not():
     block = ConvNormAct(2, 4, 2, "batch")
     x = torch.randn(2, 2, 8, 8)
-    plain = with_eager_attention(nn.Sequential(block))[0]
+    plain = with_plain_modules(nn.Sequential(block))[0]
     assert block.fuse_norm_relu and not plain.fuse_norm_relu
     assert list(block.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
     torch.testing.assert_close(block(x), plain(x), rtol=1e-5, atol=1e-5)

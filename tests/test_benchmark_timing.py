@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from unimri.train.throughput import interleaved_times, measure_training_throughput
+from unimri.studies.throughput import interleaved_times, measure_training_throughput
 
 
 def _recorder(calls: list[str], name: str):

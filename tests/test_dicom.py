@@ -256,7 +256,7 @@ def test_cli_predict_dicom_folder_to_seg(tmp_path, capsys):
     from unimri.data.dicom import read_seg
     from unimri.models import create_model
     from unimri.train.checkpoint import save_checkpoint
-    from unimri.train.predict import InferenceSpec
+    from unimri.infer.predict import InferenceSpec
 
     torch.manual_seed(0)
     spec = {"name": "unet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "num_classes": 2, "features": 4,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from unimri.models import create_model
-from unimri.nn.eager import with_eager_attention
+from unimri.nn.plain import with_plain_modules
 from unimri.nn.pooling import MaxPool2x2d, MaxPool2x3d, fusable_pool
 from unimri_kernels.dispatch import available_backends, cpu_variants, use_backend
 from unimri_kernels.ops.max_pool import max_pool2x
@@ -147,7 +147,7 @@ def test_what_runs_the_module_forward():
         pool(torch.randn(2, 3, 1, 8))
     cl = x.to(memory_format=torch.channels_last)
     torch.testing.assert_close(pool(cl), F.max_pool2d(x, 2), rtol=0, atol=0)
-    plain = with_eager_attention(nn.Sequential(pool))[0]
+    plain = with_plain_modules(nn.Sequential(pool))[0]
     assert pool.fuse and not plain.fuse
 
 

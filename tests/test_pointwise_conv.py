@@ -15,7 +15,7 @@ from torch import nn
 
 from test_max_pool import assert_compiles_in_one_frame_like
 from unimri.models import create_model
-from unimri.nn.eager import with_eager_attention
+from unimri.nn.plain import with_plain_modules
 from unimri.nn.pointwise import MAX_FUSED_OUT_CHANNELS, PointwiseConv2d, PointwiseConv3d, fusable_pointwise
 from unimri_kernels.dispatch import available_backends, cpu_variants, use_backend
 from unimri_kernels.ops.pointwise_conv import pointwise_conv
@@ -160,7 +160,7 @@ def test_what_runs_the_module_forward():
     assert not fusable_pointwise(PointwiseConv2d(4, MAX_FUSED_OUT_CHANNELS + 1), x)
     with pytest.raises(RuntimeError):  # the module's own error for a wrong channel count
         conv(torch.randn(2, 3, 8, 8))
-    plain = with_eager_attention(nn.Sequential(conv))[0]
+    plain = with_plain_modules(nn.Sequential(conv))[0]
     assert conv.fuse and not plain.fuse
     torch.testing.assert_close(conv(x), plain(x), rtol=1e-5, atol=1e-5)
 

@@ -32,12 +32,38 @@ input gradients in float32.
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 
 from unimri_kernels.dispatch import backend_for, cpp_ops, pooled_empty, route
 from unimri_kernels.ops.attention_gate import GateParams
 from unimri_kernels.ops.attention_gates import checked_gates, run_gates_alpha
+
+
+class HeadParams(NamedTuple):
+    """The folded head's parameters for K gates on C channels:
+
+    * w (K, C, C): the gates' output 1x1 convolutions ``W_k``
+    * gamma, beta (K, C): the affine parameters of their batch norms
+    * merge (C_out, K, C): the merge 1x1 convolution ``M``
+    * eps: the batch norms' epsilon
+    """
+
+    w: torch.Tensor
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    merge: torch.Tensor
+    eps: float = 1e-5
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """(w, gamma, beta, merge): what autograd sees and the gradients are returned for."""
+        return self.w, self.gamma, self.beta, self.merge
+
+    def detached(self, dtype: torch.dtype) -> "HeadParams":
+        """The tensors detached and in ``dtype`` (the compute dtype), eps as a float."""
+        return HeadParams(*(t.detach().to(dtype) for t in self.tensors), float(self.eps))
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -195,15 +221,16 @@ def _passes(x: torch.Tensor):
     return _KernelPasses if x.device.type == "cpu" and backend_for(x) == "cpp" else _TorchPasses
 
 
-def _stats(w, gamma, beta, m, gram, eps):
+def _stats(head: HeadParams, m, gram):
     """Per gate: batch mean and biased variance of z_k (K, C), rsqrt(var + eps), s, t.
     (Batched matrix products rather than einsum: a fifth of the per-call overhead, which
     counts at the deep levels of a UNet.)"""
+    w = head.w
     mu = torch.bmm(w, m.unsqueeze(2)).squeeze(2)
     var = (torch.bmm(w, gram).mul_(w).sum(2) - mu * mu).clamp_min(0)
-    r = torch.rsqrt(var + eps)
-    s = gamma * r
-    return mu, var, r, s, beta - mu * s
+    r = torch.rsqrt(var + head.eps)
+    s = head.gamma * r
+    return mu, var, r, s, head.beta - mu * s
 
 
 def _fold(merge, w, s, t):
@@ -212,24 +239,26 @@ def _fold(merge, w, s, t):
     return torch.bmm(mk * s.unsqueeze(1), w), torch.bmm(mk, t.unsqueeze(2)).sum(0).squeeze(1)
 
 
-def sas_head_forward(x, alpha, w, gamma, beta, merge, eps):
+def sas_head_forward(x, alpha, head: HeadParams):
     """(P (B, C_out, N), mean (K, C), var (K, C), m (K, C), gram (K, C, C)) for x (B, C, N) and
-    alpha (B, K, N) contiguous; the parameters in the compute dtype."""
+    alpha (B, K, N) contiguous; ``head`` in the compute dtype."""
     n = x.shape[0] * x.shape[2]
     passes = _passes(x)
     s_sum, g_sum = passes.moments(x, alpha)
     m, gram = s_sum / n, g_sum / n
-    mu, var, _, s, t = _stats(w, gamma, beta, m, gram, eps)
-    a, c = _fold(merge, w, s, t)
+    mu, var, _, s, t = _stats(head, m, gram)
+    a, c = _fold(head.merge, head.w, s, t)
     return passes.apply(x, alpha, a, c), mu, var, m, gram
 
 
-def sas_head_backward(grad_p, x, alpha, w, gamma, beta, merge, m, gram, eps):
+def sas_head_backward(grad_p, x, alpha, head: HeadParams, m, gram):
     """(grad_x, grad_alpha, grad_w, grad_gamma, grad_beta, grad_merge) in the dtypes of x, alpha
-    and of the (compute-dtype) parameters."""
+    and of the (compute-dtype) parameters ``head``; m (K, C) and gram (K, C, C) are the forward's
+    moments of the gated inputs."""
     n = x.shape[0] * x.shape[2]
     passes = _passes(x)
-    mu, _, r, s, t = _stats(w, gamma, beta, m, gram, eps)
+    w, gamma, merge = head.w, head.gamma, head.merge
+    mu, _, r, s, t = _stats(head, m, gram)
     da, dc = passes.weight_grad(grad_p, x, alpha, w.dtype)     # (K, C_out, C), (C_out,)
     mk = merge.transpose(0, 1)                                   # (K, C_out, C)
     wt = w.transpose(1, 2)
@@ -258,7 +287,7 @@ def _check_floating(named: dict) -> None:
                             f"{getattr(t, 'dtype', type(t).__name__)}")
 
 
-def check_sas_head_inputs(x, alpha, w, gamma, beta, merge) -> None:
+def check_sas_head_inputs(x, alpha, head: HeadParams) -> None:
     """Raise ``TypeError``/``ValueError`` naming the argument when the inputs do not fit."""
     _check_floating({"x": x, "alpha": alpha})
     if x.dim() < 3 or x.numel() == 0:
@@ -273,13 +302,14 @@ def check_sas_head_inputs(x, alpha, w, gamma, beta, merge) -> None:
         raise TypeError(f"sas_head: alpha must have x's dtype {x.dtype}, got {alpha.dtype}")
     if alpha.device != x.device:
         raise ValueError(f"sas_head: alpha is on {alpha.device} but x is on {x.device}")
-    check_head_parameters(x, alpha.shape[1], w, gamma, beta, merge)
+    check_head_parameters(x, alpha.shape[1], head)
 
 
-def check_head_parameters(x, k, w, gamma, beta, merge) -> None:
+def check_head_parameters(x, k, head: HeadParams) -> None:
     """The parameter checks of :func:`check_sas_head_inputs` for a checked x (B, C, *S) and k
     gates (without needing alpha)."""
-    named = {"w": w, "gamma": gamma, "beta": beta, "merge": merge}
+    named = dict(zip(HeadParams._fields, head.tensors))  # the four tensors, eps left out
+    w, gamma, beta, merge = head.tensors
     _check_floating(named)
     c = x.shape[1]
     for name, t, shape in (("w", w, (k, c, c)), ("gamma", gamma, (k, c)), ("beta", beta, (k, c))):
@@ -297,22 +327,20 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], x.shape[1], -1).contiguous()
 
 
-def _forward(x, alpha, w, gamma, beta, merge, eps):
+def _forward(x, alpha, head: HeadParams):
     """The op's forward on any backend: (out (B, C_out, *S), mean, var, m, gram)."""
-    cdt = compute_dtype(x)
     with no_autocast(x.device.type):
-        params = [t.detach().to(cdt) for t in (w, gamma, beta, merge)]
-        out, mean, var, m, gram = sas_head_forward(_flat(x), _flat(alpha), *params, eps)
+        out, mean, var, m, gram = sas_head_forward(_flat(x), _flat(alpha), head.detached(compute_dtype(x)))
     return out.view(x.shape[0], -1, *x.shape[2:]), mean, var, m, gram
 
 
-def _backward_impl(grad_out, x, alpha, w, gamma, beta, merge, m, gram, eps):
-    cdt = compute_dtype(x)
+def _backward_impl(grad_out, x, alpha, head: HeadParams, m, gram):
+    """(grad_x, grad_alpha, grad_w, grad_gamma, grad_beta, grad_merge), each in its input's shape
+    and dtype."""
     with no_autocast(x.device.type):
-        params = [t.detach().to(cdt) for t in (w, gamma, beta, merge)]
-        gx, galpha, *grads = sas_head_backward(_flat(grad_out), _flat(x), _flat(alpha), *params,
-                                               m, gram, eps)
-    grads = [g.to(p.dtype) for g, p in zip(grads, (w, gamma, beta, merge))]
+        gx, galpha, *grads = sas_head_backward(_flat(grad_out), _flat(x), _flat(alpha),
+                                               head.detached(compute_dtype(x)), m, gram)
+    grads = [g.to(p.dtype) for g, p in zip(grads, head.tensors)]
     return gx.contiguous().view(x.shape), galpha.contiguous().view(alpha.shape), *grads
 
 
@@ -322,13 +350,14 @@ def _sas_head_op(x: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor, gamma: t
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, mean, var, m, gram); m (K, C) and gram (K, C, C) are the moments of the gated
     inputs, saved for the backward."""
-    check_sas_head_inputs(x, alpha, w, gamma, beta, merge)
-    return _forward(x, alpha, w, gamma, beta, merge, eps)
+    head = HeadParams(w, gamma, beta, merge, eps)
+    check_sas_head_inputs(x, alpha, head)
+    return _forward(x, alpha, head)
 
 
 @_sas_head_op.register_fake
 def _sas_head_fake(x, alpha, w, gamma, beta, merge, eps):
-    check_sas_head_inputs(x, alpha, w, gamma, beta, merge)
+    check_sas_head_inputs(x, alpha, HeadParams(w, gamma, beta, merge, eps))
     k, c = alpha.shape[1], x.shape[1]
     cdt = compute_dtype(x)
     stat = x.new_empty((k, c), dtype=cdt)
@@ -343,7 +372,7 @@ def _sas_head_backward_op(grad_out: torch.Tensor, x: torch.Tensor, alpha: torch.
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                      torch.Tensor, torch.Tensor]:
     """(grad_x, grad_alpha, grad_w, grad_gamma, grad_beta, grad_merge)."""
-    return _backward_impl(grad_out, x, alpha, w, gamma, beta, merge, m, gram, eps)
+    return _backward_impl(grad_out, x, alpha, HeadParams(w, gamma, beta, merge, eps), m, gram)
 
 
 @_sas_head_backward_op.register_fake
@@ -352,15 +381,16 @@ def _sas_head_backward_fake(grad_out, x, alpha, w, gamma, beta, merge, m, gram, 
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, alpha, w, gamma, beta, merge, eps = inputs
-    ctx.save_for_backward(x, alpha, w, gamma, beta, merge, output[3], output[4])
-    ctx.eps = eps
+    x, alpha, *flat_head = inputs
+    head = HeadParams(*flat_head)
+    ctx.save_for_backward(x, alpha, *head.tensors, output[3], output[4])
+    ctx.eps = head.eps
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad_out, *_):
-    x, alpha, w, gamma, beta, merge, m, gram = ctx.saved_tensors
-    return *_sas_head_backward_op(grad_out, x, alpha, w, gamma, beta, merge, m, gram, ctx.eps), None
+    x, alpha, *head_tensors, m, gram = ctx.saved_tensors
+    return *_sas_head_backward_op(grad_out, x, alpha, *head_tensors, m, gram, ctx.eps), None
 
 
 _sas_head_op.register_autograd(_backward, setup_context=_setup_context)
@@ -368,52 +398,63 @@ _sas_head_op.register_autograd(_backward, setup_context=_setup_context)
 
 class DirectSasHead(torch.autograd.Function):
     """The same forward and backward without the custom op's per-call overhead: what
-    :func:`sas_head` runs outside ``torch.compile`` (its passes pick the C++ kernels or torch
-    operations by device and backend). Inputs checked."""
+    :func:`folded_head` runs outside ``torch.compile`` (its passes pick the C++ kernels or torch
+    operations by device and backend). ``apply(x, alpha, w, gamma, beta, merge, eps)`` with the
+    :class:`HeadParams` unpacked (autograd tracks only the tensors passed to ``apply``); inputs
+    checked."""
 
     @staticmethod
-    def forward(ctx, x, alpha, w, gamma, beta, merge, eps: float):
-        out, mean, var, m, gram = _forward(x, alpha, w, gamma, beta, merge, eps)
-        ctx.save_for_backward(x, alpha, w, gamma, beta, merge, m, gram)
-        ctx.eps = eps
+    def forward(ctx, x, alpha, *flat_head):
+        head = HeadParams(*flat_head)
+        out, mean, var, m, gram = _forward(x, alpha, head)
+        ctx.save_for_backward(x, alpha, *head.tensors, m, gram)
+        ctx.eps = head.eps
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, grad_out, _gm, _gv):
-        x, alpha, w, gamma, beta, merge, m, gram = ctx.saved_tensors
-        return *_backward_impl(grad_out, x, alpha, w, gamma, beta, merge, m, gram, ctx.eps), None
+        x, alpha, *head_tensors, m, gram = ctx.saved_tensors
+        return *_backward_impl(grad_out, x, alpha, HeadParams(*head_tensors, ctx.eps), m, gram), None
+
+
+def folded_head(x: torch.Tensor, alpha: torch.Tensor, params: HeadParams
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(P, mean, var)``: the folded SAS head in training mode (batch statistics) over x
+    (B, C, *S) and the gates' attention maps alpha (B, K, *S), P (B, C_out, *S), mean and var
+    (K, C); see the module docstring."""
+    params = params._replace(eps=float(params.eps))
+    check_sas_head_inputs(x, alpha, params)
+    if route(x) == "compiled":
+        return _sas_head_op(x, alpha, *params)[:3]
+    return DirectSasHead.apply(x, alpha, *params)
 
 
 def sas_head(x: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor, gamma: torch.Tensor,
              beta: torch.Tensor, merge: torch.Tensor, eps: float = 1e-5
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(P, mean, var)``: the folded SAS head in training mode (batch statistics) over x
-    (B, C, *S) and the gates' attention maps alpha (B, K, *S); see the module docstring."""
-    check_sas_head_inputs(x, alpha, w, gamma, beta, merge)
-    if route(x) == "compiled":
-        return _sas_head_op(x, alpha, w, gamma, beta, merge, float(eps))[:3]
-    return DirectSasHead.apply(x, alpha, w, gamma, beta, merge, float(eps))
+    """:func:`folded_head` with the parameters spelled out as the op's schema takes them."""
+    return folded_head(x, alpha, HeadParams(w, gamma, beta, merge, eps))
 
 
 class DirectGatesAndHead(torch.autograd.Function):
     """The gates (alpha only) and the head as one autograd node, the "direct" route on CPU: in
     the backward the head's share of ``grad x`` goes into the gate kernel's one write of
     ``grad x`` (``grad_x_in``) instead of a separate sum by autograd.
-    ``apply(x, g, *gate_params, w, gamma, beta, merge, eps)`` with the :class:`GateParams`
-    unpacked (autograd tracks only the tensors passed to ``apply`` themselves); inputs checked
-    and contiguous, in x's dtype (the head's parameters in any floating dtype)."""
+    ``apply(x, g, *gate_params, *head_params)`` with the :class:`GateParams` and
+    :class:`HeadParams` unpacked (autograd tracks only the tensors passed to ``apply``
+    themselves); inputs checked and contiguous, in x's dtype (the head's parameters in any
+    floating dtype)."""
 
     @staticmethod
     def forward(ctx, x, g, *rest):
         params = GateParams(*rest[:len(GateParams._fields)])
-        w, gamma, beta, merge, eps = rest[len(GateParams._fields):]
+        head = HeadParams(*rest[len(GateParams._fields):])
         # the gates' activations that their backward would recompute are kept (saved_*)
         alpha, saved_h, saved_coarse = cpp_ops().attention_gates_alpha_saving_cpu(x, g, *params)
-        out, mean, var, m, gram = _forward(x, alpha, w, gamma, beta, merge, eps)
-        ctx.save_for_backward(x, g, *params.weights, alpha, w, gamma, beta, merge, m, gram, saved_h,
-                              saved_coarse)
-        ctx.args = (params.subsample, params.focal, eps)
+        out, mean, var, m, gram = _forward(x, alpha, head)
+        ctx.save_for_backward(x, g, *params.weights, alpha, *head.tensors, m, gram, saved_h, saved_coarse)
+        ctx.args = (params.subsample, params.focal, head.eps)
         ctx.mark_non_differentiable(mean, var)
         return out, alpha, mean, var
 
@@ -421,8 +462,8 @@ class DirectGatesAndHead(torch.autograd.Function):
     def backward(ctx, grad_out, grad_alpha, _gm, _gv):
         x, g, *gate_weights, alpha, w, gamma, beta, merge, m, gram, saved_h, saved_coarse = ctx.saved_tensors
         subsample, focal, eps = ctx.args
-        gx_head, galpha, *head_grads = _backward_impl(grad_out, x, alpha, w, gamma, beta, merge, m,
-                                                      gram, eps)
+        head = HeadParams(w, gamma, beta, merge, eps)
+        gx_head, galpha, *head_grads = _backward_impl(grad_out, x, alpha, head, m, gram)
         if grad_alpha is not None:
             galpha = galpha + grad_alpha
         gate_grads = cpp_ops().attention_gates_alpha_backward_cpu(
@@ -431,23 +472,22 @@ class DirectGatesAndHead(torch.autograd.Function):
         return *gate_grads, None, None, *head_grads, None
 
 
-def gates_and_head(x: torch.Tensor, g: torch.Tensor, params: GateParams, w: torch.Tensor,
-                   gamma: torch.Tensor, beta: torch.Tensor, merge: torch.Tensor, eps: float
+def gates_and_head(x: torch.Tensor, g: torch.Tensor, params: GateParams, head_params: HeadParams
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(P, alpha, mean, var)``: the gates' attention maps
     (:func:`~unimri_kernels.ops.attention_gates.gates_alpha`, ``params`` stacked along a gates
-    dimension) and the folded head in training mode (:func:`sas_head`) on them. Under autocast
+    dimension) and the folded head in training mode (:func:`folded_head`) on them. Under autocast
     the gates and the head's input run in the autocast dtype."""
     x, g, params = checked_gates(x, g, params)
     if route(x) == "direct":
-        check_head_parameters(x, params.num_gates, w, gamma, beta, merge)
-        return DirectGatesAndHead.apply(x.contiguous(), g.contiguous(), *params.contiguous(), w, gamma,
-                                        beta, merge, float(eps))
+        head_params = head_params._replace(eps=float(head_params.eps))
+        check_head_parameters(x, params.num_gates, head_params)
+        return DirectGatesAndHead.apply(x.contiguous(), g.contiguous(), *params.contiguous(), *head_params)
     alpha = run_gates_alpha(x, g, params)
-    out, mean, var = sas_head(x, alpha, w, gamma, beta, merge, eps)
+    out, mean, var = folded_head(x, alpha, head_params)
     return out, alpha, mean, var
 
 
-__all__ = ["DirectGatesAndHead", "DirectSasHead", "apply_folded", "check_head_parameters",
-           "check_sas_head_inputs", "compute_dtype", "gated", "gates_and_head", "no_autocast",
+__all__ = ["DirectGatesAndHead", "DirectSasHead", "HeadParams", "apply_folded", "check_head_parameters",
+           "check_sas_head_inputs", "compute_dtype", "gated", "folded_head", "gates_and_head", "no_autocast",
            "sas_head"]

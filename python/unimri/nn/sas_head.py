@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from unimri.nn.norm_act import update_running_stats
 from unimri_kernels.ops.attention_gate import GateParams
-from unimri_kernels.ops.sas_head import apply_folded, gates_and_head
+from unimri_kernels.ops.sas_head import HeadParams, apply_folded, gates_and_head
 
 
 def _foldable_norms(gates: list[nn.Module]) -> bool:
@@ -98,11 +98,13 @@ def gate_output_with_gate(gate: nn.Module, x: torch.Tensor,
     return _gates_and_folded([gate], _identity_merge(gate, x.shape[1], x.device), x, g, stacked)
 
 
-def _head_params(gates: list[nn.Module], c: int) -> tuple[torch.Tensor, ...]:
-    """The gates' output convolutions (K, C, C) and norms' affine parameters (K, C), stacked."""
+def _head_params(gates: list[nn.Module], c: int, merge: torch.Tensor) -> HeadParams:
+    """The head of K gates on C channels: their output convolutions w (K, C, C) and norms'
+    affine parameters (K, C), stacked, with the merge matrix (C_out, K, C) and the norms' eps."""
     norms = [gate.out_norm for gate in gates]
-    return (torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates]),
-            torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]))
+    return HeadParams(torch.stack([gate.out_conv.weight.reshape(c, c) for gate in gates]),
+                      torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]),
+                      merge, norms[0].eps)
 
 
 def _gates_and_folded(gates: list[nn.Module], m: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
@@ -112,8 +114,7 @@ def _gates_and_folded(gates: list[nn.Module], m: torch.Tensor, x: torch.Tensor, 
     if first.training and n < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input "
                          f"size {tuple(x.shape)}")
-    out, alpha, mean, var = gates_and_head(x, g, params, *_head_params(gates, x.shape[1]), m,
-                                           first.eps)
+    out, alpha, mean, var = gates_and_head(x, g, params, _head_params(gates, x.shape[1], m))
     if first.training and first.track_running_stats:
         update_running_stats([gate.out_norm for gate in gates], mean, var, n)
     return out, alpha
@@ -149,10 +150,10 @@ def _folded(gates: list[nn.Module], m: torch.Tensor, merge_bias: torch.Tensor | 
         c0 = torch.einsum("okc,kc->o", m, bias)
         out = apply_folded(flat, a, c0 if merge_bias is None else c0 + merge_bias)
         return out.view(bsz, -1, *spatial)
-    w, gamma, beta = _head_params(gates, c)
+    head = _head_params(gates, c, m)
     rm = torch.stack([gate.out_norm.running_mean for gate in gates])
     rv = torch.stack([gate.out_norm.running_var for gate in gates])
-    s = gamma * torch.rsqrt(rv + first.eps)
-    t = beta - rm * s
-    a = torch.einsum("okc,kc,kcd->kod", m, s, w)
+    s = head.gamma * torch.rsqrt(rv + head.eps)
+    t = head.beta - rm * s
+    a = torch.einsum("okc,kc,kcd->kod", m, s, head.w)
     return apply_folded(flat, a, torch.einsum("okc,kc->o", m, t)).view(bsz, -1, *spatial)
