@@ -43,7 +43,7 @@ FIELDS = ["op", "dtype", "launches_model", "min_programs", "model_MB", "time_us"
 
 # ----------------------------------------------------------------------------- model (meta)
 def loss_model(dtype: str) -> tuple[list, int]:
-    from unimri_kernels.triton.compile_check import loss_route_launches
+    from unimri_kernels.compile_check import loss_route_launches
     from unimri_kernels.triton.traffic import route_bytes
 
     rec = loss_route_launches(LOSS_SHAPE["batch"], LOSS_SHAPE["classes"], LOSS_SHAPE["spatial"],
@@ -52,7 +52,7 @@ def loss_model(dtype: str) -> tuple[list, int]:
 
 
 def gate_model(dtype: str) -> tuple[list, int]:
-    from unimri_kernels.triton.compile_check import GateProblem, launches_of
+    from unimri_kernels.compile_check import GateProblem, launches_of
     from unimri_kernels.triton.traffic import route_bytes
 
     rec = launches_of(GateProblem(**GATE_SHAPE, dtype=dtype))

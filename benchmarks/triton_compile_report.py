@@ -6,7 +6,7 @@ needed), and write registers, spills and shared memory to
     python benchmarks/triton_compile_report.py [--matrix report|test|full|smoke] [--arch 80 90 100]
 
 The compile runs in a child process without ``TRITON_INTERPRET`` (see
-:mod:`unimri_kernels.triton.compile_check`); results are also kept as JSON next to the md.
+:mod:`unimri_kernels.compile_check`); results are also kept as JSON next to the md.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-from unimri_kernels.triton.compile_check import MAX_SHARED  # noqa: E402
+from unimri_kernels.compile_check import MAX_SHARED  # noqa: E402
 
 
 NOTES = [
@@ -114,7 +114,7 @@ def render(results: list[dict], matrix: str, archs: list[int], seconds: float,
            if total > len(results) else "."),
         "",
         "Each row is one distinct launch configuration the CUDA launchers produce for the "
-        "shape/dtype matrix of `unimri_kernels/triton/compile_check.py` (launchers run on "
+        "shape/dtype matrix of `unimri_kernels/compile_check.py` (launchers run on "
         "meta tensors, launches recorded, specialised as the JIT does, compiled by ptxas). "
         "`regs` = registers per thread, `spills` = local memory / 4 (what the driver "
         "reports as n_spills), `shared` = shared memory in bytes (kernel metadata), "
@@ -192,7 +192,7 @@ def main() -> int:
         env.pop("TRITON_INTERPRET", None)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "python"),
                                                         env.get("PYTHONPATH")) if p)
-        subprocess.run([sys.executable, "-m", "unimri_kernels.triton.compile_check",
+        subprocess.run([sys.executable, "-m", "unimri_kernels.compile_check",
                         "--matrix", args.matrix, "--arch", *map(str, args.arch),
                         "--json", str(json_path), "--progress"], env=env, check=True)
     data = json.loads((args.from_json or json_path).read_text())

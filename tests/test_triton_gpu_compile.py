@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("triton")
 
 import unimri_kernels  # noqa: E402
-from unimri_kernels.triton.compile_check import (ARCHS, DOT_KERNELS,  # noqa: E402
+from unimri_kernels.compile_check import (ARCHS, DOT_KERNELS,  # noqa: E402
                                                  MAX_SHARED, kernel_objects)
 
 pytestmark = pytest.mark.slow
@@ -31,14 +31,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> list[dict]:
-    """Results of ``python -m unimri_kernels.triton.compile_check --matrix smoke``."""
+    """Results of ``python -m unimri_kernels.compile_check --matrix smoke``."""
     out = tmp_path_factory.mktemp("compile") / "smoke.json"
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # compiling needs the real JIT functions
     root = Path(unimri_kernels.__file__).resolve().parent.parent
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "unimri_kernels.triton.compile_check", "--matrix", "smoke",
+        [sys.executable, "-m", "unimri_kernels.compile_check", "--matrix", "smoke",
          "--arch", *map(str, ARCHS), "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

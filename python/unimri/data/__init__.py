@@ -15,14 +15,14 @@ from . import colin27 as _colin27  # noqa: F401
 from . import layouts as _layouts  # noqa: F401
 from .colin27 import colin27_available, colin27_cases
 from .inspect import case_row, case_table
-from .io import check_finite, count_nonfinite, orientation_code, read_image, write_image, write_nifti
+from .io import check_finite, count_nonfinite, read_image, write_image, write_nifti
 from .datasets import SliceDataset, VolumeDataset
 from .phantom import make_phantom, phantom_cases
 from .resample import resample, resample_array
 from .registry import BUILTINS, LAYOUTS, detect_layout, list_datasets, load_cases, missing_source_message
 from .splits import kfold_split, load_split
 from .transforms import Augmentation, apply_zscore, intensity_mismatch, intensity_profile, zscore_stats
-from .volume import Volume, affine_from_spacing, spacing_from_affine
+from .volume import Volume, affine_from_spacing, orientation_code, spacing_from_affine
 
 __all__ = [
     "Volume", "load_cases", "list_datasets", "detect_layout", "kfold_split", "load_split",

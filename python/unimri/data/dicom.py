@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .limits import check_declared_shape
+from .volume import orientation_code
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -351,7 +352,6 @@ def read_dicom(path: str, series_uid: str | None = None) -> tuple[np.ndarray, np
         volume[:, :, z] = values * np.float32(frame.slope) + np.float32(frame.intercept) if rescaled else values
     affine = series_affine(series)
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-    from .io import orientation_code
 
     meta = {"format": "dicom", "path": os.fspath(path), "header_zooms": spacing, "dtype": str(volume.dtype),
             "orientation": orientation_code(affine), "series_uid": series.uid, "dicom": series}

@@ -20,7 +20,7 @@ import numpy as np
 from unimri._atomic import atomic_write_path
 
 from .limits import check_declared_shape
-from .volume import spacing_from_affine
+from .volume import orientation_code, spacing_from_affine
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -176,27 +176,6 @@ def _read_itk(path: str):
     meta = {"format": "itk", "path": path, "header_zooms": spacing, "dtype": str(array.dtype),
             "orientation": orientation_code(affine) if spatial == 3 else None}
     return np.ascontiguousarray(array), affine, spacing, meta
-
-
-def orientation_code(affine: np.ndarray) -> str:
-    """Three-letter RAS+ axis code of a (4, 4) affine (``nibabel.aff2axcodes``), e.g. "RAS", "LPS".
-
-    Each voxel axis is named after the world axis its column points along most.
-    """
-    affine = np.asarray(affine, dtype=np.float64)
-    columns = affine[:3, :3]
-    norms = np.linalg.norm(columns, axis=0)
-    if np.any(norms == 0) or not np.all(np.isfinite(columns)):
-        raise ValueError(f"affine: singular or non-finite voxel axes, got\n{affine}")
-    unit = columns / norms
-    used: set[int] = set()
-    codes = []
-    for axis in np.argsort(-np.abs(unit).max(axis=0)):  # most clearly aligned axis first
-        order = [w for w in np.argsort(-np.abs(unit[:, axis])) if w not in used]
-        world = int(order[0])
-        used.add(world)
-        codes.append((axis, ("LR", "PA", "IS")[world][int(unit[world, axis] > 0)]))
-    return "".join(code for _, code in sorted(codes))
 
 
 def count_nonfinite(array: np.ndarray) -> int:

@@ -100,3 +100,24 @@ def check_label_values(label: np.ndarray, num_classes: int, where: str) -> None:
     if bad.size:
         raise ValueError(f"{where}: label values {bad.tolist()[:10]} are outside the declared "
                          f"classes 0..{num_classes - 1}")
+
+
+def orientation_code(affine: np.ndarray) -> str:
+    """Three-letter RAS+ axis code of a (4, 4) affine (``nibabel.aff2axcodes``), e.g. "RAS", "LPS".
+
+    Each voxel axis is named after the world axis its column points along most.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    columns = affine[:3, :3]
+    norms = np.linalg.norm(columns, axis=0)
+    if np.any(norms == 0) or not np.all(np.isfinite(columns)):
+        raise ValueError(f"affine: singular or non-finite voxel axes, got\n{affine}")
+    unit = columns / norms
+    used: set[int] = set()
+    codes = []
+    for axis in np.argsort(-np.abs(unit).max(axis=0)):  # most clearly aligned axis first
+        order = [w for w in np.argsort(-np.abs(unit[:, axis])) if w not in used]
+        world = int(order[0])
+        used.add(world)
+        codes.append((axis, ("LR", "PA", "IS")[world][int(unit[world, axis] > 0)]))
+    return "".join(code for _, code in sorted(codes))

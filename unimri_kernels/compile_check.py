@@ -11,7 +11,7 @@ ptxas. Registers, local memory (spills) and shared memory are read from the cubi
 (``cuobjdump -res-usage``) and the metadata; float atomics from the TTIR.
 
 Compiling needs the real ``JITFunction`` objects, so it must run in a process without
-``TRITON_INTERPRET=1`` (``python -m unimri_kernels.triton.compile_check``); capturing
+``TRITON_INTERPRET=1`` (``python -m unimri_kernels.compile_check``); capturing
 launches works in either mode.
 """
 from __future__ import annotations
