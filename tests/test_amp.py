@@ -16,7 +16,6 @@ Documented tolerances against float32 (bf16 keeps 8 bits of mantissa, so ~0.4 % 
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 
@@ -104,44 +103,61 @@ def test_attention_modules_compile_fullgraph_under_autocast(module_cls):
     torch.testing.assert_close(amap.float(), map_eager.float())
 
 
-@functools.lru_cache(maxsize=None)
-def _torch_conv3d_bf16_backward_is_broken() -> bool:
-    """Whether PyTorch's own bf16 Conv3d backward returns non-finite weight gradients on this
-    CPU. Seen on AMD EPYC (Zen 4, AVX-512 BF16 without AMX), torch 2.11 and 2.13: about one
-    call in twelve on a (2, 32, 2, 2, 2) input gives NaN, with no unimri op involved."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        for _ in range(300):
-            conv = torch.nn.Conv3d(32, 64, 3, padding=1)
-            with torch.autocast("cpu", torch.bfloat16):
-                y = conv(torch.randn(2, 32, 2, 2, 2))
-            y.float().sum().backward()
-            if not torch.isfinite(conv.weight.grad).all():
-                return True
-    return False
+def _bf16_step(model, x, target) -> list[str]:
+    """One forward (bf16 autocast) and backward; the names of the parameters whose gradient is
+    missing, not fp32, or not finite."""
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    F.cross_entropy(logits.float(), target).backward()
+    return [n for n, p in model.named_parameters()
+            if p.grad is None or p.grad.dtype != torch.float32 or not torch.isfinite(p.grad).all()]
+
+
+def _torch_conv3d_weight_grads(model) -> dict:
+    """Hooks on the model's plain ``nn.Conv3d`` modules (no unimri op inside) that keep, per
+    weight name, the weight gradient recomputed in fp32 from the very input and output gradient
+    the bf16 backward got."""
+    recomputed = {}
+
+    def watch(name, conv):
+        def on_forward(module, args, out):
+            seen = args[0].detach()
+            out.register_hook(lambda grad_out: recomputed.__setitem__(
+                f"{name}.weight", torch.nn.grad.conv3d_weight(
+                    seen.float(), conv.weight.shape, grad_out.float(), conv.stride, conv.padding,
+                    conv.dilation, conv.groups)))
+        conv.register_forward_hook(on_forward)
+
+    for name, module in model.named_modules():
+        if type(module) is torch.nn.Conv3d:
+            watch(name, module)
+    return recomputed
 
 
 @pytest.mark.parametrize("name,spatial_dims,attention", COMBOS,
                          ids=[f"{n}-{d}d-{a}" for n, d, a in COMBOS])
 def test_backbone_trains_under_cpu_bf16_autocast(name, spatial_dims, attention):
     """Forward + backward + SGD step under bf16 autocast: finite low-precision logits, an fp32
-    finite gradient for every parameter, and every parameter with a gradient moves."""
-    if spatial_dims == 3 and _torch_conv3d_bf16_backward_is_broken():
-        pytest.skip("this CPU's PyTorch bf16 Conv3d backward gives non-finite weight gradients "
-                    "(plain torch.nn.Conv3d, no unimri op; docs/versions.md)")
+    finite gradient for every parameter, and every parameter with a gradient moves.
+
+    PyTorch's own bf16 Conv3d weight gradient is non-finite for some inputs on some CPUs (AMD
+    EPYC Zen 4, AVX-512 BF16 without AMX, at the 3D backbones' deepest 2x2x2 grid; no unimri
+    op involved, docs/versions.md). Such a gradient of a plain ``nn.Conv3d`` is accepted only
+    where the same gradient recomputed in fp32 from the same bf16 input and output gradient is
+    finite: the fault is then PyTorch's kernel, not what unimri fed it."""
     model = create_model(name, spatial_dims=spatial_dims, in_channels=1, num_classes=2, features=4,
                          attention=attention)
     x = torch.randn((2, 1) + SHAPES[spatial_dims])
     target = (x[:, 0] > 0.5).long()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    with torch.autocast("cpu", torch.bfloat16):
-        logits = model(x)
-    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
-    F.cross_entropy(logits.float(), target).backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, f"{pname} got no gradient"
-        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), pname
+    recomputed = _torch_conv3d_weight_grads(model)
+    bad = _bf16_step(model, x, target)
+    torch_faults = [n for n in bad if n in recomputed and torch.isfinite(recomputed[n]).all()]
+    assert set(bad) == set(torch_faults), f"parameters without a finite fp32 gradient: {bad}"
+    for n in torch_faults:  # as a user's step would see it with PyTorch's kernel mended
+        dict(model.named_parameters())[n].grad = recomputed[n]
     opt.step()
     stuck = [k for k, v in model.named_parameters()
              if v.grad.abs().max() > 0 and torch.equal(v, before[k])]
