@@ -114,23 +114,25 @@ def _bf16_step(model, x, target) -> list[str]:
             if p.grad is None or p.grad.dtype != torch.float32 or not torch.isfinite(p.grad).all()]
 
 
-def _torch_conv3d_weight_grads(model) -> dict:
-    """Hooks on the model's plain ``nn.Conv3d`` modules (no unimri op inside) that keep, per
-    weight name, the weight gradient recomputed in fp32 from the very input and output gradient
-    the bf16 backward got."""
+def _conv3d_weight_grads(model) -> dict:
+    """Hooks on the model's 3D convolutions that keep, per weight name, the weight gradient
+    recomputed in float32 from the very inputs and output gradients its bf16 backward got
+    (summed over the calls of a module used more than once)."""
     recomputed = {}
 
     def watch(name, conv):
+        def add(seen, grad_out):
+            grad = torch.nn.grad.conv3d_weight(seen.float(), conv.weight.shape, grad_out.float(),
+                                               conv.stride, conv.padding, conv.dilation, conv.groups)
+            recomputed[f"{name}.weight"] = recomputed.get(f"{name}.weight", 0) + grad
+
         def on_forward(module, args, out):
             seen = args[0].detach()
-            out.register_hook(lambda grad_out: recomputed.__setitem__(
-                f"{name}.weight", torch.nn.grad.conv3d_weight(
-                    seen.float(), conv.weight.shape, grad_out.float(), conv.stride, conv.padding,
-                    conv.dilation, conv.groups)))
+            out.register_hook(lambda grad_out: add(seen, grad_out))
         conv.register_forward_hook(on_forward)
 
     for name, module in model.named_modules():
-        if type(module) is torch.nn.Conv3d:
+        if isinstance(module, torch.nn.Conv3d):
             watch(name, module)
     return recomputed
 
@@ -139,25 +141,22 @@ def _torch_conv3d_weight_grads(model) -> dict:
                          ids=[f"{n}-{d}d-{a}" for n, d, a in COMBOS])
 def test_backbone_trains_under_cpu_bf16_autocast(name, spatial_dims, attention):
     """Forward + backward + SGD step under bf16 autocast: finite low-precision logits, an fp32
-    finite gradient for every parameter, and every parameter with a gradient moves.
-
-    PyTorch's own bf16 Conv3d weight gradient is non-finite for some inputs on some CPUs (AMD
-    EPYC Zen 4, AVX-512 BF16 without AMX, at the 3D backbones' deepest 2x2x2 grid; no unimri
-    op involved, docs/versions.md). Such a gradient of a plain ``nn.Conv3d`` is accepted only
-    where the same gradient recomputed in fp32 from the same bf16 input and output gradient is
-    finite: the fault is then PyTorch's kernel, not what unimri fed it."""
+    finite gradient for every parameter, and every parameter with a gradient moves. In 3D,
+    every convolution's weight gradient also equals (2 % in norm) the one recomputed in float32
+    from the same bf16 input and output gradient: PyTorch's own CPU bf16 Conv3d weight gradient
+    is wrong at depth 2 (the backbones' deepest level here), which unimri's Conv3d avoids."""
     model = create_model(name, spatial_dims=spatial_dims, in_channels=1, num_classes=2, features=4,
                          attention=attention)
     x = torch.randn((2, 1) + SHAPES[spatial_dims])
     target = (x[:, 0] > 0.5).long()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    recomputed = _torch_conv3d_weight_grads(model)
+    recomputed = _conv3d_weight_grads(model)
     bad = _bf16_step(model, x, target)
-    torch_faults = [n for n in bad if n in recomputed and torch.isfinite(recomputed[n]).all()]
-    assert set(bad) == set(torch_faults), f"parameters without a finite fp32 gradient: {bad}"
-    for n in torch_faults:  # as a user's step would see it with PyTorch's kernel mended
-        dict(model.named_parameters())[n].grad = recomputed[n]
+    assert not bad, f"parameters without a finite fp32 gradient: {bad}"
+    params = dict(model.named_parameters())
+    off = {n: ((params[n].grad - g).norm() / g.norm()).item() for n, g in recomputed.items() if g.norm() > 0}
+    assert all(e < 2e-2 for e in off.values()), {n: e for n, e in off.items() if e >= 2e-2}
     opt.step()
     stuck = [k for k, v in model.named_parameters()
              if v.grad.abs().max() > 0 and torch.equal(v, before[k])]
@@ -227,3 +226,28 @@ def test_bf16_training_matches_fp32_training(tmp_path):
     dsc32, dsc16 = (sum(dscs[a]) / 3 for a in ("none", "bf16"))
     assert abs(loss16 - loss32) <= 0.15 * loss32, (losses, dscs)
     assert abs(dsc16 - dsc32) <= 0.1 and dsc16 > 0.2, (losses, dscs)
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_conv3d_weight_gradient_under_cpu_bf16_autocast(depth):
+    """unimri's Conv3d under CPU bf16 autocast: a bf16 output and a weight gradient within 2 %
+    (in norm) of the float64 one from the same bf16 operands, at depth 2 (where it runs in
+    float32) as elsewhere (where it is nn.Conv3d's own, bit for bit)."""
+    from unimri.nn.layers import Conv3d
+
+    torch.manual_seed(0)
+    conv = Conv3d(32, 64, 3, padding=1)
+    plain = torch.nn.Conv3d(32, 64, 3, padding=1)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 32, depth, 4, 4)
+    with torch.autocast("cpu", torch.bfloat16):
+        y, y_plain = conv(x), plain(x)
+    grad_out = torch.randn(y.shape).to(torch.bfloat16)
+    y.backward(grad_out)
+    exact = torch.nn.grad.conv3d_weight(x.to(torch.bfloat16).double(), conv.weight.shape, grad_out.double(),
+                                        padding=1)
+    assert y.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
+    assert ((conv.weight.grad.double() - exact).norm() / exact.norm()).item() < 2e-2
+    if depth != 2:
+        y_plain.backward(grad_out)
+        assert torch.equal(y, y_plain) and torch.equal(conv.weight.grad, plain.weight.grad)

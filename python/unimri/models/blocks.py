@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimri.nn.layers import Conv3d
 from unimri.nn.norm_act import norm_relu
 from unimri.nn.pointwise import PointwiseConv2d, PointwiseConv3d
 from unimri.nn.pooling import MaxPool2x2d, MaxPool2x3d
@@ -43,7 +44,8 @@ def check_attention(attention: str | None) -> str | None:
 
 
 def conv_cls(spatial_dims: int) -> type[nn.Module]:
-    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    """``nn.Conv2d``, or unimri's :class:`~unimri.nn.layers.Conv3d` (see there)."""
+    return nn.Conv2d if spatial_dims == 2 else Conv3d
 
 
 def conv_transpose_cls(spatial_dims: int) -> type[nn.Module]:

@@ -23,10 +23,25 @@ def check_channels(name: str, value: int) -> int:
     return value
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state-dict keys) that runs in float32 under CPU bf16
+    autocast when its input x (B, C, D, H, W) has depth D = 2, and returns bf16 as autocast
+    would. There PyTorch's own CPU bf16 Conv3d weight gradient is wrong (relative errors up to
+    1e36, and NaN; measured by ``benchmarks/conv3d_bf16.py``), and 3D networks reach D = 2 at
+    their deepest levels on volumes with few slices. The grid is tiny, so float32 costs little."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dim() == 5 and x.shape[2] == 2
+                and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float()).to(torch.bfloat16)
+        return super().forward(x)
+
+
 def conv_nd(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 1,
             stride: int = 1, padding: int = 0, bias: bool = True) -> nn.Module:
-    """``nn.Conv2d`` or ``nn.Conv3d`` for ``spatial_dims`` 2 or 3."""
-    conv = nn.Conv2d if check_spatial_dims(spatial_dims) == 2 else nn.Conv3d
+    """``nn.Conv2d`` or :class:`Conv3d` for ``spatial_dims`` 2 or 3."""
+    conv = nn.Conv2d if check_spatial_dims(spatial_dims) == 2 else Conv3d
     return conv(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
 
