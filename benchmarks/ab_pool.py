@@ -8,26 +8,18 @@ autograd). Run it alternately with two builds on PYTHONPATH to compare them
 
     PYTHONPATH=BUILD/python:BUILD python benchmarks/ab_pool.py LABEL
 """
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
+from harness import time_fn
 from unimri.nn.pooling import fused_pool2x
 from unimri_kernels.dispatch import cpp_ops
 
 
 def median_ms(step) -> float:
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(21):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return time_fn(step, warmup=3, repeat=21)[0]
 
 
 def train_step(fn, x, gy):

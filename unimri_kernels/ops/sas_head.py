@@ -309,13 +309,12 @@ def check_head_parameters(x, k, head: HeadParams) -> None:
     """The parameter checks of :func:`check_sas_head_inputs` for a checked x (B, C, *S) and k
     gates (without needing alpha)."""
     named = dict(zip(HeadParams._fields, head.tensors))  # the four tensors, eps left out
-    w, gamma, beta, merge = head.tensors
     _check_floating(named)
-    c = x.shape[1]
-    for name, t, shape in (("w", w, (k, c, c)), ("gamma", gamma, (k, c)), ("beta", beta, (k, c))):
-        if tuple(t.shape) != shape:
+    c, merge = x.shape[1], head.merge
+    for name, shape in (("w", (k, c, c)), ("gamma", (k, c)), ("beta", (k, c))):
+        if tuple(named[name].shape) != shape:
             raise ValueError(f"sas_head: {name} must be {shape} for {k} gates and {c} channels, got "
-                             f"{tuple(t.shape)}")
+                             f"{tuple(named[name].shape)}")
     if merge.dim() != 3 or merge.shape[1:] != (k, c) or merge.shape[0] < 1:
         raise ValueError(f"sas_head: merge must be (C_out, {k}, {c}), got {tuple(merge.shape)}")
     for name, t in named.items():
