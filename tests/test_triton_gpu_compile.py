@@ -24,7 +24,7 @@ pytest.importorskip("triton")
 
 import unimri_kernels  # noqa: E402
 from unimri_kernels.compile_check import (ARCHS, DOT_KERNELS,  # noqa: E402
-                                                 MAX_SHARED, kernel_objects)
+                                          MAX_SHARED, kernel_objects)
 
 pytestmark = pytest.mark.slow
 

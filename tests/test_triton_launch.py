@@ -28,7 +28,7 @@ from unimri_kernels.triton import attention_gate as gate_mod  # noqa: E402
 from unimri_kernels.triton import gate_config  # noqa: E402
 from unimri_kernels.triton import unified_focal_loss as loss_mod  # noqa: E402
 from unimri_kernels.compile_check import (GateProblem, LossProblem,  # noqa: E402
-                                                 launches_of)
+                                          launches_of)
 from unimri_kernels.triton.launch import (CUDA_MAX_GRID, MIN_DOT, Target,  # noqa: E402
                                           check_grid, dot_operands, gpu_configs)
 

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("triton")
 
 from unimri_kernels.compile_check import (GateProblem, launches_of,  # noqa: E402
-                                                 loss_route_launches)
+                                          loss_route_launches)
 from unimri_kernels.triton.launch import CUDA_MAX_GRID, DEFAULT_NUM_SMS  # noqa: E402
 from unimri_kernels.triton.traffic import launch_traffic, route_bytes  # noqa: E402
 
